@@ -1,0 +1,78 @@
+"""The method interface: a registered object that owns its state, loss and step.
+
+The trainer (`seqpar.train`) never looks at a method's name. It asks a method to
+`init` its state, calls its pure `train_step` under one `jax.jit`, and asks it
+for `eval_metrics` at evaluation points. Everything here is a pure function of
+pytrees, so one jitted step serves every method.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, NamedTuple
+
+import jax
+from pydantic import Field
+
+from seqpar.config import Config
+from seqpar.model import Model, Params
+from seqpar.optim import OPTIMIZERS
+from seqpar.registry import Registry
+from seqpar.spec_types import tagged_union
+from seqpar.tasks.base import Dataset, Task
+
+METHODS: Registry[type] = Registry("method")
+
+State = Any  # a pytree (dict) owned by the method
+Metrics = dict[str, jax.Array]
+
+OptimizerSpec = tagged_union(OPTIMIZERS)
+
+
+class Batch(NamedTuple):
+    idx: jax.Array  # (B,) row indices into the training set
+    x: jax.Array
+    y: jax.Array
+    mask: jax.Array
+
+
+class Method(abc.ABC):
+    """Base of all training methods. Subclasses are final (none overrides another)."""
+
+    def __init__(self, cfg: "MethodConfig", model: Model, task: Task):
+        self.cfg = cfg
+        self.model = model
+        self.task = task
+        self.tx = cfg.optimizer.build()
+
+    @abc.abstractmethod
+    def init(self, key: jax.Array, params: Params, train: Dataset) -> State:
+        """Training state from the shared initial parameters."""
+
+    @abc.abstractmethod
+    def train_step(self, state: State, train: Dataset, batch: Batch, step: jax.Array, key: jax.Array) -> tuple[State, Metrics]:
+        """One optimizer step. Pure; must return scalar metrics with at least `objective`."""
+
+    @abc.abstractmethod
+    def params(self, state: State) -> Params:
+        """The cell and readout parameters a rollout runs with."""
+
+    @abc.abstractmethod
+    def eval_metrics(self, state: State, train: Dataset, rollout_train_states: jax.Array, rollout_train_loss: jax.Array) -> Metrics:
+        """Method-specific metrics over the whole training set (at least `objective`)."""
+
+    def state_table_bytes(self, state: State) -> int:
+        """Bytes of per-transition trainable state (the embedding table), 0 if none."""
+        return 0
+
+
+class MethodConfig(Config):
+    label: str | None = Field(None, description="name shown in tables (default: the type)", min_length=1)
+    optimizer: OptimizerSpec = Field(description="optimizer of the model parameters")
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.type  # type: ignore[attr-defined]
+
+    def build(self, model: Model, task: Task) -> Method:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -1,0 +1,46 @@
+"""Backpropagation through time: `lax.scan` over the sequence, gradient of the rollout loss."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import optax
+from pydantic import Field
+
+from seqpar.methods.base import METHODS, Method, MethodConfig
+from seqpar.rollout import readout_all, rollout_states
+
+
+@METHODS.register("bptt")
+class BPTTConfig(MethodConfig):
+    type: Literal["bptt"] = "bptt"
+    unroll: int = Field(1, ge=1, description="lax.scan unroll factor (a speed knob; results are identical)")
+
+    def build(self, model, task):
+        return BPTT(self, model, task)
+
+
+class BPTT(Method):
+    cfg: BPTTConfig
+
+    def init(self, key, params, train):
+        return {"params": params, "opt_state": self.tx.init(params)}
+
+    def loss(self, params, x, y, mask):
+        states = rollout_states(self.model, params, x, unroll=self.cfg.unroll)
+        return self.task.loss(readout_all(self.model, params, states), y, mask)
+
+    def train_step(self, state, train, batch, step, key):
+        loss, grads = jax.value_and_grad(self.loss)(state["params"], batch.x, batch.y, batch.mask)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"objective": loss, "task_loss": loss, "grad_norm_params": optax.global_norm(grads)}
+        return {"params": params, "opt_state": opt_state}, metrics
+
+    def params(self, state):
+        return state["params"]
+
+    def eval_metrics(self, state, train, rollout_train_states, rollout_train_loss):
+        # BPTT's objective is the rollout loss itself: there is nothing else to optimise.
+        return {"objective": rollout_train_loss}

@@ -1,0 +1,63 @@
+"""The one model every method trains: a registered cell plus a linear readout.
+
+The Flax NNX module is split once (`nnx.split`) into a static graph definition
+and a parameter pytree; everything downstream is a plain function of that pytree,
+so `jax.jit`, `lax.scan` and `vmap` see ordinary arrays (the Flax performance
+guide's advice for small models inside scan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from seqpar.cells import CELLS, Cell
+
+Params = Any
+
+
+class RNN(nnx.Module):
+    def __init__(self, cell: str, input_dim: int, hidden: int, output_dim: int, *, rngs: nnx.Rngs):
+        self.cell: Cell = CELLS.get(cell)(input_dim, hidden, rngs=rngs)
+        self.readout = nnx.Linear(hidden, output_dim, rngs=rngs)
+
+
+@dataclass(frozen=True)
+class Model:
+    """Pure view of an `RNN`: `graphdef` is static, params travel as a pytree.
+
+    All functions take a single example (`s: (state_dim,)`, `x: (input_dim,)`);
+    callers batch them with `jax.vmap`.
+    """
+
+    graphdef: Any
+    state_dim: int
+    hidden: int
+
+    def step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        return nnx.merge(self.graphdef, params).cell(s, x)
+
+    def readout(self, params: Params, s: jax.Array) -> jax.Array:
+        m = nnx.merge(self.graphdef, params)
+        return m.readout(m.cell.output(s))
+
+    def initial_state(self) -> jax.Array:
+        """The fixed, untrained state before step 0 (zeros) shared by all methods."""
+        return jnp.zeros((self.state_dim,), jnp.float32)
+
+    # Batched conveniences, used by methods and the rollout evaluator.
+    def step_batch(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        return jax.vmap(self.step, in_axes=(None, 0, 0))(params, s, x)
+
+    def readout_batch(self, params: Params, s: jax.Array) -> jax.Array:
+        return jax.vmap(self.readout, in_axes=(None, 0))(params, s)
+
+
+def build_model(cell: str, input_dim: int, hidden: int, output_dim: int, key: jax.Array) -> tuple[Model, Params]:
+    module = RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=key))
+    graphdef, params = nnx.split(module, nnx.Param)
+    return Model(graphdef, module.cell.state_dim, hidden), params

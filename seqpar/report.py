@@ -1,0 +1,78 @@
+"""Rich output: live progress per method and the end-of-run results table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def fmt(v: Any, spec: str = ".4f") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+class RichProgress:
+    """One bar per method with the live training objective and last held-out rollout loss."""
+
+    def __init__(self, console: Console):
+        self._p = Progress(
+            TextColumn("[bold]{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._tasks: dict[str, Any] = {}
+        self._test: dict[str, float] = {}
+
+    def __enter__(self):
+        self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._p.__exit__(*exc)
+
+    def start(self, label, total):
+        self._tasks[label] = self._p.add_task(label, total=total, info="compiled, starting")
+
+    def update(self, label, step, record):
+        if "rollout_loss_test" in record:
+            self._test[label] = record["rollout_loss_test"]
+        info = f"objective {fmt(record.get('train_objective'))}  rollout(test) {fmt(self._test.get(label))}"
+        self._p.update(self._tasks[label], completed=step, info=info)
+
+    def finish(self, label, status):
+        if status != "completed" and label in self._tasks:
+            self._p.update(self._tasks[label], info=f"[red]{status}")
+
+
+def results_table(summary: dict[str, Any]) -> Table:
+    t = Table(title=f"{summary['name']} (seed {summary['seed']}): judged by held-out sequential rollout")
+    for col in ("method", "status", "rollout test", "acc test", "baseline", "objective", "to target", "steps/s", "compile s", "peak MB", "table MB"):
+        t.add_column(col, justify="left" if col in ("method", "status") else "right")
+    for r in summary["runs"]:
+        final = r.get("final") or {}
+        status = r["status"]
+        style = {"completed": "green", "diverged": "yellow"}.get(status, "red")
+        table_mb = (r.get("state_table_bytes") or 0) / 2**20
+        t.add_row(
+            r["label"],
+            f"[{style}]{status}",
+            fmt(final.get("rollout_loss_test")),
+            fmt(final.get("rollout_acc_test"), ".3f"),
+            fmt(r.get("baseline_loss")),
+            fmt(final.get("objective")),
+            fmt(r.get("steps_to_target")),
+            fmt(r.get("steps_per_s"), ".1f"),
+            fmt(r.get("compile_s"), ".2f"),
+            fmt(r.get("peak_memory_mb"), ".1f"),
+            fmt(table_mb, ".2f") if table_mb else "—",
+        )
+    return t

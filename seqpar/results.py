@@ -1,0 +1,130 @@
+"""The one results writer: run directories, atomic files, metrics lines, environment record.
+
+A run directory holds `spec.yaml` (the resolved spec), `metrics.jsonl` (one line
+per log/eval point) and `summary.json` (rewritten atomically after every
+method, so a crash or Ctrl-C never loses a finished method's result).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class OutputError(Exception):
+    """The output location is unusable (exists, is a file, not writable); the CLI exits 2."""
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types; non-finite floats become None (JSON has no NaN), arrays become lists."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy / jax scalars and arrays
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same directory, fsync, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def new_run_dir(results_root: Path, name: str, out: Path | None = None) -> Path:
+    """Create a fresh run directory; never reuses an existing one."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"--out {out}: is a file, expected a directory")
+        if out.is_dir() and any(out.iterdir()):
+            raise OutputError(f"--out {out}: directory exists and is not empty; runs are never overwritten")
+        target = out
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = Path(results_root) / name / f"{stamp}-{secrets.token_hex(2)}"
+    try:
+        target.mkdir(parents=True, exist_ok=out is not None)
+    except (FileExistsError, NotADirectoryError, PermissionError) as e:
+        raise OutputError(f"cannot create run directory {target}: {e.strerror or e}") from None
+    return target
+
+
+class MetricsLog:
+    """Append-only JSON lines; each line is flushed whole, so a crash leaves complete lines."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._f = open(self.path, "a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_state() -> dict[str, Any]:
+    """Commit and dirty flag of the seqpar checkout, if seqpar runs from one."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def environment() -> dict[str, Any]:
+    import jax
+
+    devices = jax.devices()
+    return {
+        "versions": {p: _version(p) for p in ("seqpar", "jax", "jaxlib", "flax", "optax", "numpy", "pydantic")},
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in devices],
+        "device_kind": devices[0].device_kind if devices else None,
+        "cpu": platform.processor() or platform.machine(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git": _git_state(),
+        "command": sys.argv,
+    }

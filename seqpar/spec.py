@@ -1,0 +1,263 @@
+"""The experiment spec: strict YAML -> typed, frozen config, with `--set` overrides.
+
+Every user mistake becomes a `SpecError` whose message is one line naming the
+file, the dotted key and what was expected; the CLI turns it into exit code 2
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from seqpar.cells import CELLS
+from seqpar.config import Config, KeyedError
+from seqpar.methods import METHODS
+from seqpar.spec_types import tagged_union
+from seqpar.tasks import TASKS
+
+TaskSpec = tagged_union(TASKS)
+MethodSpec = tagged_union(METHODS)
+
+
+class SpecError(Exception):
+    """A problem with the user's spec or command line; the message is one line."""
+
+
+class ModelConfig(Config):
+    cell: str = Field("gru", description="recurrent cell type")
+    hidden: int = Field(64, gt=0, description="hidden size")
+
+    @field_validator("cell")
+    @classmethod
+    def _known_cell(cls, v: str) -> str:
+        if v not in CELLS:
+            raise ValueError(f"unknown cell {v!r}; expected one of: {', '.join(CELLS.names())}")
+        return v
+
+
+class TrainConfig(Config):
+    steps: int = Field(gt=0, description="optimizer steps per method")
+    batch_size: int = Field(gt=0, description="sequences per minibatch")
+    eval_every: int = Field(50, gt=0, description="rollout evaluation interval (steps)")
+    log_every: int | None = Field(None, gt=0, description="training-metric logging interval (default: eval_every)")
+    target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="held-out rollout loss to reach")
+
+
+class Spec(Config):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, description="experiment name (directory-safe)")
+    seed: int = Field(0, ge=0)
+    task: TaskSpec
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig
+    methods: list[MethodSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.train.batch_size > self.task.train_sequences:
+            raise KeyedError(
+                "train.batch_size",
+                f"must not exceed task.train_sequences={self.task.train_sequences} (got {self.train.batch_size})",
+            )
+        seen: dict[str, int] = {}
+        for i, m in enumerate(self.methods):
+            if m.display_label in seen:
+                raise KeyedError(f"methods.{i}.label", f"duplicate method label {m.display_label!r} (also methods.{seen[m.display_label]}); give each a distinct label")
+            seen[m.display_label] = i
+        return self
+
+    @property
+    def log_every(self) -> int:
+        return self.train.log_every or self.train.eval_every
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    path = Path(path)
+    raw = read_yaml(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value, source=f"--set {item}")
+    return validate_spec(raw, source=str(path))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, expected a YAML spec file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read ({e})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the top level must be a mapping of keys (name, seed, task, ...), got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {item}: expected dotted.key=value")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise SpecError(f"--set {item}: the value is not valid YAML") from None
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, *, source: str) -> None:
+    """Set `a.b.0.c` in nested dicts/lists; intermediate dicts are created, list indices must exist."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SpecError(f"{source}: {where}: expected a list index below {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise SpecError(f"{source}: {'.'.join(parts[:i])} is a {type(node).__name__}, cannot set {part!r} inside it")
+
+
+def validate_spec(raw: dict[str, Any], source: str = "spec") -> Spec:
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(f"{source}: {format_validation_error(e, raw)}") from None
+
+
+# ----------------------------------------------------------------------------- error messages
+
+
+def format_validation_error(err: ValidationError, raw: Any) -> str:
+    errors = err.errors()
+    first = errors[0]
+    msg = _describe(first, raw)
+    more = len(errors) - 1
+    return msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _describe(e: dict[str, Any], raw: Any) -> str:
+    key = _dotted(e["loc"], raw)
+    kind = e["type"]
+    if kind == "value_error" and isinstance(e.get("ctx", {}).get("error"), KeyedError):
+        ke = e["ctx"]["error"]
+        return f"{key + '.' if key else ''}{ke.key}: {ke.msg}"
+    if kind == "extra_forbidden":
+        valid = _valid_keys(e["loc"], raw)
+        leaf = key.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(leaf, valid, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{key}: unknown key{hint} (valid keys: {', '.join(valid)})"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "union_tag_not_found":
+        return f"{key}.type: missing; expected one of: {', '.join(_union_tags(e['loc'], raw))}"
+    if kind == "union_tag_invalid":
+        return f"{key}.type: unknown type {e['input'].get('type')!r}; expected one of: {', '.join(_union_tags(e['loc'], raw))}"
+    msg = e["msg"].removeprefix("Value error, ")
+    got = e.get("input")
+    shown = "" if isinstance(got, (dict, list)) or "got " in msg or repr(got) in msg else f" (got {got!r})"
+    return f"{key or '<top level>'}: {msg}{shown}"
+
+
+def _dotted(loc: tuple, raw: Any) -> str:
+    """Dotted key of a pydantic error location, dropping union tags and validator labels."""
+    parts, node = [], raw
+    for item in loc:
+        if isinstance(node, dict) and item in node:
+            parts.append(str(item))
+            node = node[item]
+        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
+            parts.append(str(item))
+            node = node[item]
+        elif isinstance(item, str) and (not isinstance(node, dict) or "[" in item or item == node.get("type")):
+            continue  # a tagged-union tag or a validator label, not a key the user wrote
+        else:
+            parts.append(str(item))
+            node = None
+    return ".".join(parts)
+
+
+def _annotation_at(loc: tuple, raw: Any) -> Any:
+    """The (unresolved) type annotation that validates the value at `loc`."""
+    ann: Any = Spec
+    node = raw
+    for item in loc:
+        if isinstance(node, list) and isinstance(item, int):
+            node = node[item] if item < len(node) else None
+            args = typing.get_args(_pick(ann, None))
+            ann = args[0] if args else ann
+            continue
+        cls = _pick(ann, node)
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or item not in cls.model_fields:
+            continue  # a union tag or validator label
+        ann = cls.model_fields[item].annotation
+        node = node.get(item) if isinstance(node, dict) else None
+    return ann
+
+
+def _valid_keys(loc: tuple, raw: Any) -> list[str]:
+    """Field names of the config class that owns the unknown key at `loc`."""
+    node = raw
+    for item in loc[:-1]:
+        node = node[item] if isinstance(node, (dict, list)) and _has(node, item) else None
+    cls = _pick(_annotation_at(loc[:-1], raw), node)
+    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+
+
+def _union_tags(loc: tuple, raw: Any) -> list[str]:
+    ann = _annotation_at(loc, raw)
+    while typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
+    members = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+    return [str(m.model_fields["type"].default) for m in members if isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields]
+
+
+def _has(node: Any, item: Any) -> bool:
+    return (isinstance(node, dict) and item in node) or (isinstance(node, list) and isinstance(item, int) and item < len(node))
+
+
+def _pick(annotation: Any, node: Any) -> Any:
+    """Resolve Optional/list/Annotated/tagged unions down to the config class for `node`."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            tag = node.get("type") if isinstance(node, dict) else None
+            chosen = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel) and m.model_fields.get("type") and m.model_fields["type"].default == tag]
+            annotation = chosen[0] if chosen else members[0]
+        elif origin is list:
+            return annotation  # resolved when the list index is visited
+        else:
+            return annotation
+
+
+def spec_to_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

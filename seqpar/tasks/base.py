@@ -1,0 +1,90 @@
+"""The task interface: data, per-step loss, accuracy and the memoryless baseline.
+
+A task produces float inputs `x: (N, T, input_dim)`, targets `y` (int labels
+`(N, T)` for classification, floats `(N, T, output_dim)` for regression) and a
+`mask: (N, T)` that marks which steps are scored. Every loss and metric in seqpar
+is a masked mean over `mask`, so methods are judged on exactly the same steps.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from pydantic import Field
+
+from seqpar.config import Config
+
+
+class Dataset(NamedTuple):
+    x: jax.Array  # (N, T, input_dim) float32
+    y: jax.Array  # (N, T) int32 or (N, T, output_dim) float32
+    mask: jax.Array  # (N, T) float32, 1 where the step is scored
+
+    @property
+    def num_sequences(self) -> int:
+        return self.x.shape[0]
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+class Task(abc.ABC):
+    """Runtime task built from its config by `TaskConfig.build()`."""
+
+    input_dim: int
+    output_dim: int
+    seq_len: int
+    loss_name: str  # "cross-entropy" or "mse"
+    baseline_formula: str  # human-readable formula of `baseline_loss`
+
+    @abc.abstractmethod
+    def make_data(self, key: jax.Array, num_sequences: int) -> Dataset: ...
+
+    @property
+    @abc.abstractmethod
+    def baseline_loss(self) -> float:
+        """Loss of the best predictor that ignores the past (per scored step)."""
+
+    @abc.abstractmethod
+    def step_loss(self, out: jax.Array, y: jax.Array) -> jax.Array:
+        """Per-step loss of readout `out: (..., output_dim)` against targets `y`."""
+
+    def step_correct(self, out: jax.Array, y: jax.Array) -> jax.Array | None:
+        """Per-step 0/1 correctness, or None where accuracy does not apply."""
+        return None
+
+    def loss(self, out: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
+        return masked_mean(self.step_loss(out, y), mask)
+
+
+class ClassificationTask(Task):
+    loss_name = "cross-entropy"
+
+    def step_loss(self, out, y):
+        return optax.softmax_cross_entropy_with_integer_labels(out, y)
+
+    def step_correct(self, out, y):
+        return (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
+
+
+class RegressionTask(Task):
+    loss_name = "mse"
+
+    def step_loss(self, out, y):
+        return jnp.mean(jnp.square(out - y), axis=-1)
+
+
+class TaskConfig(Config):
+    """Fields every task has; each task adds its own and a `type:` literal."""
+
+    train_sequences: int = Field(256, gt=0, description="sequences in the training set")
+    test_sequences: int = Field(256, gt=0, description="held-out sequences for rollout evaluation")
+
+    def build(self) -> Task:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -1,0 +1,5 @@
+"""The task registry (`task.type` in a spec)."""
+
+from seqpar.registry import Registry
+
+TASKS: Registry[type] = Registry("task")
