@@ -21,7 +21,7 @@ from seqpar.tasks.base import Dataset, Task, masked_mean
 def rollout_states(model: Model, params: Params, x: jax.Array, s0: jax.Array | None = None, unroll: int = 1) -> jax.Array:
     """States after every step, `(N, T, state_dim)`, from `s0` (default: the fixed initial state)."""
     if s0 is None:
-        s0 = jnp.broadcast_to(model.initial_state(), (x.shape[0], model.state_dim))
+        s0 = jnp.broadcast_to(model.initial_state().astype(x.dtype), (x.shape[0], model.state_dim))
 
     def body(s, xt):
         s = model.step_batch(params, s, xt)

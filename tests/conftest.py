@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny spec (seconds to run) as a dict and as a YAML file."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "task": {"type": "delayed_recall", "length": 8, "lag": 2, "vocab": 4, "train_sequences": 16, "test_sequences": 16},
+    "model": {"cell": "gru", "hidden": 8},
+    "train": {"steps": 6, "batch_size": 8, "eval_every": 3, "target_loss": 1.0},
+    "methods": [
+        {"type": "bptt", "optimizer": {"type": "adam", "lr": 1e-2}},
+        {"type": "parallel", "optimizer": {"type": "adam", "lr": 1e-2}, "consistency_weight": 1.0},
+    ],
+}
+
+
+@pytest.fixture
+def tiny_spec() -> dict:
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write a spec dict (or raw text) to a YAML file in tmp_path and return its path."""
+
+    def _write(spec: dict | str, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return _write
