@@ -1,4 +1,4 @@
-"""Embedding-parallel training ("transition representations").
+"""Embedding-parallel training ("transition representations"), with its stabilizers.
 
 Every transition (sequence i, step t) owns a trainable state embedding
 `E[i, t]`: the state *after* step t. The state before step 0 is the fixed
@@ -6,7 +6,7 @@ initial state (zeros, not trainable), the same one every rollout starts from.
 The cell is applied to all pairs `(E[i, t-1], x[i, t])` at once with `vmap`
 (no scan anywhere in the loss), and trained on
 
-    task_loss(readout(cell(E[t-1], x[t])), y[t])  +  w * mean_t ||cell(E[t-1], x[t]) - E[t]||^2
+    task_loss(readout(cell(E[t-1], x[t])), y[t])  +  w(step) * mean_t ||cell(E[t-1], x[t]) - E[t]||^2
 
 Gradients update the cell, the readout and the table.
 
@@ -22,30 +22,160 @@ the BPTT loss.
 Minibatches gather their rows of `E` and of its optimizer state; the table's
 optimizer runs per row (`vmap` over sequences, each row with its own step count)
 and only the batch's rows are written back, so rows outside the batch are never
-touched: no moment decay, no bias-correction drift.
+touched: no moment decay, no bias-correction drift. `_take_rows`/`_put_rows` are
+the only places rows are gathered and scattered.
+
+Stabilizers (all off by default, so the defaults are the plain method):
+
+- `freeze_every: K`, `accumulate: sum|mean` -- the table is held fixed for K
+  steps (inputs and targets stationary, like a DQN target network) while its
+  gradients are added into a full-size buffer; after every K-th step the buffer
+  goes through the table's optimizer once and is cleared. `mean` divides each
+  row's sum by the number of steps that row was in the minibatch (with full
+  batches: the mean of the K gradients). Only rows that received a gradient in
+  the window take that optimizer step (their Adam count advances by one per
+  application, not per accumulated gradient); other rows and their optimizer
+  state stay bit-identical, as in the plain method. K = 1 is the plain method
+  (no buffer is allocated).
+- `consistency_schedule` -- w(step) = consistency_weight * multiplier(step), the
+  multiplier constant, or a linear / cosine ramp from `start` to `end` over
+  `steps` steps (then held at `end`).
+- `consistency_stop_gradient` -- `target` stops the gradient into E[t] (only the
+  prediction side, i.e. the cell and E[t-1], is pulled), `prediction` stops it
+  into cell(E[t-1], x[t]) (only E[t] is pulled toward the cell), `none` both.
+- `table_optimizer` -- the table's own optimizer (default: same as `optimizer`).
+- `table_init` -- zeros, random normal (`table_init_scale`), or the rollout
+  states of the freshly initialised model.
+- `refresh: rollout|jacobi`, `refresh_every: K` -- before steps K, 2K, ... the
+  whole table is overwritten (no gradient) inside the jitted step (`lax.cond`,
+  so its cost is in the step time): `rollout` with the current model's true
+  rollout states (a forward scan), `jacobi` with `sweeps` parallel sweeps
+  `E[t] <- cell(E[t-1], x[t])` for all t at once (each sweep makes one more
+  leading step exact). The table's optimizer state is kept across a refresh.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
 import optax
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from seqpar.methods.base import METHODS, Method, MethodConfig
-from seqpar.rollout import readout_all
+from seqpar.config import Config, KeyedError
+from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec
+from seqpar.model import Model, Params
+from seqpar.registry import Registry
+from seqpar.rollout import readout_all, rollout_states
+from seqpar.spec_types import tagged_union
+
+# ----------------------------------------------------------------------------- consistency schedules
+
+SCHEDULES: Registry[type] = Registry("consistency schedule")
+
+
+class ScheduleConfig(Config):
+    """A multiplier of `consistency_weight` as a function of the (traced) step index."""
+
+    def build(self) -> Callable[[jax.Array], jax.Array]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@SCHEDULES.register("constant")
+class ConstantSchedule(ScheduleConfig):
+    type: Literal["constant"] = "constant"
+
+    def build(self):
+        return lambda step: jnp.float32(1.0)
+
+
+class RampSchedule(ScheduleConfig):
+    """Moves the multiplier from `start` to `end` over `steps` steps, then holds `end`."""
+
+    steps: int = Field(gt=0, description="steps over which the multiplier moves from start to end")
+    start: float = Field(0.0, ge=0, allow_inf_nan=False, description="multiplier of consistency_weight at step 0")
+    end: float = Field(1.0, ge=0, allow_inf_nan=False, description="multiplier from step `steps` on")
+
+    def build(self):
+        def multiplier(step):
+            frac = jnp.clip(jnp.asarray(step, jnp.float32) / self.steps, 0.0, 1.0)
+            return jnp.float32(self.start) + jnp.float32(self.end - self.start) * self.shape(frac)
+
+        return multiplier
+
+    def shape(self, frac: jax.Array) -> jax.Array:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@SCHEDULES.register("linear")
+class LinearSchedule(RampSchedule):
+    type: Literal["linear"] = "linear"
+
+    def shape(self, frac):
+        return frac
+
+
+@SCHEDULES.register("cosine")
+class CosineSchedule(RampSchedule):
+    type: Literal["cosine"] = "cosine"
+
+    def shape(self, frac):
+        return 0.5 * (1.0 - jnp.cos(jnp.pi * frac))
+
+
+ScheduleSpec = tagged_union(SCHEDULES)
+
+# ----------------------------------------------------------------------------- config
 
 
 @METHODS.register("parallel")
 class ParallelConfig(MethodConfig):
     type: Literal["parallel"] = "parallel"
     consistency_weight: float = Field(1.0, ge=0, allow_inf_nan=False, description="w in task + w * consistency")
+    consistency_schedule: ScheduleSpec = Field(
+        ConstantSchedule(), description="multiplier of consistency_weight over steps: constant, or linear/cosine ramp {steps, start, end}"
+    )
+    consistency_stop_gradient: Literal["none", "target", "prediction"] = Field(
+        "none", description="consistency side that gets no gradient: target (E[t] held), prediction (cell(E[t-1], x[t]) held), none"
+    )
     readout_from: Literal["cell", "table"] = Field("cell", description="readout reads cell(E[t-1], x[t]) or E[t]")
+    table_optimizer: OptimizerSpec | None = Field(None, description="optimizer of the table (default: same as optimizer)")
+    table_init: Literal["zeros", "random", "rollout"] = Field(
+        "zeros", description="initial table: zeros, normal(0, table_init_scale), or the initial model's rollout states"
+    )
+    table_init_scale: float = Field(0.1, gt=0, allow_inf_nan=False, description="standard deviation of table_init: random")
+    freeze_every: int = Field(1, ge=1, description="hold the table fixed K steps, then apply its accumulated gradient (1: plain)")
+    accumulate: Literal["sum", "mean"] = Field("sum", description="freeze_every buffer: sum, or mean per row over the steps it was batched")
+    refresh: Literal["none", "rollout", "jacobi"] = Field("none", description="periodically overwrite the table: true rollout states or Jacobi sweeps")
+    refresh_every: int | None = Field(None, ge=1, description="refresh before steps K, 2K, ... (required with refresh)")
+    sweeps: int | None = Field(None, ge=1, description="parallel sweeps per Jacobi refresh (required with refresh: jacobi)")
+
+    @model_validator(mode="after")
+    def _options_fit(self):
+        if self.refresh == "none":
+            for key in ("refresh_every", "sweeps"):
+                if getattr(self, key) is not None:
+                    raise KeyedError(key, "only meaningful with refresh: rollout or jacobi (refresh is none)")
+        elif self.refresh_every is None:
+            raise KeyedError("refresh_every", f"required with refresh: {self.refresh}")
+        if self.refresh == "jacobi" and self.sweeps is None:
+            raise KeyedError("sweeps", "required with refresh: jacobi")
+        if self.refresh == "rollout" and self.sweeps is not None:
+            raise KeyedError("sweeps", "only meaningful with refresh: jacobi (a rollout refresh is exact)")
+        if "table_init_scale" in self.model_fields_set and self.table_init != "random":
+            raise KeyedError("table_init_scale", f"only meaningful with table_init: random (got table_init: {self.table_init})")
+        # A refresh must land right after an accumulated update, or the buffer would
+        # apply gradients taken at a table that no longer exists.
+        if self.freeze_every > 1 and self.refresh_every is not None and self.refresh_every % self.freeze_every:
+            raise KeyedError("refresh_every", f"must be a multiple of freeze_every={self.freeze_every} (got {self.refresh_every})")
+        return self
 
     def build(self, model, task):
         return EmbeddingParallel(self, model, task)
+
+
+# ----------------------------------------------------------------------------- pure helpers
 
 
 def _take_rows(tree, idx):
@@ -56,86 +186,168 @@ def _put_rows(tree, idx, rows):
     return jax.tree.map(lambda a, r: a.at[idx].set(r), tree, rows)
 
 
+def _where_rows(mask, new, old):
+    """Per-row select over pytrees whose leaves lead with the row axis."""
+    return jax.tree.map(lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
+
+
+def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array) -> jax.Array:
+    """`cell(E[t-1], x[t])` for every transition of `rows: (B, T, S)`, in one batched call."""
+    b, t, s = rows.shape
+    s0 = jnp.broadcast_to(model.initial_state().astype(rows.dtype), (b, 1, s))
+    prev = jnp.concatenate([s0, rows[:, :-1]], axis=1)
+    pred = model.step_batch(params, prev.reshape(b * t, s), x.reshape(b * t, -1))
+    return pred.reshape(b, t, s)
+
+
+def jacobi_sweeps(model: Model, params: Params, table: jax.Array, x: jax.Array, sweeps: int) -> jax.Array:
+    """`sweeps` parallel updates `E[t] <- cell(E[t-1], x[t])`; after m sweeps steps 0..m-1 are exact."""
+    return jax.lax.fori_loop(0, sweeps, lambda _, e: cell_predictions(model, params, e, x), table)
+
+
+def _by_quartile(prefix: str, dist: jax.Array) -> dict[str, jax.Array]:
+    """Mean of `dist: (N, T)` per quarter of the time axis: does agreement spread from t=0?"""
+    return {f"{prefix}_q{q}": jnp.mean(part) for q, part in enumerate(jnp.array_split(dist, 4, axis=1), start=1)}
+
+
+# ----------------------------------------------------------------------------- method
+
+
 class EmbeddingParallel(Method):
     cfg: ParallelConfig
 
     def __init__(self, cfg, model, task):
         super().__init__(cfg, model, task)
-        self.table_tx = cfg.optimizer.build()
+        self.table_tx = (cfg.table_optimizer or cfg.optimizer).build()
+        self.weight_multiplier = cfg.consistency_schedule.build()
+
+    def initial_table(self, key, params, x):
+        n, t = x.shape[:2]
+        shape = (n, t, self.model.state_dim)
+        if self.cfg.table_init == "random":
+            return self.cfg.table_init_scale * jax.random.normal(key, shape, jnp.float32)
+        if self.cfg.table_init == "rollout":
+            return rollout_states(self.model, params, x).astype(jnp.float32)
+        return jnp.zeros(shape, jnp.float32)
 
     def init(self, key, params, train):
-        n, t = train.x.shape[:2]
-        table = jnp.zeros((n, t, self.model.state_dim), jnp.float32)
-        return {
+        table = self.initial_table(key, params, train.x)
+        state = {
             "params": params,
             "opt_state": self.tx.init(params),
             "table": table,
             # One optimizer state per sequence row, so rows update independently.
             "table_opt_state": jax.vmap(self.table_tx.init)(table),
+            # Steps taken so far: the eval-time objective uses the same scheduled weight.
+            "steps_done": jnp.int32(0),
         }
+        if self.cfg.freeze_every > 1:
+            state["grad_sum"] = jnp.zeros_like(table)
+            state["grad_count"] = jnp.zeros(table.shape[0], jnp.int32)
+        return state
 
-    def predictions(self, params, rows, x):
-        """`cell(E[t-1], x[t])` for every transition of `rows: (B, T, S)`, in one batched call."""
-        b, t, s = rows.shape
-        s0 = jnp.broadcast_to(self.model.initial_state(), (b, 1, s))
-        prev = jnp.concatenate([s0, rows[:, :-1]], axis=1)
-        pred = self.model.step_batch(params, prev.reshape(b * t, s), x.reshape(b * t, -1))
-        return pred.reshape(b, t, s)
+    def consistency_weight(self, step):
+        return self.cfg.consistency_weight * self.weight_multiplier(step)
 
-    def loss(self, params, rows, x, y, mask):
-        pred = self.predictions(params, rows, x)
+    def loss(self, params, rows, x, y, mask, weight=None):
+        """Objective and its parts; `weight` is the scheduled consistency weight (default: unscheduled)."""
+        weight = self.cfg.consistency_weight if weight is None else weight
+        pred = cell_predictions(self.model, params, rows, x)
         read = pred if self.cfg.readout_from == "cell" else rows
         task_loss = self.task.loss(readout_all(self.model, params, read), y, mask)
-        sq_residual = jnp.sum(jnp.square(pred - rows), axis=-1)  # (B, T)
+        # Stop-gradient only inside the consistency term; the task term is untouched.
+        sg = self.cfg.consistency_stop_gradient
+        p = jax.lax.stop_gradient(pred) if sg == "prediction" else pred
+        target = jax.lax.stop_gradient(rows) if sg == "target" else rows
+        sq_residual = jnp.sum(jnp.square(p - target), axis=-1)  # (B, T)
         consistency = jnp.mean(sq_residual)
-        objective = task_loss + self.cfg.consistency_weight * consistency
+        objective = task_loss + weight * consistency
         return objective, {"task_loss": task_loss, "consistency": consistency, "sq_residual": sq_residual}
 
+    def refreshed_table(self, params, table, x):
+        if self.cfg.refresh == "rollout":
+            return rollout_states(self.model, params, x).astype(table.dtype)
+        return jacobi_sweeps(self.model, params, table, x, self.cfg.sweeps)
+
     def train_step(self, state, train, batch, step, key):
-        rows = state["table"][batch.idx]
-        rows_opt = _take_rows(state["table_opt_state"], batch.idx)
+        cfg, params, table = self.cfg, state["params"], state["table"]
+        if cfg.refresh != "none":
+            due = (step > 0) & (step % cfg.refresh_every == 0)
+            table = jax.lax.cond(due, lambda t: self.refreshed_table(params, t, train.x), lambda t: t, table)
+        rows = _take_rows(table, batch.idx)
+        weight = self.consistency_weight(step)
         grad_fn = jax.value_and_grad(self.loss, argnums=(0, 1), has_aux=True)
-        (objective, aux), (g_params, g_rows) = grad_fn(state["params"], rows, batch.x, batch.y, batch.mask)
+        (objective, aux), (g_params, g_rows) = grad_fn(params, rows, batch.x, batch.y, batch.mask, weight)
 
-        updates, opt_state = self.tx.update(g_params, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        row_updates, rows_opt = jax.vmap(self.table_tx.update)(g_rows, rows_opt, rows)
-        rows = optax.apply_updates(rows, row_updates)
+        updates, opt_state = self.tx.update(g_params, state["opt_state"], params)
+        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "steps_done": step + 1}
+        if cfg.freeze_every == 1:
+            rows_opt = _take_rows(state["table_opt_state"], batch.idx)
+            row_updates, rows_opt = jax.vmap(self.table_tx.update)(g_rows, rows_opt, rows)
+            new_state["table"] = _put_rows(table, batch.idx, optax.apply_updates(rows, row_updates))
+            new_state["table_opt_state"] = _put_rows(state["table_opt_state"], batch.idx, rows_opt)
+        else:
+            new_state.update(self._accumulate(state, table, batch.idx, g_rows, step))
 
-        new_state = {
-            "params": params,
-            "opt_state": opt_state,
-            "table": state["table"].at[batch.idx].set(rows),
-            "table_opt_state": _put_rows(state["table_opt_state"], batch.idx, rows_opt),
-        }
+        residual = jnp.sqrt(aux["sq_residual"])
         metrics = {
             "objective": objective,
             "task_loss": aux["task_loss"],
             "consistency": aux["consistency"],
-            "grad_norm_params": optax.global_norm(g_params),
-            "grad_norm_table": optax.global_norm(g_rows),
+            "consistency_weight": weight,
+            "residual_mean": jnp.mean(residual),
+            "residual_max": jnp.max(residual),
+            "grad_norm_params": optax.tree.norm(g_params),
+            "grad_norm_table": optax.tree.norm(g_rows),
         }
         return new_state, metrics
+
+    def _accumulate(self, state, table, idx, g_rows, step):
+        """freeze_every > 1: add this step's row gradients; after every K-th step apply and clear."""
+        grad_sum = _put_rows(state["grad_sum"], idx, _take_rows(state["grad_sum"], idx) + g_rows)
+        grad_count = _put_rows(state["grad_count"], idx, _take_rows(state["grad_count"], idx) + 1)
+
+        def apply(operand):
+            table, opt, gsum, gcount = operand
+            if self.cfg.accumulate == "mean":
+                gsum = gsum / jnp.maximum(gcount, 1).astype(gsum.dtype)[:, None, None]
+            upd, new_opt = jax.vmap(self.table_tx.update)(gsum, opt, table)
+            # Only rows batched during the window take an optimizer step; the rest stay bit-identical.
+            touched = gcount > 0
+            new_table = _where_rows(touched, optax.apply_updates(table, upd), table)
+            return new_table, _where_rows(touched, new_opt, opt), jnp.zeros_like(gsum), jnp.zeros_like(gcount)
+
+        due = (step + 1) % self.cfg.freeze_every == 0
+        operand = (table, state["table_opt_state"], grad_sum, grad_count)
+        table, opt, grad_sum, grad_count = jax.lax.cond(due, apply, lambda o: o, operand)
+        return {"table": table, "table_opt_state": opt, "grad_sum": grad_sum, "grad_count": grad_count}
 
     def params(self, state):
         return state["params"]
 
     def eval_metrics(self, state, train, rollout_train_states, rollout_train_loss):
-        table = state["table"]
-        objective, aux = self.loss(state["params"], table, train.x, train.y, train.mask)
+        params, table = state["params"], state["table"]
+        weight = self.consistency_weight(state["steps_done"])
+        objective, aux = self.loss(params, table, train.x, train.y, train.mask, weight)
         residual = jnp.sqrt(aux["sq_residual"])
         dist = jnp.linalg.norm(table - rollout_train_states, axis=-1)  # (N, T)
         out = {
             "objective": objective,
             "task_loss": aux["task_loss"],
             "consistency": aux["consistency"],
+            "consistency_weight": weight,
             "residual_mean": jnp.mean(residual),
             "residual_max": jnp.max(residual),
             "table_rollout_dist": jnp.mean(dist),
+            **_by_quartile("table_rollout_dist", dist),
         }
-        # Distance to the true rollout by quarter of the sequence: does agreement spread from t=0?
-        for q, part in enumerate(jnp.array_split(dist, 4, axis=1), start=1):
-            out[f"table_rollout_dist_q{q}"] = jnp.mean(part)
+        if self.cfg.refresh == "jacobi":
+            # How close a Jacobi refresh taken now (current cell, current table) gets to the true
+            # rollout; measured here, outside the timed step, because it needs a rollout.
+            swept = jacobi_sweeps(self.model, params, table, train.x, self.cfg.sweeps)
+            jdist = jnp.linalg.norm(swept - rollout_train_states, axis=-1)
+            out["jacobi_rollout_dist"] = jnp.mean(jdist)
+            out.update(_by_quartile("jacobi_rollout_dist", jdist))
         return out
 
     def state_table_bytes(self, state):

@@ -1,0 +1,84 @@
+"""Truncated BPTT: the rollout run window by window, no gradient across window boundaries.
+
+The sequence is cut into windows of `window` steps (the last one shorter when the
+length is not a multiple). Each window is a plain `seqpar.rollout.rollout_states`
+scan that starts from the previous window's last state, so the forward pass, the
+states and the loss value are exactly full BPTT's; only the gradient differs: the
+state entering a window is a constant (`stop_gradient`), so a loss at step t
+credits only the inputs of its own window. A dependency longer than the distance
+to the window start cannot be learned through the gradient.
+
+There is one optimizer step per minibatch of whole sequences (the gradient of
+the whole sequence's loss, truncated), not one per window as in online TBPTT, so
+it sees the same batches and step count as every other method. `window >= length`
+is full BPTT.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from pydantic import Field
+
+from seqpar.methods.base import METHODS, Method, MethodConfig
+from seqpar.model import Model, Params
+from seqpar.rollout import readout_all, rollout_states
+
+
+@METHODS.register("truncated_bptt")
+class TruncatedBPTTConfig(MethodConfig):
+    type: Literal["truncated_bptt"] = "truncated_bptt"
+    window: int = Field(gt=0, description="k: steps per window; gradients stop at window boundaries (>= length: full BPTT)")
+    unroll: int = Field(1, ge=1, description="lax.scan unroll factor (a speed knob; results are identical)")
+
+    def build(self, model, task):
+        return TruncatedBPTT(self, model, task)
+
+
+def truncated_rollout_states(model: Model, params: Params, x: jax.Array, window: int, unroll: int = 1) -> jax.Array:
+    """The rollout's states `(N, T, S)` (same values), with the gradient cut every `window` steps."""
+    n, t = x.shape[:2]
+    k = min(window, t)
+    full, rest = divmod(t, k)
+    s0 = jnp.broadcast_to(model.initial_state().astype(x.dtype), (n, model.state_dim))
+
+    def one_window(s, xw):
+        states = rollout_states(model, params, xw, s0=jax.lax.stop_gradient(s), unroll=unroll)
+        return states[:, -1], states
+
+    # Windows become the leading (scanned) axis: (W, N, k, D).
+    xs = jnp.swapaxes(x[:, : full * k].reshape(n, full, k, x.shape[-1]), 0, 1)
+    s, states = jax.lax.scan(one_window, s0, xs)
+    states = jnp.swapaxes(states, 0, 1).reshape(n, full * k, -1)
+    if rest:  # the shorter last window
+        _, tail = one_window(s, x[:, full * k :])
+        states = jnp.concatenate([states, tail], axis=1)
+    return states
+
+
+class TruncatedBPTT(Method):
+    cfg: TruncatedBPTTConfig
+
+    def init(self, key, params, train):
+        return {"params": params, "opt_state": self.tx.init(params)}
+
+    def loss(self, params, x, y, mask):
+        states = truncated_rollout_states(self.model, params, x, self.cfg.window, self.cfg.unroll)
+        return self.task.loss(readout_all(self.model, params, states), y, mask)
+
+    def train_step(self, state, train, batch, step, key):
+        loss, grads = jax.value_and_grad(self.loss)(state["params"], batch.x, batch.y, batch.mask)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"objective": loss, "task_loss": loss, "grad_norm_params": optax.tree.norm(grads)}
+        return {"params": params, "opt_state": opt_state}, metrics
+
+    def params(self, state):
+        return state["params"]
+
+    def eval_metrics(self, state, train, rollout_train_states, rollout_train_loss):
+        # The truncated loss *value* is the rollout loss; only its gradient is truncated.
+        return {"objective": rollout_train_loss}
