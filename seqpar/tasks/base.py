@@ -4,12 +4,17 @@ A task produces float inputs `x: (N, T, input_dim)`, targets `y` (int labels
 `(N, T)` for classification, floats `(N, T, output_dim)` for regression) and a
 `mask: (N, T)` that marks which steps are scored. Every loss and metric in seqpar
 is a masked mean over `mask`, so methods are judged on exactly the same steps.
+
+The memoryless baseline is the loss of a reference predictor that uses nothing
+from earlier steps: each task names its predictor in `baseline_formula` and its
+docstring (a constant, a function of the position t, or of the current input),
+and tests check the formula against that predictor's loss on generated data.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +23,9 @@ import optax
 from pydantic import Field
 
 from seqpar.config import Config
+
+
+Split = Literal["train", "test"]
 
 
 class Dataset(NamedTuple):
@@ -44,7 +52,12 @@ class Task(abc.ABC):
     baseline_formula: str  # human-readable formula of `baseline_loss`
 
     @abc.abstractmethod
-    def make_data(self, key: jax.Array, num_sequences: int) -> Dataset: ...
+    def make_data(self, key: jax.Array, num_sequences: int, split: Split = "train") -> Dataset:
+        """`num_sequences` sequences, a deterministic function of `key`.
+
+        Generated tasks ignore `split` (train and test differ by key); a task over a
+        fixed corpus (`char_lm`) draws the test set from a part the training set never sees.
+        """
 
     @property
     @abc.abstractmethod

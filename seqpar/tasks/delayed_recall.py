@@ -22,6 +22,8 @@ from seqpar.tasks.registry import TASKS
 
 @TASKS.register("delayed_recall")
 class DelayedRecallConfig(TaskConfig):
+    """Output the token seen `lag` steps ago."""
+
     type: Literal["delayed_recall"] = "delayed_recall"
     length: int = Field(64, gt=0, description="steps per sequence")
     lag: int = Field(2, gt=0, description="how many steps back the target lies")
@@ -49,7 +51,7 @@ class DelayedRecall(ClassificationTask):
     def baseline_loss(self) -> float:
         return math.log(self.cfg.vocab)
 
-    def make_data(self, key, num_sequences):
+    def make_data(self, key, num_sequences, split="train"):
         c = self.cfg
         tokens = jax.random.randint(key, (num_sequences, c.length), 0, c.vocab)
         y = jnp.roll(tokens, c.lag, axis=1)  # y[:, t] = tokens[:, t - lag]; wrapped steps are masked

@@ -1,0 +1,130 @@
+"""Character-level language modelling on a plain-text file.
+
+The default text is Shakespeare's Hamlet, shipped in `seqpar/data/` (its source is
+in the README there); `path:` takes the user's own UTF-8 file (relative to the
+working directory). The vocabulary is every character of the file, one-hot in
+and a class each out.
+
+The first `1 - test_fraction` of the text is the training part, the rest the
+held-out part; `make_data(split=...)` draws random windows of `length + 1`
+characters from one part only, so held-out rollouts never see training text.
+Input at t is character t of the window, target is character t + 1; every step
+is scored.
+
+Memoryless baseline: the unigram entropy of the training part, -Σ p(c) ln p(c):
+the loss of predicting every character from its frequency alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import Field, model_validator
+
+from seqpar.config import KeyedError
+from seqpar.tasks.base import ClassificationTask, Dataset, TaskConfig
+from seqpar.tasks.registry import TASKS
+
+SHIPPED_TEXT = "hamlet.txt"
+
+
+def shipped_text_path() -> Path:
+    return Path(str(resources.files("seqpar") / "data" / SHIPPED_TEXT))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_text(path: str, mtime_ns: int) -> str:
+    del mtime_ns  # part of the cache key only: an edited file is read again
+    return Path(path).read_text(encoding="utf-8")
+
+
+def read_text(path: Path) -> str:
+    """The file's text; OSError or UnicodeDecodeError if it cannot be read as UTF-8."""
+    return _read_text(str(path), path.stat().st_mtime_ns)
+
+
+@TASKS.register("char_lm")
+class CharLMConfig(TaskConfig):
+    """Predict the next character of a text (default: Hamlet, shipped)."""
+
+    type: Literal["char_lm"] = "char_lm"
+    path: str | None = Field(None, min_length=1, description="UTF-8 text file (default: the shipped Hamlet, about 178 KB)")
+    length: int = Field(128, gt=0, description="characters per sequence")
+    test_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False, description="final part of the text held out for the test set")
+
+    @property
+    def text_path(self) -> Path:
+        return Path(self.path).expanduser() if self.path is not None else shipped_text_path()
+
+    @model_validator(mode="after")
+    def _text_fits(self):
+        key = "path" if self.path is not None else "length"
+        p = self.text_path
+        try:
+            text = read_text(p)
+        except FileNotFoundError:
+            raise KeyedError("path", f"file not found: {str(p)!r}") from None
+        except IsADirectoryError:
+            raise KeyedError("path", f"is a directory, expected a text file: {str(p)!r}") from None
+        except UnicodeDecodeError as e:
+            raise KeyedError("path", f"not UTF-8 text: {str(p)!r} ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise KeyedError("path", f"cannot read {str(p)!r} ({e.strerror or e})") from None
+        train_chars, test_chars = split_sizes(len(text), self.test_fraction)
+        need = self.length + 1
+        if min(train_chars, test_chars) < need:
+            raise KeyedError(
+                key,
+                f"each part of the text must hold a window of length + 1 = {need} characters, but {str(p)!r} has "
+                f"{len(text)} characters: {train_chars} for training, {test_chars} held out (test_fraction={self.test_fraction})",
+            )
+        return self
+
+    def build(self) -> "CharLM":
+        return CharLM(self)
+
+
+def split_sizes(num_chars: int, test_fraction: float) -> tuple[int, int]:
+    test = int(round(num_chars * test_fraction))
+    return num_chars - test, test
+
+
+class CharLM(ClassificationTask):
+    baseline_formula = "H(unigram of the training text) = −Σ p(c) ln p(c)"
+
+    def __init__(self, cfg: CharLMConfig):
+        self.cfg = cfg
+        text = read_text(cfg.text_path)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        chars, ids = np.unique(codes, return_inverse=True)
+        self.vocab = "".join(map(chr, chars))
+        self.ids = ids.astype(np.int32)
+        self.num_train_chars, _ = split_sizes(len(self.ids), cfg.test_fraction)
+        self.input_dim = self.output_dim = len(self.vocab)
+        self.seq_len = cfg.length
+
+    @functools.cached_property
+    def baseline_loss(self) -> float:
+        counts = np.bincount(self.ids[: self.num_train_chars], minlength=self.output_dim)
+        p = counts[counts > 0] / counts.sum()
+        return float(-np.sum(p * np.log(p)))
+
+    def make_data(self, key, num_sequences, split="train"):
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test' (got {split!r})")
+        lo, hi = (0, self.num_train_chars) if split == "train" else (self.num_train_chars, len(self.ids))
+        window = self.cfg.length + 1
+        starts = jax.random.randint(key, (num_sequences,), lo, hi - window + 1)
+        tokens = jnp.asarray(self.ids)[starts[:, None] + jnp.arange(window)]
+        return Dataset(
+            x=jax.nn.one_hot(tokens[:, :-1], self.input_dim, dtype=jnp.float32),
+            y=tokens[:, 1:],
+            mask=jnp.ones((num_sequences, self.cfg.length), jnp.float32),
+        )
+

@@ -1,0 +1,144 @@
+"""The cell zoo: one interface, batched with vmap and scanned, and every cell x method runs.
+
+Equivalence tests use fixed tolerances (1e-5) and are never loosened.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqpar.cells import CELLS
+from seqpar.methods import METHODS
+from seqpar.methods.bptt import BPTTConfig
+from seqpar.methods.parallel import ParallelConfig
+from seqpar.model import build_model
+from seqpar.rollout import rollout_states
+from seqpar.spec import validate_spec
+from seqpar.tasks.delayed_recall import DelayedRecallConfig
+from seqpar.train import build_experiment, run_method
+
+CELL_NAMES = CELLS.names()
+# One small size everywhere, so eager ops and model inits compile once per cell.
+IN, HIDDEN, OUT = 3, 4, 3
+TASK = DelayedRecallConfig(length=6, lag=2, vocab=IN, train_sequences=4, test_sequences=4)
+SGD = {"type": "sgd", "lr": 0.05}
+# Method fields without a default; a method added later that needs more fails here by name.
+REQUIRED_METHOD_FIELDS = {"truncated_bptt": {"window": 3}}
+
+
+def _model(cell, key=0):
+    return build_model(cell, IN, HIDDEN, OUT, jax.random.key(key))
+
+
+@functools.cache
+def _reference(cell):
+    """Rollout states, BPTT loss and gradients, and parallel losses on the true table: one jit per cell."""
+    task = TASK.build()
+    data = task.make_data(jax.random.key(4), 4)
+    model, params = _model(cell)
+    bptt = BPTTConfig(optimizer=SGD).build(model, task)
+    readers = {r: ParallelConfig(optimizer=SGD, readout_from=r).build(model, task) for r in ("cell", "table")}
+
+    @jax.jit
+    def compute(params, x, y, mask):
+        states = rollout_states(model, params, x)
+        loss, grads = jax.value_and_grad(bptt.loss)(params, x, y, mask)
+        return states, loss, grads, {r: m.loss(params, states, x, y, mask) for r, m in readers.items()}
+
+    return model, params, data, *compute(params, data.x, data.y, data.mask)
+
+
+def test_the_zoo_is_registered():
+    assert set(CELL_NAMES) >= {"elman", "gru", "lstm", "mingru"}
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_vmap_and_scan_match_a_python_loop(cell):
+    model, params, data, states, *_ = _reference(cell)
+    n, t = data.x.shape[:2]
+    assert model.state_dim == (2 * HIDDEN if cell == "lstm" else HIDDEN)
+    assert states.shape == (n, t, model.state_dim)
+    step = jax.jit(model.step)  # one example, one step at a time
+    s = [model.initial_state()] * n
+    for k in range(t):
+        s = [step(params, s[i], data.x[i, k]) for i in range(n)]
+        np.testing.assert_allclose(states[:, k], jnp.stack(s), atol=1e-5, rtol=1e-5)
+    assert model.readout(params, s[0]).shape == (OUT,)
+    assert float(jnp.std(states[:, -1])) > 1e-3  # the states actually move
+
+
+def test_lstm_forget_gate_bias_is_one_in_the_trained_params():
+    model, params = _model("lstm")
+    bias = np.asarray(params["cell"]["wx"]["bias"][...])  # gate order i, f, g, o
+    np.testing.assert_array_equal(bias[HIDDEN : 2 * HIDDEN], 1.0)
+    np.testing.assert_array_equal(np.delete(bias, np.s_[HIDDEN : 2 * HIDDEN]), 0.0)
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_linear_recurrence_flag_is_true_to_the_cell(cell):
+    """cell(a s1 + (1-a) s2, x) = a cell(s1, x) + (1-a) cell(s2, x) exactly when the recurrence is affine."""
+    model, params = _model(cell)
+    k1, k2 = jax.random.split(jax.random.key(3))
+    s1, s2 = jax.random.normal(k1, (2, model.state_dim))
+    x = jax.random.normal(k2, (IN,))
+    a = 0.3
+
+    @jax.jit
+    def gap(params):
+        lhs = model.step(params, a * s1 + (1 - a) * s2, x)
+        rhs = a * model.step(params, s1, x) + (1 - a) * model.step(params, s2, x)
+        return jnp.max(jnp.abs(lhs - rhs))
+
+    if CELLS.get(cell).linear_recurrence:
+        assert float(gap(params)) < 1e-5
+    else:
+        assert float(gap(params)) > 1e-3
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_gradient_reaches_every_parameter(cell):
+    *_, grads, _ = _reference(cell)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_parallel_with_the_true_rollout_table_is_bptt(cell):
+    """E = rollout states: zero consistency, and the task loss is the BPTT loss (either readout)."""
+    *_, bptt_loss, _, parallel = _reference(cell)
+    for readout_from, (objective, aux) in parallel.items():
+        assert float(jnp.max(jnp.sqrt(aux["sq_residual"]))) < 1e-5, readout_from
+        assert float(aux["consistency"]) < 1e-5, readout_from
+        np.testing.assert_allclose(float(aux["task_loss"]), float(bptt_loss), atol=1e-5, rtol=0, err_msg=readout_from)
+        np.testing.assert_allclose(float(objective), float(bptt_loss), atol=1e-5, rtol=0, err_msg=readout_from)
+
+
+def _tiny_spec(cell: str, method: str):
+    return validate_spec(
+        {
+            "name": f"tiny-{cell}-{method}",
+            "seed": 0,
+            "task": TASK.model_dump(),
+            "model": {"cell": cell, "hidden": HIDDEN},
+            "train": {"steps": 2, "batch_size": 4, "eval_every": 2},
+            "methods": [{"type": method, "optimizer": SGD, **REQUIRED_METHOD_FIELDS.get(method, {})}],
+        }
+    )
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_every_cell_with_every_method_trains(cell, method):
+    spec = _tiny_spec(cell, method)
+    exp = build_experiment(spec)
+    lines = []
+    record = run_method(exp, spec.methods[0], lines.append)
+    assert record["status"] == "completed", record["error"]
+    assert record["steps_done"] == 2
+    assert np.isfinite(record["final"]["rollout_loss_test"])
+    assert np.isfinite(record["final"]["objective"])
