@@ -1,0 +1,349 @@
+"""`seqpar compare`: aggregate run records over seeds into one table (Rich, markdown, CSV or JSON).
+
+Results (one method's record in one run directory, see `seqpar.records`) are
+grouped by method label and the grouping keys; the seed is what a group
+aggregates over. By default the grouping keys are the swept keys of any sweep
+given plus every setting that differs between runs (of the same method).
+Everything here is a plain function of loaded records, so tests build records by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from seqpar.records import Result, load, results, setting_key
+
+# Numbers a row reports beside the headline metric; also valid `--sort` keys.
+ROW_NUMBERS = ("mean", "std", "n", "baseline_frac", "steps_to_target", "seconds_to_target", "step_time_ms", "peak_memory_mb")
+
+
+# Metrics every run record has (possibly as null, e.g. a run that failed before its first evaluation).
+STANDARD_METRICS = (
+    "rollout_loss_test",
+    "rollout_loss_train",
+    "rollout_acc_test",
+    "objective",
+    "step_time_ms",
+    "steps_per_s",
+    "peak_memory_mb",
+    "wall_s",
+    "compile_s",
+    "steps_to_target",
+    "seconds_to_target",
+)
+
+
+class CompareError(Exception):
+    """Bad `compare`/`plot` arguments (unknown metric or key, nothing to read); the CLI exits 2."""
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def varying_keys(rs: list[Result]) -> list[str]:
+    """Settings with more than one value among the results that have them.
+
+    `method.*` keys are compared only within one method label (BPTT has no
+    consistency weight; that is not a difference). A key some records lack
+    (written by an older seqpar, or another task type, which `task.type` shows)
+    is not a difference by itself."""
+    keys: list[str] = []
+    for r in rs:
+        keys += [k for k in r.settings if k not in keys]
+    out = []
+    for k in keys:
+        by_label: dict[str, set[str]] = {}
+        for r in rs:
+            if k in r.settings:
+                by_label.setdefault(r.label if k.startswith("method.") else "", set()).add(hashable(r.settings[k]))
+        if any(len(v) > 1 for v in by_label.values()):
+            out.append(k)
+    return out
+
+
+def hashable(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def group_keys(rs: list[Result], loaded_swept: list[str], by: list[str] | None) -> list[str]:
+    if by:
+        known = {k for r in rs for k in r.settings} | {"seed"}
+        keys = []
+        for raw in by:
+            for k in filter(None, (p.strip() for p in raw.split(","))):
+                k = setting_key(k)
+                if k not in known:
+                    close = difflib.get_close_matches(k, sorted(known), n=3, cutoff=0.5)
+                    hint = (
+                        f"; did you mean {' or '.join(close)}?" if close else f" (settings look like {', '.join(sorted(known)[:4])}, ...)"
+                    )
+                    raise CompareError(f"--by {k}: no such setting in these runs{hint}")
+                keys.append(k)
+        return keys
+    keys = [k for k in loaded_swept if any(k in r.settings for r in rs)]
+    return keys + [k for k in varying_keys(rs) if k not in keys]
+
+
+def known_metrics(rs: list[Result]) -> list[str]:
+    names: list[str] = []
+    for r in rs:
+        for src in r.sources():
+            names += [k for k, v in src.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in names]
+    return names
+
+
+def aggregate(
+    rs: list[Result],
+    keys: list[str],
+    metric: str = "rollout_loss_test",
+) -> list[dict[str, Any]]:
+    """One row per (method label, values of `keys`): mean/std/n of `metric` over the group's runs.
+
+    std is the sample standard deviation (n - 1), None for n = 1; runs without a
+    finite value (failed, diverged before an evaluation) are not in n but are in
+    the status counts."""
+    if rs and metric not in STANDARD_METRICS and metric not in known_metrics(rs):
+        raise CompareError(f"--metric {metric}: not recorded in these runs; known: {', '.join(known_metrics(rs))}")
+    groups: dict[tuple, list[Result]] = {}
+    for r in rs:
+        gid = (r.label, *(hashable(r.seed if k == "seed" else r.settings.get(k)) for k in keys))
+        groups.setdefault(gid, []).append(r)
+    loss_like = "loss" in metric or metric == "objective"
+    rows = []
+    for members in groups.values():
+        vals = [v for v in (m.value(metric) for m in members) if v is not None]
+        frac_metric = metric if loss_like else "rollout_loss_test"
+        fracs = [
+            m.value(frac_metric) / m.value("baseline_loss")
+            for m in members
+            if m.value(frac_metric) is not None and (m.value("baseline_loss") or 0) > 0
+        ]
+        with_target = [m for m in members if (m.settings.get("train.target_loss") is not None)]
+        reached = [m for m in with_target if m.value("steps_to_target") is not None]
+        statuses: dict[str, int] = {}
+        for m in members:
+            statuses[m.status] = statuses.get(m.status, 0) + 1
+        first = members[0]
+        rows.append(
+            {
+                "method": first.label,
+                "settings": {k: (first.seed if k == "seed" else first.settings.get(k)) for k in keys},
+                "metric": metric,
+                "mean": statistics.fmean(vals) if vals else None,
+                "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                "n": len(vals),
+                "runs": len(members),
+                "baseline_frac": statistics.fmean(fracs) if fracs else None,
+                "baseline_frac_of": frac_metric,
+                "target": bool(with_target),
+                "reached": len(reached),
+                "steps_to_target": _median([m.value("steps_to_target") for m in reached]),
+                "seconds_to_target": _median([m.value("seconds_to_target") for m in reached]),
+                "step_time_ms": _median([m.value("step_time_ms") for m in members]),
+                "peak_memory_mb": max((v for v in (m.value("peak_memory_mb") for m in members) if v is not None), default=None),
+                "status": statuses,
+                "seeds": sorted({m.seed for m in members if m.seed is not None}),
+                "run_dirs": [str(m.run_dir) for m in members],
+            }
+        )
+    return rows
+
+
+def _median(vals: list[float | None]) -> float | None:
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def natural_key(v: Any) -> tuple:
+    if v is None:
+        return (2, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (0, v)
+    return (1, str(v))
+
+
+def sort_rows(
+    rows: list[dict[str, Any]], keys: list[str], sort: str | None = None, method_order: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Default: by the settings (natural order), then by method in order of appearance.
+
+    `sort`: `metric` (the headline mean), a row number (`step_time_ms`, ...), `method`
+    or a settings key; a leading `-` sorts descending. Missing values go last."""
+    order = {m: i for i, m in enumerate(method_order or [])}
+    rows = sorted(rows, key=lambda r: (*(natural_key(r["settings"].get(k)) for k in keys), order.get(r["method"], len(order)), r["method"]))
+    if not sort:
+        return rows
+    desc = sort.startswith("-")
+    key = sort.lstrip("-")
+    key = "mean" if key in ("metric", rows[0]["metric"] if rows else "") else setting_key(key)
+    if key == "method":
+        get = lambda r: r["method"]
+    elif key in ROW_NUMBERS:
+        get = lambda r: r[key]
+    elif key in keys:
+        get = lambda r: r["settings"].get(key)
+    else:
+        raise CompareError(
+            f"--sort {sort}: expected metric, method, one of {', '.join(ROW_NUMBERS[3:])} or a shown setting ({', '.join(keys) or 'none'})"
+        )
+    present = [r for r in rows if get(r) is not None]
+    missing = [r for r in rows if get(r) is None]
+    return sorted(present, key=lambda r: natural_key(get(r)), reverse=desc) + missing
+
+
+def drop_constant(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """`--diff-only`: the keys whose value is not the same in every row."""
+    return [k for k in keys if len({hashable(r["settings"].get(k)) for r in rows}) > 1]
+
+
+def compare(
+    paths: list[str | Path],
+    by: list[str] | None = None,
+    metric: str = "rollout_loss_test",
+    sort: str | None = None,
+    diff_only: bool = False,
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Load, group and sort: (rows, settings keys shown, warnings). Raises CompareError on bad arguments."""
+    loaded = load(paths)
+    rs = results(loaded.runs)
+    if not rs:
+        raise CompareError("nothing to compare: " + ("; ".join(loaded.warnings) or "no run records"))
+    keys = group_keys(rs, loaded.swept, by)
+    rows = aggregate(rs, keys, metric)
+    method_order = list(dict.fromkeys(r.label for r in rs))
+    rows = sort_rows(rows, keys, sort, method_order)
+    if diff_only:
+        keys = drop_constant(rows, keys)
+    return rows, keys, loaded.warnings
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _num(v: Any, spec: str = ".4g") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _mean_std(r: dict[str, Any]) -> str:
+    if r["mean"] is None:
+        return "—"
+    return f"{r['mean']:.4f} ± {r['std']:.4f}" if r["std"] is not None else f"{r['mean']:.4f}"
+
+
+def _to_target(r: dict[str, Any], field_: str, spec: str) -> str:
+    if not r["target"]:
+        return "—"
+    v = r[field_]
+    return f"{'never' if v is None else format(v, spec)} ({r['reached']}/{r['runs']})"
+
+
+def _status(r: dict[str, Any]) -> str:
+    return " ".join(f"{n} {s}" for s, n in sorted(r["status"].items(), key=lambda kv: (kv[0] != "completed", kv[0])))
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Column headers: the last part of a dotted key when that is unambiguous."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    metric = rows[0]["metric"] if rows else "rollout_loss_test"
+    frac_of = rows[0]["baseline_frac_of"] if rows else metric
+    names = short_names(keys)
+    header = [
+        "method",
+        *(names[k] for k in keys),
+        f"{metric} (mean ± std)",
+        "n",
+        {"rollout_loss_test": "test loss", "rollout_loss_train": "train loss"}.get(frac_of, frac_of) + " / baseline",
+        "steps to target",
+        "s to target",
+        "step ms",
+        "peak MB",
+        "status",
+    ]
+    body = [
+        [
+            r["method"],
+            *(_num(r["settings"].get(k), "g") for k in keys),
+            _mean_std(r),
+            str(r["n"]),
+            _num(r["baseline_frac"], ".3f"),
+            _to_target(r, "steps_to_target", "g"),
+            _to_target(r, "seconds_to_target", ".1f"),
+            _num(r["step_time_ms"], ".3g"),
+            _num(r["peak_memory_mb"], ".1f"),
+            _status(r),
+        ]
+        for r in rows
+    ]
+    return header, body
+
+
+def rich_table(rows: list[dict[str, Any]], keys: list[str], title: str | None = None) -> Table:
+    header, body = text_rows(rows, keys)
+    t = Table(title=title or "held-out sequential rollout, mean ± std over seeds (n = runs with a finite value)")
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i == 0 or col == "status" else "right")
+    for r, cells in zip(rows, body):
+        style = "" if set(r["status"]) == {"completed"} else "yellow"
+        t.add_row(*cells, style=style)
+    return t
+
+
+def markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    header, body = text_rows(rows, keys)
+    align = ["---" if i == 0 or h == "status" else "---:" for i, h in enumerate(header)]
+    lines = [header, align, *body]
+    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines) + "\n"
+
+
+def _flat_row(r: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    m = r["metric"]
+    return {
+        "method": r["method"],
+        **{k: r["settings"].get(k) for k in keys},
+        f"{m}_mean": r["mean"],
+        f"{m}_std": r["std"],
+        "n": r["n"],
+        "runs": r["runs"],
+        f"{r['baseline_frac_of']}_over_baseline": r["baseline_frac"],
+        "steps_to_target": r["steps_to_target"],
+        "seconds_to_target": r["seconds_to_target"],
+        "reached_target": r["reached"] if r["target"] else None,
+        "step_time_ms": r["step_time_ms"],
+        "peak_memory_mb": r["peak_memory_mb"],
+        "status": ";".join(f"{s}:{n}" for s, n in sorted(r["status"].items())),
+    }
+
+
+def to_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    flat = [_flat_row(r, keys) for r in rows]
+    buf = io.StringIO()
+    if flat:
+        w = csv.DictWriter(buf, fieldnames=list(flat[0]), lineterminator="\n")
+        w.writeheader()
+        for f in flat:
+            w.writerow({k: ("" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in f.items()})
+    return buf.getvalue()
+
+
+def to_json(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    out = [{**r, "settings": {k: r["settings"].get(k) for k in keys}} for r in rows]
+    return json.dumps(out, indent=2, allow_nan=False) + "\n"
+
+
+FORMATS = ("table", "markdown", "csv", "json")

@@ -1,0 +1,435 @@
+"""Sweeps: a `sweep:` block in a spec expands into a grid of specs, each run into its own record.
+
+    sweep:
+      task.length: [64, 256, 1024]
+      seed: [0, 1, 2]
+      methods.1.consistency_weight: [0.1, 1, 10]
+
+Order of operations: read the YAML, apply `--set` (to the base spec or, as
+`--set sweep.KEY=[...]`, to the sweep itself), take `sweep:` out, then expand the
+grid (`itertools.product`, the last key varying fastest) and validate *every*
+point before anything is written, so a bad sweep exits 2 with nothing on disk.
+A `--set` of a key that is also swept pins it: that axis is dropped (the command
+line is the most specific word), and the dry run says so.
+
+A sweep directory holds
+    sweep.yaml       the spec as run: the base after --set plus `sweep:` as flat axes;
+                     `seqpar run sweep.yaml` reproduces exactly these points
+    sweep.json       the index, rewritten atomically before and after every point:
+                     {"schema_version", "kind": "sweep", "name", "source", "status",
+                      "started", "finished", "axes": {key: [values]}, "pinned": {key: value},
+                      "points": [{"index", "dir", "values": {key: value}, "status",
+                                  "methods": {label: status}, "error", "traceback"}]}
+                     point status: pending, running, completed, failed, interrupted
+    000_task.length=64_seed=0/  one ordinary run record per point (spec.yaml, metrics.jsonl, summary.json)
+A point that fails (an exception) or whose methods diverge is recorded with its
+status and the sweep goes on; Ctrl-C stops after the current point's record is saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from seqpar.results import SCHEMA_VERSION, atomic_write_json, atomic_write_text
+from seqpar.spec import Spec, SpecError, parse_override, read_yaml, set_dotted, validate_spec
+
+SWEEP_INDEX = "sweep.json"  # {"kind": "sweep", "axes": {key: [values]}, "points": [{"index", "dir", "values", "status", ...}], ...}
+SWEEP_SPEC = "sweep.yaml"
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: its position, the swept values that define it, and its validated spec."""
+
+    index: int
+    values: dict[str, Any]
+    spec: Spec
+
+    @property
+    def dirname(self) -> str:
+        """`003_task.length=256_seed=1`: sortable, readable, directory-safe."""
+        parts = [f"{k}={_short(v)}" for k, v in self.values.items()]
+        name = "_".join([f"{self.index:03d}", *parts])
+        name = re.sub(r"[^A-Za-z0-9._=+-]", "-", name)
+        return name[:120]
+
+    @property
+    def describe(self) -> str:
+        return ", ".join(f"{k}={_short(v)}" for k, v in self.values.items()) or "(base spec)"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `seqpar run` will do: one point for a plain spec, the whole grid for a sweep."""
+
+    source: str
+    raw: dict[str, Any]  # the spec after --set, `sweep:` included
+    axes: dict[str, list[Any]]  # swept key -> values, in grid order (pinned keys removed)
+    pinned: dict[str, Any] = field(default_factory=dict)  # swept keys fixed by --set
+    points: list[Point] = field(default_factory=list)
+
+    @property
+    def is_sweep(self) -> bool:
+        return "sweep" in self.raw
+
+    @property
+    def name(self) -> str:
+        return self.points[0].spec.name
+
+    def as_run(self) -> dict[str, Any]:
+        """The spec that reproduces exactly these points: base after --set, `sweep:` as the flat axes."""
+        return {**{k: v for k, v in self.raw.items() if k != "sweep"}, "sweep": self.axes}
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return format(v, "g")
+    if isinstance(v, (dict, list)):
+        return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- loading and expansion
+
+
+def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
+    """Read a spec (with or without `sweep:`), apply `--set`, expand and validate every point."""
+    path = Path(path)
+    raw = read_yaml(path)
+    pinned: dict[str, Any] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        if key.startswith("sweep."):
+            # Sweep keys are dotted themselves: `--set sweep.task.length=[8,16]` sets the axis `task.length`.
+            sweep = raw.get("sweep")
+            if sweep is None:
+                raw["sweep"] = sweep = {}
+            if not isinstance(sweep, dict):
+                raise SpecError(f"{path}: sweep: must map dotted keys to lists of values (got {type(sweep).__name__})")
+            sweep[key.removeprefix("sweep.")] = value
+        else:
+            set_dotted(raw, key, value, source=f"--set {item}")
+            pinned[key] = value
+    return expand(raw, source=str(path), pinned=pinned)
+
+
+def expand(raw: dict[str, Any], source: str = "spec", pinned: dict[str, Any] | None = None) -> Plan:
+    """Pure: the grid of `raw["sweep"]` over the rest of `raw`, every point validated."""
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    axes = sweep_axes(raw.get("sweep"), source) if "sweep" in raw else {}
+    pinned_axes = {k: v for k, v in (pinned or {}).items() if k in axes}
+    axes = {k: v for k, v in axes.items() if k not in pinned_axes}
+    points = []
+    for index, combo in enumerate(itertools.product(*axes.values())):
+        values = dict(zip(axes, combo))
+        point_raw = copy.deepcopy(base)
+        where = f"{source} (sweep point {index}: {', '.join(f'{k}={_short(v)}' for k, v in values.items())})" if values else source
+        for key, value in values.items():
+            set_dotted(point_raw, key, copy.deepcopy(value), source=f"{source}: sweep: {key}")
+        try:
+            spec = validate_spec(point_raw, source=where)
+        except SpecError as e:
+            # Blame the sweep when the bad key is a swept one: "x.yaml: sweep: task.lag: must be ... (at point 3: ...)".
+            msg = str(e).removeprefix(f"{where}: ")
+            hit = next((k for k in values if msg.startswith((k + ":", k + "."))), None)
+            if hit is not None:
+                at = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+                raise SpecError(f"{source}: sweep: {msg} (at point {index}: {at})", key=f"sweep.{hit}", source=source) from None
+            raise
+        points.append(Point(index, values, spec))
+    return Plan(source, raw, axes, pinned_axes, points)
+
+
+def sweep_axes(sweep: Any, source: str) -> dict[str, list[Any]]:
+    """Check the `sweep:` block and flatten nested mappings (`task: {length: [..]}` == `task.length: [..]`)."""
+    if not isinstance(sweep, dict):
+        raise SpecError(
+            f"{source}: sweep: must be a mapping of dotted keys to lists of values (got {type(sweep).__name__})", key="sweep", source=source
+        )
+    axes: dict[str, list[Any]] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+                continue
+            if not isinstance(k, (str, int)) or not _KEY.match(key):
+                raise SpecError(f"{source}: sweep: {key!r} is not a dotted key (like task.length or methods.1.consistency_weight)")
+            if key == "sweep" or key.startswith("sweep."):
+                raise SpecError(f"{source}: sweep: {key}: a sweep cannot sweep itself")
+            if key in ("name",):
+                raise SpecError(f"{source}: sweep: {key}: every point shares the experiment name; sweep another key")
+            if not isinstance(v, list) or not v:
+                raise SpecError(f"{source}: sweep: {key}: expected a non-empty list of values (got {v!r})")
+            if key in axes:
+                raise SpecError(f"{source}: sweep: {key}: given twice")
+            overlap = [a for a in axes if a.startswith(key + ".") or key.startswith(a + ".")]
+            if overlap:
+                raise SpecError(f"{source}: sweep: {key}: overlaps the swept key {overlap[0]}; sweep one or the other")
+            axes[key] = v
+
+    walk(sweep, "")
+    return axes
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_sweep(
+    plan: Plan,
+    sweep_dir: Path,
+    run_point: Callable[[Spec, Path], dict[str, Any]],
+    on_point: Callable[[Point, str, dict[str, Any] | None], None] = lambda p, phase, summary: None,
+    after_point: Callable[[Point, Path], None] = lambda p, d: None,
+    *,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run every point into `sweep_dir/<point.dirname>`, keeping `sweep.json` current; returns the index.
+
+    `run_point(spec, dir)` is `seqpar.runner.run_experiment` with its progress bound;
+    `on_point(point, "start"|"end", summary)` drives a progress display; `after_point`
+    exports (plots, TensorBoard) and must not raise. With `resume`, points the existing
+    index records as completed are kept as they are and the others run again (bind
+    `run_experiment(..., resume=True)` into `run_point` to continue their checkpoints).
+    """
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(sweep_dir / SWEEP_SPEC, yaml.safe_dump(plan.as_run(), sort_keys=False))
+    index: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "sweep",
+        "name": plan.name,
+        "source": plan.source,
+        "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "axes": plan.axes,
+        "pinned": plan.pinned,
+        "points": [{"index": p.index, "dir": p.dirname, "values": p.values, "status": "pending"} for p in plan.points],
+    }
+    done: dict[str, dict[str, Any]] = {}
+    if resume and (sweep_dir / SWEEP_INDEX).exists():
+        previous = json.loads((sweep_dir / SWEEP_INDEX).read_text())
+        index["started"] = previous.get("started", index["started"])
+        done = {e["dir"]: e for e in previous.get("points", []) if e.get("status") == "completed"}
+        index["points"] = [done.get(e["dir"], e) for e in index["points"]]
+    atomic_write_json(sweep_dir / SWEEP_INDEX, index)
+    interrupted = False
+    try:
+        for point, entry in zip(plan.points, index["points"]):
+            if point.dirname in done:
+                on_point(point, "start", None)
+                on_point(point, "end", {"status": "completed"})
+                continue
+            point_dir = sweep_dir / point.dirname
+            point_dir.mkdir(parents=True, exist_ok=True)
+            entry["status"] = "running"
+            atomic_write_json(sweep_dir / SWEEP_INDEX, index)
+            on_point(point, "start", None)
+            summary = None
+            try:
+                summary = run_point(point.spec, point_dir)
+                entry["status"] = summary["status"]
+                entry["methods"] = {r["label"]: r["status"] for r in summary.get("runs", [])}
+            except KeyboardInterrupt:
+                entry["status"] = "interrupted"
+                interrupted = True
+            except Exception as e:  # noqa: BLE001 - one point's crash must not stop the sweep
+                entry["status"] = "failed"
+                entry["error"] = f"{type(e).__name__}: {e}"
+                entry["traceback"] = traceback.format_exc()
+            atomic_write_json(sweep_dir / SWEEP_INDEX, index)
+            on_point(point, "end", summary)
+            if not interrupted:
+                after_point(point, point_dir)
+            if interrupted or entry["status"] == "interrupted":
+                interrupted = True
+                break
+    except KeyboardInterrupt:  # between points (e.g. during an export)
+        interrupted = True
+    finally:
+        statuses = [e["status"] for e in index["points"]]
+        index["status"] = "interrupted" if interrupted or "pending" in statuses else "failed" if "failed" in statuses else "completed"
+        index["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_json(sweep_dir / SWEEP_INDEX, index)
+    return index
+
+
+def status_counts(index: dict[str, Any]) -> dict[str, int]:
+    """Point statuses, with `diverged` counted for points any of whose methods diverged."""
+    counts: dict[str, int] = {}
+    for e in index["points"]:
+        s = e["status"]
+        if s == "completed" and "diverged" in (e.get("methods") or {}).values():
+            s = "diverged"
+        counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- display
+
+
+def plan_table(plan: Plan) -> Table:
+    """The dry-run listing: one row per point with its swept values and methods."""
+    s0 = plan.points[0].spec
+    caption = [f"{s0.train.steps} steps per method; nothing was run (--dry-run)"]
+    caption += [f"{k} pinned to {_short(v)} by --set" for k, v in plan.pinned.items()]
+    t = Table(title=f"{plan.name}: {len(plan.points)} point(s) x {len(s0.methods)} method(s)", caption="; ".join(caption))
+    t.add_column("#", justify="right")
+    for key in plan.axes:
+        t.add_column(key, justify="right")
+    t.add_column("methods")
+    t.add_column("run directory")
+    for p in plan.points:
+        t.add_row(
+            str(p.index),
+            *(_short(p.values[k]) for k in plan.axes),
+            ", ".join(m.display_label for m in p.spec.methods),
+            p.dirname if plan.is_sweep else "(one run record)",
+        )
+    return t
+
+
+class SweepProgress:
+    """A bar over points plus one bar per method that restarts at every point (implements train.Progress)."""
+
+    def __init__(self, console: Console, total_points: int):
+        self._p = Progress(
+            TextColumn("[bold]{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._points = self._p.add_task("points", total=total_points, info="")
+        self._tasks: dict[str, Any] = {}
+        self._test: dict[str, float] = {}
+        self._failed = 0
+
+    def __enter__(self):
+        self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._p.__exit__(*exc)
+
+    def on_point(self, point: Point, phase: str, summary: dict[str, Any] | None) -> None:
+        if phase == "start":
+            self._test.clear()
+            self._p.update(self._points, info=f"[cyan]{point.describe}")
+            return
+        status = summary["status"] if summary else "failed"
+        self._failed += status != "completed"
+        note = f"  [red]{self._failed} not completed" if self._failed else ""
+        self._p.update(self._points, advance=1, info=f"last: {point.describe} [{status}]{note}")
+
+    # seqpar.train.Progress
+    def start(self, label, total):
+        if label in self._tasks:
+            self._p.reset(self._tasks[label], total=total, info="compiled, starting")
+        else:
+            self._tasks[label] = self._p.add_task(label, total=total, info="compiled, starting")
+
+    def update(self, label, step, record):
+        if "rollout_loss_test" in record and record["rollout_loss_test"] is not None:
+            self._test[label] = record["rollout_loss_test"]
+        test = self._test.get(label)
+        obj = record.get("train_objective")
+        info = f"objective {obj:.4f}  " if isinstance(obj, float) else ""
+        info += f"rollout(test) {test:.4f}" if test is not None else ""
+        self._p.update(self._tasks[label], completed=step, info=info)
+
+    def finish(self, label, status):
+        if status != "completed" and label in self._tasks:
+            self._p.update(self._tasks[label], info=f"[red]{status}")
+
+
+# ----------------------------------------------------------------------------- the `seqpar run` driver
+
+
+def export_run(path: Path, *, plot: bool, tensorboard: bool) -> tuple[list[str], list[str]]:
+    """Plots into `path/plots` and/or TensorBoard event files; never raises: (notes, warnings).
+
+    An export failing must not cost a finished run its exit status or its record."""
+    notes: list[str] = []
+    warnings: list[str] = []
+    if tensorboard:
+        from seqpar.tensorboard import export_run as tb_export
+
+        dirs = [path] if (path / "summary.json").exists() else [p.parent for p in sorted(path.glob("*/summary.json"))]
+        for d in dirs:
+            try:
+                tb_export(d)
+            except Exception as e:  # noqa: BLE001 - reported, never fatal
+                warnings.append(f"TensorBoard export of {d} failed: {type(e).__name__}: {e}")
+        notes.append(f"TensorBoard: tensorboard --logdir {path}")
+    if plot:
+        from seqpar.plots import plot_records
+
+        try:
+            files, plot_warnings = plot_records([path], path / "plots")
+            warnings += plot_warnings
+            notes.append(f"plots: {', '.join(str(f) for f in files)}" if files else "plots: nothing to plot")
+        except Exception as e:  # noqa: BLE001 - reported, never fatal
+            warnings.append(f"plotting {path} failed: {type(e).__name__}: {e}")
+    return notes, warnings
+
+
+def execute_sweep(
+    plan: Plan, sweep_dir: Path, console: Console, err_console: Console, *, quiet: bool, plot: bool, tensorboard: bool
+) -> int:
+    """Run a sweep with progress, print its comparison table; returns the exit code (0, 1 failed, 130 interrupted)."""
+    from seqpar.compare import compare, rich_table
+    from seqpar.runner import run_experiment
+    from seqpar.train import NullProgress
+
+    s0 = plan.points[0].spec
+    console.print(
+        f"[bold]{plan.name}[/]: sweep of {len(plan.points)} point(s) over {', '.join(plan.axes) or '(no axes)'}, {len(s0.methods)} method(s), {s0.train.steps} steps each -> {sweep_dir}"
+    )
+    for key, value in plan.pinned.items():
+        console.print(f"  {key} pinned to {_short(value)} by --set (not swept)")
+
+    def after(point: Point, point_dir: Path) -> None:
+        for w in export_run(point_dir, plot=False, tensorboard=tensorboard)[1]:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+    if quiet:
+        index = run_sweep(plan, sweep_dir, lambda spec, d: run_experiment(spec, d, NullProgress()), after_point=after)
+    else:
+        with SweepProgress(console, len(plan.points)) as progress:
+            index = run_sweep(plan, sweep_dir, lambda spec, d: run_experiment(spec, d, progress), progress.on_point, after)
+    try:
+        rows, keys, warnings = compare([sweep_dir])
+        console.print(rich_table(rows, keys, title=f"{plan.name}: held-out sequential rollout, mean ± std over seeds"))
+        for w in warnings:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    except Exception as e:  # noqa: BLE001 - e.g. every point failed: the index still says why
+        err_console.print(f"[yellow]warning:[/] no comparison table: {e}", highlight=False)
+    notes, warnings = export_run(sweep_dir, plot=plot, tensorboard=False)
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    for n in notes + ([f"TensorBoard: tensorboard --logdir {sweep_dir}"] if tensorboard else []):
+        console.print(n, highlight=False)
+    counts = status_counts(index)
+    console.print(f"sweep record: {sweep_dir} ({', '.join(f'{n} {s}' for s, n in counts.items())}; index {SWEEP_INDEX})", highlight=False)
+    if index["status"] == "interrupted":
+        err_console.print("[yellow]interrupted[/]: finished points are saved")
+        return 130
+    return 1 if index["status"] == "failed" else 0
