@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +14,7 @@ def fmt(v: Any, spec: str = ".4f") -> str:
     if v is None:
         return "—"
     if isinstance(v, float):
-        return format(v, spec)
+        return format(v, spec) if math.isfinite(v) else "—"
     return str(v)
 
 

@@ -2,11 +2,17 @@
 
 A run directory holds `spec.yaml` (the resolved spec), `metrics.jsonl` (one line
 per log/eval point) and `summary.json` (rewritten atomically after every
-method, so a crash or Ctrl-C never loses a finished method's result).
+method, so a crash or Ctrl-C never loses a finished method's result), and while
+a method is unfinished, `checkpoints/` (see `seqpar.checkpoint`).
+
+Nothing is ever left half-written: whole files go through a temporary file and a
+rename; metrics lines are appended with one `write` each and cut back if that
+write fails, and a reader drops a torn last line (a process killed mid-write).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,11 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+SPEC = "spec.yaml"
 
 
 class OutputError(Exception):
@@ -46,6 +56,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would make shared result directories unreadable
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -79,18 +90,81 @@ def new_run_dir(results_root: Path, name: str, out: Path | None = None) -> Path:
 
 
 class MetricsLog:
-    """Append-only JSON lines; each line is flushed whole, so a crash leaves complete lines."""
+    """Append-only JSON lines, one `os.write` per line.
+
+    A line reaches the file whole or not at all: a failed write (disk full, an exception)
+    is cut back to the previous end, and a process killed inside the write syscall can at
+    worst leave a torn last line, which `read_metrics` drops.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._f = open(self.path, "a")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
-        self._f.flush()
+        data = (json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode()
+        end = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # short writes are legal; finish the line
+                written += os.write(self._fd, data[written:])
+        except BaseException:
+            os.ftruncate(self._fd, end)
+            raise
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a metrics file (a torn or garbled line is skipped, never fatal)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def rewrite_metrics(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Atomically keep only the lines `keep` accepts (used on resume to drop lines past a checkpoint)."""
+    lines = [rec for rec in read_metrics(path) if keep(rec)]
+    atomic_write_text(path, "".join(json.dumps(rec, allow_nan=False) + "\n" for rec in lines))
+
+
+class RunDirBusy(Exception):
+    """Another process is writing this run directory."""
+
+
+@contextlib.contextmanager
+def lock_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory itself (no lock file) while writing it.
+
+    Guards against `--resume` of a run that is still going. Where `fcntl` is missing
+    (Windows) the lock is skipped."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirBusy(f"{run_dir}: another seqpar process is writing this run directory") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _version(pkg: str) -> str | None:

@@ -1,50 +1,297 @@
-"""Run every method of a spec into one run directory (spec.yaml, metrics.jsonl, summary.json)."""
+"""Run every method of a spec into one run directory, and resume a run that was cut short.
+
+`run_experiment(spec, run_dir, progress, resume=..., stop=...)` writes `spec.yaml`,
+`metrics.jsonl` and `summary.json`; the summary is rewritten atomically after every
+method, so nothing finished is ever lost.
+
+- A method that diverges is a result (`diverged`); one that raises is `failed` with
+  its error recorded; either way the next method runs.
+- The first SIGINT/SIGTERM stops the current method after its step, saves a
+  checkpoint and the summary with status `interrupted` (the CLI exits 130). The
+  handler then restores the OS default, so a second signal ends the process at once;
+  every file is replaced atomically, so what is on disk stays valid.
+- `resume=True` continues a run directory: methods that completed or diverged are
+  kept as they are, every other method restarts from its newest checkpoint (or from
+  step 0), and `metrics.jsonl` is cut back to match. A missing or empty directory
+  simply starts; a finished one returns its summary untouched.
+
+Sweeps resume per point: call `run_experiment(point_spec, point_dir, progress,
+resume=True, stop=stop)` for every point, with one `stop_on_signals()` around the
+whole sweep; `run_status(point_dir)` tells which points are already final.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import signal
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seqpar.results import SCHEMA_VERSION, MetricsLog, atomic_write_json, atomic_write_text, environment
-from seqpar.spec import Spec, spec_to_yaml
+import yaml
+
+from seqpar.checkpoint import Checkpoint, CheckpointError, MethodCheckpoints, method_dir, prng_fingerprint
+from seqpar.results import (
+    METRICS,
+    SCHEMA_VERSION,
+    SPEC,
+    SUMMARY,
+    MetricsLog,
+    atomic_write_json,
+    atomic_write_text,
+    environment,
+    lock_run_dir,
+    rewrite_metrics,
+)
+from seqpar.spec import Spec, SpecError, load_spec, spec_to_yaml, validate_spec
 from seqpar.train import NullProgress, Progress, build_experiment, run_method
 
+DONE = ("completed", "diverged")  # final results: kept as they are on resume
+_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
 
-def run_experiment(spec: Spec, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Train all methods; `summary.json` is rewritten after each, so nothing finished is ever lost."""
+
+class ResumeError(Exception):
+    """A run directory that cannot be resumed; the message is one line (the CLI exits 2)."""
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+class StopRequest:
+    """Set by the first SIGINT/SIGTERM; the training loop polls it after every step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int = getattr(signal, "SIGINT", 2)) -> None:
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: StopRequest | None = None) -> Iterator[StopRequest]:
+    """Turn SIGINT/SIGTERM into a stop request for the duration of the block.
+
+    Given a `stop` (a caller such as a sweep already installed the handlers), it is used
+    as is. Outside the main thread Python cannot install handlers; Ctrl-C then arrives as
+    KeyboardInterrupt, which the loop also treats as a stop.
+    """
+    if stop is not None:
+        yield stop
+        return
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def first_signal(signum, frame):
+        stop.request(signum)
+        # The second signal must end the process even inside a long XLA call, where a Python
+        # handler would only run after it returns: hand the signals back to the OS default.
+        for s in _SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s in _SIGNALS:
+        signal.signal(s, first_signal)
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# ----------------------------------------------------------------------------- run directories
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary, None if there is none yet; a garbled one is a `ResumeError`."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ResumeError(f"{path}: cannot read the run summary ({e})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("runs"), list):
+        raise ResumeError(f"{path}: not a seqpar run summary")
+    return summary
+
+
+def run_status(run_dir: Path) -> str | None:
+    """`completed`, `interrupted`, `failed`, `running` (crashed or still going) or None (not started)."""
+    try:
+        summary = read_summary(run_dir)
+    except ResumeError:
+        return None
+    return summary.get("status") if summary else None
+
+
+def load_run_spec(run_dir: Path) -> Spec:
+    """The resolved spec a run directory was started with (what `--resume` continues).
+
+    Read from `spec.yaml`; it must dump to exactly the spec recorded in `summary.json`.
+    """
     run_dir = Path(run_dir)
-    atomic_write_text(run_dir / "spec.yaml", spec_to_yaml(spec))
-    summary: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "name": spec.name,
-        "seed": spec.seed,
-        "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "spec": spec.model_dump(mode="json"),
-        "env": environment(),
-        "runs": [],
-    }
-    atomic_write_json(run_dir / "summary.json", summary)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    if not run_dir.exists():
+        raise ResumeError(f"--resume {run_dir}: no such run directory")
+    if not run_dir.is_dir():
+        raise ResumeError(f"--resume {run_dir}: is a file, expected a run directory")
+    if not (run_dir / SPEC).is_file():
+        raise ResumeError(f"--resume {run_dir}: not a seqpar run directory (no {SPEC})")
+    summary = read_summary(run_dir)
+    try:
+        spec = load_spec(run_dir / SPEC)
+    except SpecError as e:
+        raise ResumeError(f"--resume {run_dir}: its {SPEC} is not a valid spec: {e}") from None
+    recorded = summary["spec"] if summary and "spec" in summary else yaml.safe_load((run_dir / SPEC).read_text())
+    if spec.model_dump(mode="json") != recorded:
+        raise ResumeError(
+            f"--resume {run_dir}: the spec as this seqpar version reads it differs from the recorded one "
+            "(edited, or defaults changed); start a new run"
+        )
+    return spec
+
+
+def spec_hash(spec: Spec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def overall_status(runs: list[dict[str, Any]], n_methods: int, error: str | None = None) -> str:
+    """`interrupted` while any method is unfinished (resume continues it), else `failed` if one failed."""
+    statuses = {r["status"] for r in runs}
+    if error:
+        return "failed"
+    if "interrupted" in statuses or len(runs) < n_methods:
+        return "interrupted"
+    return "failed" if "failed" in statuses else "completed"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_experiment(
+    spec: Spec,
+    run_dir: Path,
+    progress: Progress | None = None,
+    *,
+    resume: bool = False,
+    stop: StopRequest | None = None,
+) -> dict[str, Any]:
+    """Train all methods of `spec` into `run_dir` (continuing what is there if `resume`); returns the summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with lock_run_dir(run_dir), stop_on_signals(stop) as stop_requested:
+        return _run(spec, run_dir, progress or NullProgress(), resume, stop_requested)
+
+
+def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: StopRequest) -> dict[str, Any]:
+    prior = read_summary(run_dir) if resume else None
+    if resume and (run_dir / SPEC).exists() and load_run_spec(run_dir).model_dump() != spec.model_dump():
+        raise ResumeError(f"{run_dir}: its {SPEC} differs from the spec given; a run resumes with the spec it started with")
+    labels = [m.display_label for m in spec.methods]
+    kept = {r["label"]: r for r in (prior or {}).get("runs", []) if r.get("status") in DONE and r.get("label") in labels}
+    if prior is not None and prior.get("status") == "completed" and len(kept) == len(labels):
+        return prior  # nothing left to do
+
+    # Everything that can refuse the resume happens before anything is written.
+    exp, error = None, None
     try:
         exp = build_experiment(spec)
-        summary["task"] = {"baseline_loss": exp.task.baseline_loss, "baseline_formula": exp.task.baseline_formula, "loss": exp.task.loss_name}
-        for cfg in spec.methods:
+    except Exception as e:  # e.g. a task that cannot make its data: recorded, not raised
+        error, tb = f"{type(e).__name__}: {e}", traceback.format_exc()
+    checkpoints: dict[int, MethodCheckpoints] = {}
+    resume_from: dict[int, Checkpoint | None] = {}
+    if exp is not None:
+        identity = {"spec_sha256": spec_hash(spec), "prng": prng_fingerprint(exp.train_key)}
+        for i, label in enumerate(labels):
+            if label in kept:
+                continue
+            checkpoints[i] = MethodCheckpoints(method_dir(run_dir, i, label), {**identity, "method": label})
             try:
-                record = run_method(exp, cfg, log.write, progress or NullProgress())
+                resume_from[i] = checkpoints[i].latest() if resume else None
+            except CheckpointError as e:
+                raise ResumeError(str(e)) from None
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if prior is None:
+        if not (run_dir / SPEC).exists():
+            atomic_write_text(run_dir / SPEC, spec_to_yaml(spec))
+        summary: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "name": spec.name,
+            "seed": spec.seed,
+            "status": "running",
+            "started": now,
+            "spec": spec.model_dump(mode="json"),
+            "env": environment(),
+            "runs": [],
+        }
+    else:
+        summary = {k: v for k, v in prior.items() if k not in ("finished", "error", "traceback")}
+        summary.update(status="running", runs=[])
+        skipped = [w for c in checkpoints.values() for w in c.skipped]
+        entry = {"at": now, "from_step": {labels[i]: (c.step if c else 0) for i, c in resume_from.items()}, "env": environment()}
+        summary["resumes"] = [*prior.get("resumes", []), {**entry, **({"warnings": skipped} if skipped else {})}]
+    if resume:
+        # Lines past a method's checkpoint (or of a method restarting from 0) would be logged twice.
+        def keep_line(rec: dict[str, Any]) -> bool:
+            if rec.get("method") in kept:
+                return True
+            i = labels.index(rec["method"]) if rec.get("method") in labels else None
+            c = resume_from.get(i) if i is not None else None
+            return c is not None and isinstance(rec.get("step"), int) and rec["step"] <= c.step
+
+        rewrite_metrics(run_dir / METRICS, keep_line)
+    if error is not None:
+        summary.update(status="failed", error=error, traceback=tb, finished=now, runs=[kept[x] for x in labels if x in kept])
+        atomic_write_json(run_dir / SUMMARY, summary)
+        return summary
+    atomic_write_json(run_dir / SUMMARY, summary)
+
+    log = MetricsLog(run_dir / METRICS)
+    try:
+        summary["task"] = {
+            "baseline_loss": exp.task.baseline_loss,
+            "baseline_formula": exp.task.baseline_formula,
+            "loss": exp.task.loss_name,
+        }
+        stopping = False
+        for i, cfg in enumerate(spec.methods):
+            if cfg.display_label in kept:
+                summary["runs"].append(kept[cfg.display_label])  # also after a stop: finished results stay listed
+                continue
+            stopping = stopping or stop()
+            if stopping:
+                continue
+            try:
+                record = run_method(
+                    exp, cfg, log.write, progress, should_stop=stop, checkpoints=checkpoints[i], resume_from=resume_from.get(i)
+                )
             except Exception as e:  # one method's crash must not lose the others
-                record = {"method": cfg.type, "label": cfg.display_label, "status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+                record = {
+                    "method": cfg.type,
+                    "label": cfg.display_label,
+                    "status": "failed",
+                    "error": f"{type(e).__name__}: {e}",
+                    "traceback": traceback.format_exc(),
+                }
             summary["runs"].append(record)
-            atomic_write_json(run_dir / "summary.json", summary)
-            if record["status"] == "interrupted":
-                break
+            atomic_write_json(run_dir / SUMMARY, summary)
+            if record["status"] in DONE:
+                with contextlib.suppress(OSError):  # leftovers are harmless; losing the next method is not
+                    checkpoints[i].clear()  # after the summary holds the result: they only serve resuming
+            stopping = stopping or record["status"] == "interrupted"
     finally:
         log.close()
-        statuses = {r["status"] for r in summary["runs"]}
-        interrupted = "interrupted" in statuses or len(summary["runs"]) < len(spec.methods)
-        summary["status"] = "interrupted" if interrupted else "failed" if "failed" in statuses else "completed"
+        summary["status"] = overall_status(summary["runs"], len(spec.methods))
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(run_dir / SUMMARY, summary)
     return summary

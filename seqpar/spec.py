@@ -27,7 +27,16 @@ MethodSpec = tagged_union(METHODS)
 
 
 class SpecError(Exception):
-    """A problem with the user's spec or command line; the message is one line."""
+    """A problem with the user's spec or command line; the message is one line.
+
+    `key` (the dotted key to blame) and `source` (the message's leading "file" part) are set
+    when known, so `with_yaml_line` can add the key's line in the file.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.source = source
 
 
 class ModelConfig(Config):
@@ -48,6 +57,7 @@ class TrainConfig(Config):
     eval_every: int = Field(50, gt=0, description="rollout evaluation interval (steps)")
     log_every: int | None = Field(None, gt=0, description="training-metric logging interval (default: eval_every)")
     target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="held-out rollout loss to reach")
+    checkpoint_every: int | None = Field(None, gt=0, description="save a resumable checkpoint every N steps (default: only on SIGINT/SIGTERM)")
 
 
 class Spec(Config):
@@ -81,8 +91,11 @@ class Spec(Config):
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """One spec; a spec with a `sweep:` block is a grid of specs: load it with `seqpar.sweep.load_plan`."""
     path = Path(path)
     raw = read_yaml(path)
+    if "sweep" in raw:
+        raise SpecError(f"{path}: sweep: this spec expands to a grid of runs; `seqpar run` and `seqpar validate` take it, load_spec does not")
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value, source=f"--set {item}")
@@ -107,7 +120,63 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise SpecError(f"{path}:{where}: invalid YAML: {problem}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: the top level must be a mapping of keys (name, seed, task, ...), got {type(raw).__name__}")
+    yaml_key_lines(text, source=str(path))  # refuses duplicate keys, which YAML loaders silently drop
     return raw
+
+
+def yaml_key_lines(text: str, source: str = "spec") -> dict[str, int]:
+    """1-based line of every dotted key (`train.steps`, `methods.1.optimizer.lr`) in a YAML text.
+
+    Walks the composed node tree, whose nodes keep their marks. A key given twice in one
+    mapping is a `SpecError`: YAML loaders keep only the last, silently.
+    """
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str, depth: int) -> None:
+        if depth > 64:  # aliases can make a cycle
+            return
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in node.value:
+                if not isinstance(k, yaml.ScalarNode) or k.value == "<<":
+                    continue
+                key, line = f"{prefix}{k.value}", k.start_mark.line + 1
+                if k.value in seen:
+                    raise SpecError(f"{source}: line {line}: {key}: duplicate key (first given on line {seen[k.value]}); give each key once", key=key)
+                seen[k.value] = lines[key] = line
+                walk(v, key + ".", depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[f"{prefix}{i}"] = v.start_mark.line + 1
+                walk(v, f"{prefix}{i}.", depth + 1)
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "", 0)
+    return lines
+
+
+def with_yaml_line(err: SpecError, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """`err`'s message with the YAML line of its key in `path` ("x.yaml: line 7: train.steps: ...").
+
+    Keys set by `--set` get no line: their value is not in the file. A missing key is placed
+    at the line of its nearest parent that is present."""
+    msg = str(err)
+    if not err.key or not err.source or not msg.startswith(err.source + ": ") or msg.startswith(err.source + ": line "):
+        return msg
+    overridden = [item.partition("=")[0].strip() for item in overrides]
+    if any(err.key == k or err.key.startswith(k + ".") for k in overridden):
+        return msg
+    try:
+        lines = yaml_key_lines(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, SpecError):
+        return msg
+    parts = err.key.split(".")
+    while parts and ".".join(parts) not in lines:
+        parts.pop()
+    if not parts:
+        return msg
+    return f"{err.source}: line {lines['.'.join(parts)]}: {msg[len(err.source) + 2 :]}"
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -147,18 +216,35 @@ def validate_spec(raw: dict[str, Any], source: str = "spec") -> Spec:
     try:
         return Spec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"{source}: {format_validation_error(e, raw)}") from None
+        raise SpecError(f"{source}: {format_validation_error(e, raw)}", key=error_key(ordered_errors(e)[0], raw), source=source) from None
 
 
 # ----------------------------------------------------------------------------- error messages
 
 
+def ordered_errors(err: ValidationError) -> list[dict[str, Any]]:
+    """Unknown keys first: a misspelt key also makes the real one "missing", and the
+    misspelling (with its "did you mean") is the message that helps."""
+    return sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+
+
 def format_validation_error(err: ValidationError, raw: Any) -> str:
-    errors = err.errors()
+    errors = ordered_errors(err)
     first = errors[0]
     msg = _describe(first, raw)
     more = len(errors) - 1
     return msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def error_key(e: dict[str, Any], raw: Any) -> str:
+    """The dotted key a pydantic error blames (as `_describe` names it)."""
+    key = _dotted(e["loc"], raw)
+    ke = e.get("ctx", {}).get("error")
+    if e["type"] == "value_error" and isinstance(ke, KeyedError):
+        return f"{key}.{ke.key}" if key else ke.key
+    if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return f"{key}.type"
+    return key
 
 
 def _describe(e: dict[str, Any], raw: Any) -> str:
@@ -181,7 +267,7 @@ def _describe(e: dict[str, Any], raw: Any) -> str:
         return f"{key}.type: unknown type {e['input'].get('type')!r}; expected one of: {', '.join(_union_tags(e['loc'], raw))}"
     msg = e["msg"].removeprefix("Value error, ")
     got = e.get("input")
-    shown = "" if isinstance(got, (dict, list)) or "got " in msg or repr(got) in msg else f" (got {got!r})"
+    shown = "" if isinstance(got, (dict, list)) or "got " in msg or (isinstance(got, str) and repr(got) in msg) else f" (got {got!r})"
     return f"{key or '<top level>'}: {msg}{shown}"
 
 
@@ -225,13 +311,17 @@ def _valid_keys(loc: tuple, raw: Any) -> list[str]:
     """Field names of the config class that owns the unknown key at `loc`."""
     node = raw
     for item in loc[:-1]:
-        node = node[item] if isinstance(node, (dict, list)) and _has(node, item) else None
+        if _has(node, item):  # anything else is a union tag or validator label: stay on this node
+            node = node[item]
     cls = _pick(_annotation_at(loc[:-1], raw), node)
     return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
 
 
 def _union_tags(loc: tuple, raw: Any) -> list[str]:
     ann = _annotation_at(loc, raw)
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):  # an optional block, `Union | None`: look inside
+        inner = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = inner[0] if len(inner) == 1 else ann
     while typing.get_origin(ann) is typing.Annotated:
         ann = typing.get_args(ann)[0]
     members = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)

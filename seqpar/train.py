@@ -9,18 +9,26 @@ The loop never branches on a method's name. Per method it
   3. runs steps without touching the host, except at log/eval points, where it
      blocks, fetches the step's metrics and runs the shared rollout evaluator.
 
-Timing: `wall_s` is cumulative *training* time (compile and evaluation excluded),
-measured per chunk between log/eval points; `step_time_ms` is the median over
-chunks of chunk time / steps in chunk, so no per-step host sync is needed.
+Timing: `wall_s` is cumulative *training* time (compile, evaluation and
+checkpoint writing excluded), measured per chunk between log/eval points;
+`step_time_ms` is the median over chunks of chunk time / steps in chunk, so no
+per-step host sync is needed.
+
+Reliability: the jitted step also tracks, on device, the first step whose metrics
+are non-finite, so divergence is named exactly while the host still looks only at
+log/eval/checkpoint points. The runner's stop flag (SIGINT/SIGTERM) is polled after
+each step; checkpoints (`seqpar.checkpoint`) hold the method state and the
+`LoopState`, and every key is `fold_in(key, step)`, so resuming from one continues
+the identical computation.
 """
 
 from __future__ import annotations
 
-import math
 import resource
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +39,9 @@ from seqpar.model import Model, Params, build_model
 from seqpar.rollout import evaluate
 from seqpar.spec import Spec
 from seqpar.tasks.base import Dataset, Task
+
+if TYPE_CHECKING:
+    from seqpar.checkpoint import Checkpoint, MethodCheckpoints
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ def build_experiment(spec: Spec) -> Experiment:
     data_key, init_key, train_key = jax.random.split(jax.random.key(spec.seed), 3)
     task = spec.task.build()
     train = task.make_data(jax.random.fold_in(data_key, 0), spec.task.train_sequences)
-    test = task.make_data(jax.random.fold_in(data_key, 1), spec.task.test_sequences)
+    test = task.make_data(jax.random.fold_in(data_key, 1), spec.task.test_sequences, split="test")
     model, params = build_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, init_key)
     return Experiment(spec, task, model, params, train, test, train_key)
 
@@ -76,6 +87,20 @@ def make_train_step(method: Method, train_key: jax.Array, n: int, b: int) -> Cal
     return train_step
 
 
+def watch_divergence(train_step: Callable) -> Callable:
+    """`(state, first_bad, data, step) -> (state, first_bad, metrics)`: `first_bad` is the first
+    step (1-based, as logged) whose metrics were not all finite, -1 while none was. It stays on
+    device, so the loop learns of a divergence at its next sync point without syncing per step."""
+
+    def step_fn(state, first_bad, data: Dataset, step):
+        state, metrics = train_step(state, data, step)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+        first_bad = jnp.where((first_bad < 0) & ~finite, step + 1, first_bad).astype(jnp.int32)
+        return state, first_bad, metrics
+
+    return step_fn
+
+
 def make_eval(method: Method, model: Model, task: Task) -> Callable:
     def eval_fn(state, train: Dataset, test: Dataset):
         params = method.params(state)
@@ -88,6 +113,7 @@ def make_eval(method: Method, model: Model, task: Task) -> Callable:
             "rollout_acc_test": te.acc,
         }
         out.update(method.eval_metrics(state, train, tr.states, tr.loss))
+        out["gap"] = out["rollout_loss_test"] - out["objective"]  # held-out rollout loss minus training objective
         return out
 
     return eval_fn
@@ -130,16 +156,46 @@ def _host(tree) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
+@dataclass
+class LoopState:
+    """What the loop accumulates besides the method state; checkpointed with it, so a resumed
+    run reports what an uninterrupted one would (timing aside)."""
+
+    steps_done: int = 0
+    wall_s: float = 0.0
+    chunk_ms: list[float] = field(default_factory=list)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    last_train: dict[str, float] = field(default_factory=dict)  # training metrics (gradient norms...) of the last eval step
+    steps_to_target: int | None = None
+    seconds_to_target: float | None = None
+    checkpoint_s: float = 0.0  # time spent writing checkpoints (not in wall_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
 def run_method(
     exp: Experiment,
     cfg: MethodConfig,
     log: Callable[[dict[str, Any]], None],
     progress: Progress | None = None,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    checkpoints: MethodCheckpoints | None = None,
+    resume_from: Checkpoint | None = None,
 ) -> dict[str, Any]:
     """Train one method and return its run record (see README, "Run record").
 
-    Ctrl-C stops training after the current step and returns the record with
-    status `interrupted` (the caller decides to stop the remaining methods)."""
+    `should_stop()` is polled after every step (the runner sets it on SIGINT/SIGTERM): the
+    loop then saves a checkpoint of the finished step (if `checkpoints` is given) and returns
+    with status `interrupted`. With `checkpoints`, a checkpoint is also saved every
+    `train.checkpoint_every` steps; `resume_from` continues from one. A non-finite training
+    metric ends the run with status `diverged` at the next log/eval/checkpoint point, naming
+    the first non-finite step."""
     spec, progress = exp.spec, progress or NullProgress()
     label = cfg.display_label
     method = cfg.build(exp.model, exp.task)
@@ -147,11 +203,15 @@ def run_method(
     # A private copy of the shared initial weights: the step donates its input state.
     params0 = jax.tree.map(jnp.copy, exp.init_params)
     state = method.init(jax.random.fold_in(exp.train_key, 2), params0, exp.train)
+    if resume_from is not None:
+        assert checkpoints is not None, "resume_from needs the checkpoints it came from"
+        state = checkpoints.restore(resume_from, template=state)
+    no_divergence = jnp.int32(-1)
 
-    step_fn = jax.jit(make_train_step(method, exp.train_key, n, b), donate_argnums=0)
+    step_fn = jax.jit(watch_divergence(make_train_step(method, exp.train_key, n, b)), donate_argnums=0)
     eval_fn = jax.jit(make_eval(method, exp.model, exp.task))
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, exp.train, jnp.int32(0)).compile()
+    compiled = step_fn.lower(state, no_divergence, exp.train, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled_eval = eval_fn.lower(state, exp.train, exp.test).compile()
@@ -176,61 +236,85 @@ def run_method(
         "error": None,
     }
     steps, eval_every, log_every = spec.train.steps, spec.train.eval_every, spec.log_every
+    ckpt_every = spec.train.checkpoint_every if checkpoints is not None else None
     target = spec.train.target_loss
-    chunk_ms: list[float] = []
-    wall = 0.0
-    last_eval: dict[str, float] = {}
+    loop = LoopState.from_dict(resume_from.loop) if resume_from is not None else LoopState()
 
     def do_eval(step: int) -> dict[str, float]:
         ev = _host(compiled_eval(state, exp.train, exp.test))
-        if target is not None and record["steps_to_target"] is None and ev["rollout_loss_test"] <= target:
-            record["steps_to_target"], record["seconds_to_target"] = step, wall
+        if target is not None and loop.steps_to_target is None and ev["rollout_loss_test"] <= target:
+            loop.steps_to_target, loop.seconds_to_target = step, loop.wall_s
         return ev
 
     progress.start(label, steps)
-    last_eval = do_eval(0)
-    log({"method": label, "step": 0, "wall_s": 0.0, **last_eval})
+    if resume_from is None:
+        loop.last_eval = do_eval(0)
+        log({"method": label, "step": 0, "wall_s": 0.0, **loop.last_eval})
+    else:
+        progress.update(label, loop.steps_done, {"method": label, "step": loop.steps_done, **loop.last_eval})
+    bad = no_divergence
     chunk_start, chunk_steps = time.perf_counter(), 0
     try:
-        for step in range(steps):
-            state, metrics = compiled(state, exp.train, jnp.int32(step))
+        if should_stop():  # stopped while compiling: nothing new to save
+            record["status"] = "interrupted"
+        for step in range(loop.steps_done, steps if record["status"] == "running" else 0):
+            state, bad, metrics = compiled(state, bad, exp.train, jnp.int32(step))
             chunk_steps += 1
             done = step + 1
             is_eval = done % eval_every == 0 or done == steps
-            if not (is_eval or done % log_every == 0):
+            is_log = done % log_every == 0
+            is_ckpt = ckpt_every is not None and done % ckpt_every == 0 and done < steps
+            stop = should_stop() and done < steps  # a stop after the last step changes nothing
+            if not (is_eval or is_log or is_ckpt or stop):
                 continue
-            train_metrics = _host(metrics)  # blocks: the chunk's work is finished
+            first_bad = int(bad)  # blocks: the chunk's work is finished
             elapsed = time.perf_counter() - chunk_start
-            wall += elapsed
-            chunk_ms.append(1e3 * elapsed / chunk_steps)
-            record["steps_done"], record["wall_s"] = done, wall
-            line = {"method": label, "step": done, "wall_s": wall, **{f"train_{k}": v for k, v in train_metrics.items()}}
-            diverged = not all(math.isfinite(v) for v in train_metrics.values() if v is not None)
-            if is_eval or diverged:
-                last_eval = do_eval(done)
-                line.update(last_eval)
-            log(line)
-            progress.update(label, done, line)
+            loop.wall_s += elapsed
+            loop.chunk_ms.append(1e3 * elapsed / chunk_steps)
+            loop.steps_done = done
+            diverged = first_bad >= 0
+            if is_eval or is_log or diverged:
+                train_metrics = _host(metrics)
+                line = {"method": label, "step": done, "wall_s": loop.wall_s, **{f"train_{k}": v for k, v in train_metrics.items()}}
+                if is_eval or diverged:
+                    loop.last_eval = do_eval(done)
+                    line.update(loop.last_eval)
+                    loop.last_train = {k: v for k, v in line.items() if k.startswith("train_")}
+                log(line)
+                progress.update(label, done, line)
             if diverged:
                 record["status"] = "diverged"
-                record["error"] = f"non-finite training metric at step {done}"
+                record["diverged_at_step"] = first_bad
+                record["error"] = f"non-finite training metric at step {first_bad}"
+                break
+            if checkpoints is not None and (is_ckpt or stop):
+                t0 = time.perf_counter()
+                checkpoints.save(done, state, loop.to_dict())
+                loop.checkpoint_s += time.perf_counter() - t0
+            if stop:
+                record["status"] = "interrupted"
                 break
             chunk_start, chunk_steps = time.perf_counter(), 0
         else:
-            record["status"] = "completed"
-    except KeyboardInterrupt:
+            if record["status"] == "running":
+                record["status"] = "completed"
+    except KeyboardInterrupt:  # no signal handler installed (not the main thread): no checkpoint either
         record["status"] = "interrupted"
     finally:
-        if chunk_ms:
-            record["step_time_ms"] = float(np.median(chunk_ms))
+        record["steps_done"], record["wall_s"] = loop.steps_done, loop.wall_s
+        record["steps_to_target"], record["seconds_to_target"] = loop.steps_to_target, loop.seconds_to_target
+        record["checkpoint_s"] = loop.checkpoint_s
+        if loop.chunk_ms:
+            record["step_time_ms"] = float(np.median(loop.chunk_ms))
             record["steps_per_s"] = 1e3 / record["step_time_ms"]
+        last_eval = loop.last_eval
         record["final"] = {
             "rollout_loss_test": last_eval.get("rollout_loss_test"),
             "rollout_loss_train": last_eval.get("rollout_loss_train"),
             "rollout_acc_test": last_eval.get("rollout_acc_test"),
             "objective": last_eval.get("objective"),
         }
-        record["diagnostics"] = last_eval
+        record["diagnostics"] = {**loop.last_train, **last_eval}
         record["process_peak_rss_mb"] = process_peak_rss_mb()
         progress.finish(label, record["status"])
     return record

@@ -128,6 +128,8 @@ ScheduleSpec = tagged_union(SCHEDULES)
 
 # ----------------------------------------------------------------------------- config
 
+DEFAULT_INIT_SCALE = 0.1
+
 
 @METHODS.register("parallel")
 class ParallelConfig(MethodConfig):
@@ -144,7 +146,9 @@ class ParallelConfig(MethodConfig):
     table_init: Literal["zeros", "random", "rollout"] = Field(
         "zeros", description="initial table: zeros, normal(0, table_init_scale), or the initial model's rollout states"
     )
-    table_init_scale: float = Field(0.1, gt=0, allow_inf_nan=False, description="standard deviation of table_init: random")
+    table_init_scale: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description=f"standard deviation of table_init: random (default {DEFAULT_INIT_SCALE})"
+    )
     freeze_every: int = Field(1, ge=1, description="hold the table fixed K steps, then apply its accumulated gradient (1: plain)")
     accumulate: Literal["sum", "mean"] = Field("sum", description="freeze_every buffer: sum, or mean per row over the steps it was batched")
     refresh: Literal["none", "rollout", "jacobi"] = Field("none", description="periodically overwrite the table: true rollout states or Jacobi sweeps")
@@ -163,7 +167,7 @@ class ParallelConfig(MethodConfig):
             raise KeyedError("sweeps", "required with refresh: jacobi")
         if self.refresh == "rollout" and self.sweeps is not None:
             raise KeyedError("sweeps", "only meaningful with refresh: jacobi (a rollout refresh is exact)")
-        if "table_init_scale" in self.model_fields_set and self.table_init != "random":
+        if self.table_init_scale is not None and self.table_init != "random":
             raise KeyedError("table_init_scale", f"only meaningful with table_init: random (got table_init: {self.table_init})")
         # A refresh must land right after an accumulated update, or the buffer would
         # apply gradients taken at a table that no longer exists.
@@ -225,7 +229,8 @@ class EmbeddingParallel(Method):
         n, t = x.shape[:2]
         shape = (n, t, self.model.state_dim)
         if self.cfg.table_init == "random":
-            return self.cfg.table_init_scale * jax.random.normal(key, shape, jnp.float32)
+            scale = DEFAULT_INIT_SCALE if self.cfg.table_init_scale is None else self.cfg.table_init_scale
+            return scale * jax.random.normal(key, shape, jnp.float32)
         if self.cfg.table_init == "rollout":
             return rollout_states(self.model, params, x).astype(jnp.float32)
         return jnp.zeros(shape, jnp.float32)

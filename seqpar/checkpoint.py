@@ -1,0 +1,235 @@
+"""Resumable checkpoints of one method's training: one `.npz` file per step, written atomically.
+
+A method's checkpoints live in `RUN_DIR/checkpoints/<index>-<label>/ckpt-<step>.npz`.
+Each file holds every leaf of the method state (parameters, optimizer states, the
+embedding table and its optimizer state...) as `a0, a1, ...` plus `__meta__`, a JSON
+document: the step, the loop's progress (timing so far, last evaluation, steps to
+target), an identity (spec hash, method label, PRNG fingerprint) and the leaves' key
+paths, shapes and dtypes. It is written to a temporary file in the same directory,
+fsynced and renamed, so a checkpoint exists whole or not at all; only the newest
+`KEEP` are kept.
+
+PRNG state: every key the loop uses is derived from the spec's seed and the step
+(`fold_in(step_key, step)`, `fold_in(sample_key, epoch)`), so the step is the whole
+PRNG state. The identity carries a fingerprint of the key stream, so a checkpoint
+written under a different PRNG implementation (a JAX upgrade, `jax_threefry_partitionable`)
+is refused instead of silently continuing with different random numbers.
+
+Restoring needs a template: a freshly initialised state of the same method. The
+tree structure comes from the template, so optax's namedtuple states come back as
+themselves; every leaf's path, shape and dtype must match the file.
+
+Why not orbax-checkpoint: measured here (2 CPU cores), saving the quickstart's
+parallel state (12 MiB) took 10-25 ms as npz vs 60-120 ms with orbax's
+StandardCheckpointer, restoring 95 vs 25-50 ms; at 384 MiB npz saved in 0.3-1.2 s
+(fsync included) vs 0.1 s (orbax, no fsync) and restored in 0.5-0.7 s vs 0.8-1.5 s.
+Both are fast enough; a single atomically renamed file needs no background threads,
+no new dependency, and can be read with plain numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KEEP = 2  # newest checkpoints kept per method: one spare in case the newest is unreadable
+_NAME = re.compile(r"^ckpt-(\d{9})\.npz$")
+FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be used to resume (wrong run, wrong structure); the message is one line."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    meta: dict[str, Any]
+
+    @property
+    def loop(self) -> dict[str, Any]:
+        return self.meta["loop"]
+
+
+def prng_fingerprint(key: jax.Array) -> list[int]:
+    """A few bits of the key stream: changes when JAX's PRNG implementation or config does."""
+    return np.asarray(jax.random.bits(jax.random.fold_in(key, 0x5EED), (2,), jnp.uint32)).tolist()
+
+
+def method_dir(run_dir: Path, index: int, label: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "-", label)
+    return Path(run_dir) / "checkpoints" / f"{index}-{safe}"
+
+
+class MethodCheckpoints:
+    """The checkpoints of one method in one run; `identity` must match for a restore."""
+
+    def __init__(self, directory: Path, identity: dict[str, Any], keep: int = KEEP):
+        self.dir = Path(directory)
+        self.identity = identity
+        self.keep = keep
+        self.skipped: list[str] = []  # unreadable checkpoints passed over by `latest`, for a warning
+
+    def paths(self) -> list[tuple[int, Path]]:
+        """(step, path) of the complete checkpoints, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
+        return sorted(found)
+
+    def latest(self) -> Checkpoint | None:
+        """The newest readable checkpoint; raises `CheckpointError` if it belongs to another run."""
+        for step, path in reversed(self.paths()):
+            try:
+                meta = read_meta(path)
+            except (OSError, ValueError, KeyError) as e:  # e.g. a disk error; an older one may do
+                self.skipped.append(f"{path}: unreadable ({e})")
+                continue
+            if meta.get("identity") != self.identity:
+                diff = [k for k in self.identity if meta.get("identity", {}).get(k) != self.identity[k]]
+                raise CheckpointError(
+                    f"{path}: written for a different run ({', '.join(diff) or 'identity'} differs); refusing to resume from it"
+                )
+            return Checkpoint(path, step, meta)
+        return None
+
+    def save(self, step: int, state: Any, loop: dict[str, Any]) -> Path:
+        """Write the checkpoint of `step` atomically, then drop all but the newest `keep`."""
+        leaves = _host_leaves(state)
+        meta = {
+            "format": FORMAT,
+            "step": step,
+            "identity": self.identity,
+            "loop": loop,
+            "leaves": [{"path": p, "shape": list(a.shape), "dtype": dt} for p, a, dt in leaves],
+            "versions": {"jax": jax.__version__, "numpy": np.__version__},
+        }
+        arrays = {f"a{i}": a for i, (_, a, _) in enumerate(leaves)}
+        # NaN is valid in `loop` (e.g. accuracy of a regression task) and must round-trip exactly.
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode(), np.uint8)
+        final = self.dir / f"ckpt-{step:09d}.npz"
+        if jax.process_index() != 0:  # one writer; every process reads the same file on restore
+            return final
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".ckpt-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.dir)
+        self.prune()
+        return final
+
+    def restore(self, ckpt: Checkpoint, template: Any) -> Any:
+        """The saved state, placed like `template` (a freshly initialised state of the same method)."""
+        flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+        saved = ckpt.meta["leaves"]
+        if len(saved) != len(flat):
+            raise CheckpointError(f"{ckpt.path}: holds {len(saved)} arrays, the method's state has {len(flat)}")
+        out = []
+        with np.load(ckpt.path, allow_pickle=False) as z:
+            for i, ((path, t), s) in enumerate(zip(flat, saved)):
+                name, (data_shape, dtype) = jax.tree_util.keystr(path), _leaf_kind(t)
+                if s["path"] != name or tuple(s["shape"]) != data_shape or s["dtype"] != dtype:
+                    raise CheckpointError(
+                        f"{ckpt.path}: state leaf {name} {data_shape} {dtype} does not match "
+                        f"the saved {s['path']} {tuple(s['shape'])} {s['dtype']}"
+                    )
+                out.append(_place(z[f"a{i}"], t))
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    def prune(self) -> None:
+        for _, path in self.paths()[: -self.keep]:
+            path.unlink(missing_ok=True)
+        for tmp in self.dir.glob(".ckpt-*.tmp"):  # left by a process killed mid-write
+            tmp.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove this method's checkpoints (its result is final; they only serve resuming)."""
+        if self.dir.is_dir():
+            for p in self.dir.iterdir():
+                p.unlink(missing_ok=True)
+            self.dir.rmdir()
+            if self.dir.parent.name == "checkpoints" and not any(self.dir.parent.iterdir()):
+                self.dir.parent.rmdir()
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(z["__meta__"].tobytes().decode())
+
+
+# ----------------------------------------------------------------------------- leaves
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _leaf_kind(x: Any) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype) as stored: typed PRNG keys are stored as their raw key data."""
+    if _is_key(x):
+        data = jax.eval_shape(jax.random.key_data, x)
+        return tuple(data.shape), f"key<{jax.random.key_impl(x)}>:{data.dtype}"
+    return tuple(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype)
+
+
+def _host_leaves(state: Any) -> list[tuple[str, np.ndarray, str]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    arrays = [jax.random.key_data(x) if _is_key(x) else x for _, x in flat]
+    # Arrays spread over several processes are gathered first; one device_get fetches the rest together.
+    arrays = [_gather(a) for a in arrays]
+    host = jax.device_get(arrays)
+    return [(jax.tree_util.keystr(p), np.asarray(h), _leaf_kind(x)[1]) for (p, x), h in zip(flat, host)]
+
+
+def _gather(a: Any) -> Any:
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(a, tiled=True)
+    return a
+
+
+def _place(host: np.ndarray, template: Any) -> Any:
+    if _is_key(template):
+        data = _place(host, jax.random.key_data(template))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(template))
+    if not isinstance(template, jax.Array):
+        return type(template)(host) if np.ndim(host) == 0 else host
+    want = np.dtype(template.dtype)
+    if host.dtype != want:  # numpy stores bfloat16 & co. as raw bytes ('V2'): reinterpret
+        host = host.view(want)
+    # A private, aligned copy: arrays read from a zip are unaligned and JAX's slow path for them costs
+    # 3-5x; the copy also means a donated buffer never aliases numpy memory.
+    host = np.array(host, copy=True, order="C")
+    return jax.make_array_from_callback(template.shape, template.sharding, lambda index: host[index])
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,390 @@
+"""Divergence, failure, interruption, checkpoint/resume, and files that are never left half-written."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import seqpar.checkpoint as ckpt_mod
+import seqpar.results as results_mod
+from seqpar.checkpoint import KEEP, CheckpointError, MethodCheckpoints, prng_fingerprint
+from seqpar.cli import app
+from seqpar.results import MetricsLog, atomic_write_json, lock_run_dir, read_metrics
+from seqpar.runner import run_experiment
+from seqpar.spec import validate_spec
+from seqpar.train import NullProgress, build_experiment
+
+runner = CliRunner()
+
+# Long enough to interrupt, short enough to compile and run in seconds.
+RESUMABLE = {
+    "train": {"steps": 600, "batch_size": 8, "eval_every": 50, "log_every": 10, "checkpoint_every": 100, "target_loss": 1.3},
+}
+COMPARED = ("status", "steps_done", "final", "diagnostics", "steps_to_target", "error")
+
+
+def _resumable(tiny_spec: dict) -> dict:
+    spec = copy.deepcopy(tiny_spec)
+    spec.update(copy.deepcopy(RESUMABLE))
+    return spec
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _lines(run_dir: Path) -> list[dict]:
+    """Metrics lines without their timing (the only thing a resumed run may change)."""
+    return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def _assert_same_results(resumed: Path, reference: Path) -> None:
+    a, b = _summary(resumed), _summary(reference)
+    assert a["status"] == b["status"] == "completed"
+    for ra, rb in zip(a["runs"], b["runs"], strict=True):
+        for key in COMPARED:
+            assert ra[key] == rb[key], (ra["label"], key, ra[key], rb[key])
+    assert _lines(resumed) == _lines(reference)
+    assert not (resumed / "checkpoints").exists()  # finished methods drop theirs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run of the resumable spec, shared by the resume tests."""
+    from conftest import TINY
+
+    out = tmp_path_factory.mktemp("reference")
+    summary = run_experiment(validate_spec(_resumable(TINY)), out)
+    assert summary["status"] == "completed"
+    return out
+
+
+# ----------------------------------------------------------------------------- divergence and failure
+
+
+def test_divergence_is_recorded_and_the_other_method_completes(tiny_spec, write_spec, tmp_path):
+    tiny_spec["train"].update(steps=12, eval_every=4)
+    tiny_spec["methods"][0]["optimizer"]["lr"] = 1e38  # float32 overflows within a few steps
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", str(write_spec(tiny_spec)), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output  # divergence is a result
+    summary = _summary(out)
+    bptt, parallel = summary["runs"]
+    assert summary["status"] == "completed"
+    assert bptt["status"] == "diverged" and 1 <= bptt["diverged_at_step"] <= bptt["steps_done"] < 12
+    assert f"step {bptt['diverged_at_step']}" in bptt["error"]
+    assert parallel["status"] == "completed" and parallel["steps_done"] == 12
+    steps = [rec["step"] for rec in read_metrics(out / "metrics.jsonl") if rec["method"] == "bptt"]
+    assert steps[0] == 0 and steps[-1] == bptt["steps_done"]  # every metric up to the divergence is saved
+    assert "diverged bptt" in res.output
+
+
+def test_a_failing_method_is_recorded_and_the_rest_go_on(tiny_spec, write_spec, tmp_path, monkeypatch):
+    from seqpar.methods.bptt import BPTT
+
+    def boom(self, key, params, train):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(BPTT, "init", boom)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", str(write_spec(tiny_spec)), "--out", str(out), "--quiet"])
+    assert res.exit_code == 1, res.output
+    summary = _summary(out)
+    assert summary["status"] == "failed"
+    assert summary["runs"][0]["status"] == "failed" and summary["runs"][0]["error"] == "RuntimeError: boom"
+    assert "Traceback" in summary["runs"][0]["traceback"]
+    assert summary["runs"][1]["status"] == "completed"
+    assert "failed bptt: RuntimeError: boom" in res.output and "Traceback" not in res.output
+
+    tiny_spec["methods"] = tiny_spec["methods"][:1]
+    res = runner.invoke(app, ["run", str(write_spec(tiny_spec)), "--out", str(tmp_path / "debug"), "--quiet", "--debug"])
+    assert res.exit_code == 1 and "Traceback" in res.output
+
+
+def test_unexpected_error_is_one_line_unless_debug(tiny_spec, write_spec, tmp_path, monkeypatch):
+    import seqpar.runner
+
+    def broken():
+        raise RuntimeError("no environment today")
+
+    monkeypatch.setattr(seqpar.runner, "environment", broken)
+    spec = write_spec(tiny_spec)
+    res = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "a"), "--quiet"])
+    assert res.exit_code == 1
+    assert (
+        res.output.strip().splitlines()[-1] == "error: unexpected RuntimeError: no environment today (rerun with --debug for the traceback)"
+    )
+    res = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "b"), "--quiet", "--debug"])
+    assert isinstance(res.exception, RuntimeError)  # propagated: Typer prints the full traceback
+
+
+def test_memory_estimate_refuses_unless_forced(tiny_spec, write_spec, tmp_path, monkeypatch):
+    import seqpar.memory
+
+    monkeypatch.setattr(seqpar.memory, "available", lambda: (2**20, "test limit"))
+    tiny_spec["methods"] = tiny_spec["methods"][:1]
+    tiny_spec["train"]["steps"] = 2
+    spec = write_spec(tiny_spec)
+    res = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "no"), "--quiet"])
+    assert res.exit_code == 2 and "exceeds the 1.0 MiB test limit" in res.output and "--force" in res.output
+    assert not (tmp_path / "no").exists()
+    res = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "yes"), "--quiet", "--force"])
+    assert res.exit_code == 0, res.output
+    assert _summary(tmp_path / "yes")["status"] == "completed"
+
+
+# ----------------------------------------------------------------------------- interruption and resume
+
+_SLOW_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import seqpar.runner as runner
+    # Slow every step down (the loop polls should_stop once per step) so the parent can
+    # signal mid-training; the numbers do not depend on it.
+    run_method = runner.run_method
+    def slow(*args, should_stop, **kwargs):
+        def poll():
+            time.sleep(0.003)
+            return should_stop()
+        return run_method(*args, should_stop=poll, **kwargs)
+    runner.run_method = slow
+    from seqpar.cli import main
+    sys.argv = ["seqpar", "run", *sys.argv[1:]]
+    main()
+    """
+)
+
+
+def _wait_for_line(path: Path, pred, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(pred(rec) for rec in read_metrics(path)):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"no such metrics line in {path} after {timeout} s")
+
+
+@pytest.mark.slow
+def test_sigint_mid_training_leaves_a_valid_summary_and_resume_matches(tiny_spec, write_spec, tmp_path, reference):
+    spec, out = write_spec(_resumable(tiny_spec)), tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CHILD, str(spec), "--out", str(out), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for_line(out / "metrics.jsonl", lambda r: r["step"] >= 150, proc)  # mid-bptt, or mid-parallel on a busy machine
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "seqpar run --resume" in output
+    summary = _summary(out)
+    assert summary["status"] == "interrupted"
+    stopped = summary["runs"][-1]
+    assert stopped["status"] == "interrupted" and 150 <= stopped["steps_done"] < 600
+    # The finished step was checkpointed, so nothing is redone; only the newest few are kept.
+    ckpts = sorted((out / "checkpoints").glob("*/ckpt-*.npz"))
+    assert int(ckpts[-1].stem.split("-")[1]) == stopped["steps_done"] and len(ckpts) <= KEEP
+
+    res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    _assert_same_results(out, reference)
+    assert _summary(out)["resumes"][0]["from_step"][stopped["label"]] == stopped["steps_done"]
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing records it as a failure."""
+
+
+class _CrashAt(NullProgress):
+    def __init__(self, label: str, step: int):
+        self.label, self.step = label, step
+
+    def update(self, label, step, record):
+        if (label, step) == (self.label, self.step):
+            raise _Crash
+
+
+def test_crash_resumes_from_the_periodic_checkpoint(tiny_spec, tmp_path, reference):
+    spec, out = validate_spec(_resumable(tiny_spec)), tmp_path / "run"
+    with pytest.raises(_Crash):
+        run_experiment(spec, out, _CrashAt("parallel", 250))
+    # Lines past the last checkpoint (200) exist, and a line torn by the kill ends the file.
+    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl") if r["method"] == "parallel") == 250
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"method": "parallel", "step": 2')
+    summary = run_experiment(spec, out, resume=True)
+    assert summary["resumes"][0]["from_step"] == {"parallel": 200}
+    _assert_same_results(out, reference)
+
+
+def test_resume_retries_failed_methods_and_never_drops_finished_ones(tiny_spec, tmp_path, monkeypatch):
+    from seqpar.methods.bptt import BPTT
+    from seqpar.runner import StopRequest
+
+    spec, out = validate_spec(tiny_spec), tmp_path / "run"
+    real_init = BPTT.init
+
+    def flaky(self, key, params, train):
+        raise RuntimeError("flaky")
+
+    monkeypatch.setattr(BPTT, "init", flaky)
+    first = run_experiment(spec, out)
+    assert [r["status"] for r in first["runs"]] == ["failed", "completed"]
+    monkeypatch.setattr(BPTT, "init", real_init)
+    stop = StopRequest()
+    stop.request()  # Ctrl-C before the retried method starts
+    stopped = run_experiment(spec, out, resume=True, stop=stop)
+    assert stopped["status"] == "interrupted" and [r["label"] for r in stopped["runs"]] == ["parallel"]
+    done = run_experiment(spec, out, resume=True)
+    assert done["status"] == "completed" and [r["status"] for r in done["runs"]] == ["completed", "completed"]
+    assert done["runs"][1] == results_mod.to_jsonable(first["runs"][1])  # kept as it was, not re-run
+
+
+def test_resuming_a_finished_run_changes_nothing(reference):
+    before = {p.name: p.read_bytes() for p in reference.iterdir()}
+    res = runner.invoke(app, ["run", "--resume", str(reference), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert {p.name: p.read_bytes() for p in reference.iterdir()} == before
+
+
+def test_resume_refuses_a_run_directory_in_use(tiny_spec, tmp_path):
+    tiny_spec["methods"] = tiny_spec["methods"][:1]
+    spec = validate_spec(tiny_spec)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    with lock_run_dir(tmp_path):
+        res = runner.invoke(app, ["run", "--resume", str(tmp_path), "--quiet"])
+    assert res.exit_code == 2 and "another seqpar process" in res.output
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_restores_the_state_exactly_against_a_fresh_template(tiny_spec, tmp_path):
+    spec = validate_spec(tiny_spec)
+    exp = build_experiment(spec)
+    method = spec.methods[1].build(exp.model, exp.task)  # parallel: params, table, optax states
+    fresh = lambda: method.init(jax.random.key(0), exp.init_params, exp.train)  # noqa: E731
+    state = jax.tree.map(lambda x: x + jnp.asarray(0.5, x.dtype), fresh())  # anything but the initial values
+    identity = {"spec_sha256": "abc", "prng": prng_fingerprint(exp.train_key), "method": "parallel"}
+    ckpts = MethodCheckpoints(tmp_path / "m", identity)
+    for step in (10, 20, 30):
+        ckpts.save(step, state, {"steps_done": step, "acc": float("nan")})
+    assert [s for s, _ in ckpts.paths()] == [20, 30][-KEEP:]
+    latest = ckpts.latest()
+    assert latest.step == 30 and latest.loop["steps_done"] == 30 and np.isnan(latest.loop["acc"])
+    restored = ckpts.restore(latest, template=fresh())
+    assert jax.tree.structure(restored) == jax.tree.structure(state)  # optax namedtuples come back as such
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(CheckpointError, match="spec_sha256"):
+        MethodCheckpoints(tmp_path / "m", {**identity, "spec_sha256": "other"}).latest()
+    smaller = spec.methods[1].build(exp.model, exp.task).init(jax.random.key(0), exp.init_params, exp.train._replace(x=exp.train.x[:8]))
+    with pytest.raises(CheckpointError, match="does not match"):
+        ckpts.restore(latest, template=smaller)
+
+
+def test_the_step_is_the_whole_prng_state(tiny_spec):
+    """Keys come from fold_in(step): a step computed after a restart equals the one computed in a run."""
+    from seqpar.train import make_train_step
+
+    spec = validate_spec(tiny_spec)
+    a, b = build_experiment(spec), build_experiment(spec)
+    assert prng_fingerprint(a.train_key) == prng_fingerprint(b.train_key)
+    method = spec.methods[0].build(a.model, a.task)
+    step = jax.jit(make_train_step(method, a.train_key, 16, 8))
+    s = method.init(jax.random.key(0), a.init_params, a.train)
+    _, m1 = step(s, a.train, jnp.int32(5))
+    _, m2 = step(s, b.train, jnp.int32(5))
+    assert float(m1["objective"]) == float(m2["objective"])
+
+
+# ----------------------------------------------------------------------------- never half-written
+
+
+class _Torn:
+    """A file whose write puts half the data on disk and then fails, like a kill mid-write."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        self._f.write(data[: len(data) // 2])
+        self._f.flush()
+        raise OSError("simulated kill during write")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def test_summary_is_never_left_truncated(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {"status": "running", "runs": [1, 2, 3]})
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(results_mod.os, "fdopen", lambda *a, **k: _Torn(real_fdopen(*a, **k)))
+    with pytest.raises(OSError, match="simulated"):
+        atomic_write_json(path, {"status": "completed", "runs": list(range(1000))})
+    assert json.loads(path.read_text()) == {"status": "running", "runs": [1, 2, 3]}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
+
+
+def test_metrics_line_is_whole_or_absent(tmp_path, monkeypatch):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.write({"step": 0, "loss": 1.0})
+    real_write = os.write
+
+    def torn(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError("simulated kill during write")
+
+    monkeypatch.setattr(results_mod.os, "write", torn)
+    with pytest.raises(OSError, match="simulated"):
+        log.write({"step": 1, "loss": 0.5, "pad": "x" * 10_000})
+    monkeypatch.setattr(results_mod.os, "write", real_write)
+    log.write({"step": 2, "loss": 0.25})
+    log.close()
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in text.splitlines()] == [0, 2]
+
+
+def test_checkpoint_is_never_left_truncated(tmp_path, monkeypatch):
+    state = {"w": jnp.arange(1000.0)}
+    ckpts = MethodCheckpoints(tmp_path, {"id": 1})
+    ckpts.save(1, state, {})
+    real_savez = np.savez
+
+    def torn_savez(f, **arrays):
+        real_savez(f, **arrays)
+        f.truncate(f.tell() // 2)
+        raise OSError("simulated kill during write")
+
+    monkeypatch.setattr(ckpt_mod.np, "savez", torn_savez)
+    with pytest.raises(OSError, match="simulated"):
+        ckpts.save(2, {"w": state["w"] + 1}, {})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000000001.npz"]
+    assert np.array_equal(ckpts.restore(ckpts.latest(), state)["w"], state["w"])
