@@ -18,6 +18,16 @@ def fmt(v: Any, spec: str = ".4f") -> str:
     return str(v)
 
 
+def human_bytes(n: float | None) -> str:
+    if not n:
+        return "—"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return ""  # unreachable
+
+
 class RichProgress:
     """One bar per method with the live training objective and last held-out rollout loss."""
 
@@ -56,13 +66,12 @@ class RichProgress:
 
 def results_table(summary: dict[str, Any]) -> Table:
     t = Table(title=f"{summary['name']} (seed {summary['seed']}): judged by held-out sequential rollout")
-    for col in ("method", "status", "rollout test", "acc test", "baseline", "objective", "to target", "steps/s", "compile s", "peak MB", "table MB"):
+    for col in ("method", "status", "rollout test", "acc test", "baseline", "objective", "to target", "steps/s", "compile s", "peak MB", "table"):
         t.add_column(col, justify="left" if col in ("method", "status") else "right")
     for r in summary["runs"]:
         final = r.get("final") or {}
         status = r["status"]
         style = {"completed": "green", "diverged": "yellow"}.get(status, "red")
-        table_mb = (r.get("state_table_bytes") or 0) / 2**20
         t.add_row(
             r["label"],
             f"[{style}]{status}",
@@ -74,6 +83,6 @@ def results_table(summary: dict[str, Any]) -> Table:
             fmt(r.get("steps_per_s"), ".1f"),
             fmt(r.get("compile_s"), ".2f"),
             fmt(r.get("peak_memory_mb"), ".1f"),
-            fmt(table_mb, ".2f") if table_mb else "—",
+            human_bytes(r.get("state_table_bytes")),
         )
     return t

@@ -11,7 +11,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -58,6 +58,17 @@ class TrainConfig(Config):
     log_every: int | None = Field(None, gt=0, description="training-metric logging interval (default: eval_every)")
     target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="held-out rollout loss to reach")
     checkpoint_every: int | None = Field(None, gt=0, description="save a resumable checkpoint every N steps (default: only on SIGINT/SIGTERM)")
+    devices: int | Literal["all"] = Field(1, description="devices on the mesh's data axis: a count, or 'all' (every device of every process)")
+    sample_strata: int | None = Field(
+        None, gt=0, description="contiguous strata each minibatch draws from evenly (default: the device count); fix it for identical batches on any device count"
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _positive_devices(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"must be a positive device count or 'all' (got {v})")
+        return v
 
 
 class Spec(Config):
@@ -75,12 +86,29 @@ class Spec(Config):
                 "train.batch_size",
                 f"must not exceed task.train_sequences={self.task.train_sequences} (got {self.train.batch_size})",
             )
+        self._check_data_parallel()
         seen: dict[str, int] = {}
         for i, m in enumerate(self.methods):
             if m.display_label in seen:
                 raise KeyedError(f"methods.{i}.label", f"duplicate method label {m.display_label!r} (also methods.{seen[m.display_label]}); give each a distinct label")
             seen[m.display_label] = i
         return self
+
+    def _check_data_parallel(self) -> None:
+        """Rows split evenly over strata and devices (see `seqpar.sharding`); `all` is checked at run time."""
+        tr, task = self.train, self.task
+        devices = tr.devices if isinstance(tr.devices, int) else None
+        strata = tr.sample_strata or devices
+        if strata is not None:
+            name = "train.sample_strata" if tr.sample_strata else "train.devices"
+            for key, n in (("task.train_sequences", task.train_sequences), ("train.batch_size", tr.batch_size)):
+                if n % strata:
+                    raise KeyedError(name, f"must divide {key}={n} (got {strata})")
+        if devices is not None:
+            if tr.sample_strata and tr.sample_strata % devices:
+                raise KeyedError("train.sample_strata", f"must be a multiple of train.devices={devices} (got {tr.sample_strata})")
+            if task.test_sequences % devices:
+                raise KeyedError("train.devices", f"must divide task.test_sequences={task.test_sequences} (got {devices})")
 
     @property
     def log_every(self) -> int:

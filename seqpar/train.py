@@ -34,6 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from seqpar import sharding
 from seqpar.methods.base import Batch, Method, MethodConfig
 from seqpar.model import Model, Params, build_model
 from seqpar.rollout import evaluate
@@ -46,7 +50,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Experiment:
-    """Everything shared by the methods of one spec: task, data, model, initial weights, keys."""
+    """Everything shared by the methods of one spec: task, data, model, initial weights, keys, mesh.
+
+    Data are sharded by rows over the mesh's data axis and parameters replicated
+    (`seqpar.sharding`); on one device that is plain placement on it.
+    """
 
     spec: Spec
     task: Task
@@ -55,36 +63,48 @@ class Experiment:
     train: Dataset
     test: Dataset
     train_key: jax.Array
+    mesh: Mesh
+    strata: int  # minibatch sampling strata (train.sample_strata, default the device count)
 
 
 def build_experiment(spec: Spec) -> Experiment:
     # Split the root key once by purpose, so changing one use never shifts another.
     data_key, init_key, train_key = jax.random.split(jax.random.key(spec.seed), 3)
+    tr = spec.train
+    mesh, strata = sharding.resolve(tr.devices, tr.sample_strata, spec.task.train_sequences, spec.task.test_sequences, tr.batch_size)
     task = spec.task.build()
     train = task.make_data(jax.random.fold_in(data_key, 0), spec.task.train_sequences)
     test = task.make_data(jax.random.fold_in(data_key, 1), spec.task.test_sequences, split="test")
     model, params = build_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, init_key)
-    return Experiment(spec, task, model, params, train, test, train_key)
+    return Experiment(
+        spec, task, model, sharding.replicate(params, mesh), sharding.shard_rows(train, mesh), sharding.shard_rows(test, mesh), train_key, mesh, strata
+    )
 
 
-def batch_indices(key: jax.Array, step: jax.Array, n: int, b: int) -> jax.Array:
-    """Rows of minibatch `step`: epochs of a fresh permutation, the remainder dropped."""
-    if b == n:
-        return jnp.arange(n)
-    per_epoch = n // b
-    perm = jax.random.permutation(jax.random.fold_in(key, step // per_epoch), n)
-    return jax.lax.dynamic_slice(perm, ((step % per_epoch) * b,), (b,))
-
-
-def make_train_step(method: Method, train_key: jax.Array, n: int, b: int) -> Callable:
+def make_train_step(method: Method, train_key: jax.Array, n: int, b: int, strata: int = 1) -> Callable:
+    """`(state, data, step) -> (state, metrics)`: draw minibatch `step` (stratified, see
+    `seqpar.sharding`), gather its rows where they live, and take the method's step."""
     sample_key, step_key = jax.random.split(train_key)
 
     def train_step(state, data: Dataset, step):
-        idx = batch_indices(sample_key, step, n, b)
-        batch = Batch(idx, data.x[idx], data.y[idx], data.mask[idx])
+        idx = sharding.stratified_batch_indices(sample_key, step, n, b, strata)
+        batch = Batch(idx, *sharding.take_rows((data.x, data.y, data.mask), idx))
         return method.train_step(state, data, batch, step, jax.random.fold_in(step_key, step))
 
     return train_step
+
+
+def init_state(exp: Experiment, method: Method) -> Any:
+    """The method's initial state, created directly in its shardings (row entries split over the
+    data axis, the rest replicated), so a table never has to fit on one device."""
+    key = jax.random.fold_in(exp.train_key, 2)
+    # A private copy of the shared initial weights: jit may forward an unchanged input as its
+    # output, and the step donates (deletes) the state it is given.
+    params = jax.tree.map(jnp.copy, exp.init_params)
+    shape = jax.eval_shape(method.init, key, params, exp.train)
+    out = sharding.state_shardings(shape, method.row_state_keys, exp.mesh)
+    with jax.set_mesh(exp.mesh):
+        return jax.jit(method.init, out_shardings=out)(key, params, exp.train)
 
 
 def watch_divergence(train_step: Callable) -> Callable:
@@ -196,19 +216,26 @@ def run_method(
     `train.checkpoint_every` steps; `resume_from` continues from one. A non-finite training
     metric ends the run with status `diverged` at the next log/eval/checkpoint point, naming
     the first non-finite step."""
+    # Under the mesh, row gathers and scatters trace to per-device local shard_maps.
+    with jax.set_mesh(exp.mesh):
+        return _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from)
+
+
+def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) -> dict[str, Any]:
     spec, progress = exp.spec, progress or NullProgress()
     label = cfg.display_label
     method = cfg.build(exp.model, exp.task)
     n, b = spec.task.train_sequences, spec.train.batch_size
-    # A private copy of the shared initial weights: the step donates its input state.
-    params0 = jax.tree.map(jnp.copy, exp.init_params)
-    state = method.init(jax.random.fold_in(exp.train_key, 2), params0, exp.train)
+    state = init_state(exp, method)  # a fresh buffer: the step donates its input state
     if resume_from is not None:
         assert checkpoints is not None, "resume_from needs the checkpoints it came from"
         state = checkpoints.restore(resume_from, template=state)
     no_divergence = jnp.int32(-1)
 
-    step_fn = jax.jit(watch_divergence(make_train_step(method, exp.train_key, n, b)), donate_argnums=0)
+    # The state keeps the shardings it was created with, step after step (no resharding, no retrace).
+    replicated = NamedSharding(exp.mesh, P())
+    out_shardings = (jax.tree.map(lambda a: a.sharding, state), replicated, replicated)
+    step_fn = jax.jit(watch_divergence(make_train_step(method, exp.train_key, n, b, exp.strata)), donate_argnums=0, out_shardings=out_shardings)
     eval_fn = jax.jit(make_eval(method, exp.model, exp.task))
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, no_divergence, exp.train, jnp.int32(0)).compile()
@@ -232,6 +259,10 @@ def run_method(
         "eval_compile_s": eval_compile_s,
         "peak_memory_mb": compiled_memory_mb(compiled),
         "state_table_bytes": method.state_table_bytes(state),
+        "mesh": dict(exp.mesh.shape),
+        "sample_strata": exp.strata,
+        # Per device: the row-sharded part of the state (table, its optimizer state, buffers).
+        "row_state_bytes_per_device": sharding.per_device_bytes({k: state[k] for k in method.row_state_keys if k in state}),
         "wall_s": 0.0,
         "error": None,
     }

@@ -1,12 +1,19 @@
-"""Shared fixtures: a tiny spec (seconds to run) as a dict and as a YAML file."""
+"""Shared fixtures: a tiny spec (seconds to run) as a dict and as a YAML file.
+
+Before JAX starts: four virtual CPU devices, so the data-parallel tests can build
+a real 4-device mesh in-process (every other test uses one device, the default).
+"""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 
+import jax
 import pytest
 import yaml
+
+jax.config.update("jax_num_cpu_devices", 4)
 
 TINY = {
     "name": "tiny",

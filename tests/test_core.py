@@ -11,7 +11,8 @@ from seqpar.methods.base import Batch
 from seqpar.rollout import evaluate, readout_all, rollout_states
 from seqpar.runner import run_experiment
 from seqpar.spec import validate_spec
-from seqpar.train import batch_indices, build_experiment, make_train_step
+from seqpar.sharding import stratified_batch_indices
+from seqpar.train import build_experiment, init_state, make_train_step
 
 
 def _experiment(spec_dict):
@@ -92,10 +93,11 @@ def test_train_step_compiles_once(tiny_spec):
             return inner(*args)
 
         method.train_step = counting_step
-        step = jax.jit(make_train_step(method, exp.train_key, 16, 8))
-        state = method.init(jax.random.key(0), exp.init_params, exp.train)
-        for k in range(3):
-            state, _ = step(state, exp.train, jnp.int32(k))
+        step = jax.jit(make_train_step(method, exp.train_key, 16, 8), donate_argnums=0)
+        state = init_state(exp, method)
+        with jax.set_mesh(exp.mesh):
+            for k in range(3):
+                state, _ = step(state, exp.train, jnp.int32(k))
         assert len(traces) == 1, f"{spec.methods[i].type} retraced"
 
 
@@ -116,11 +118,16 @@ def test_parallel_leaves_rows_outside_the_batch_untouched(tiny_spec):
     assert not np.allclose(np.asarray(new["table"])[np.asarray(idx)], before["table"][np.asarray(idx)])
 
 
-def test_batch_indices_cover_each_epoch_once():
+@pytest.mark.parametrize("strata", [1, 2, 4])
+def test_batch_indices_cover_each_epoch_once_and_stay_in_their_stratum(strata):
     key = jax.random.key(0)
-    rows = np.concatenate([np.asarray(batch_indices(key, jnp.int32(s), 12, 4)) for s in range(3)])
-    assert sorted(rows.tolist()) == list(range(12))
-    np.testing.assert_array_equal(batch_indices(key, jnp.int32(0), 5, 5), np.arange(5))
+    batches = [np.asarray(stratified_batch_indices(key, jnp.int32(s), 16, 8, strata)) for s in range(4)]
+    for epoch in (batches[:2], batches[2:]):
+        assert sorted(np.concatenate(epoch).tolist()) == list(range(16))
+    for b in batches:  # the k-th block of b/S rows comes from the k-th stratum of n/S rows
+        np.testing.assert_array_equal(b.reshape(strata, -1) // (16 // strata), np.arange(strata)[:, None].repeat(8 // strata, 1))
+    assert not np.array_equal(batches[0], batches[2])  # a fresh permutation each epoch
+    np.testing.assert_array_equal(stratified_batch_indices(key, jnp.int32(0), 5, 5, 1), np.arange(5))
 
 
 def test_rollout_evaluator_matches_manual_loss(tiny_spec):

@@ -17,7 +17,8 @@ from seqpar.methods.parallel import jacobi_sweeps
 from seqpar.rollout import rollout_states
 from seqpar.runner import run_experiment
 from seqpar.spec import SpecError, validate_spec
-from seqpar.train import batch_indices, build_experiment, make_train_step
+from seqpar.sharding import stratified_batch_indices
+from seqpar.train import build_experiment, make_train_step
 
 ADAM = {"type": "adam", "lr": 1e-2}
 
@@ -48,7 +49,7 @@ def _run(step, state, data, steps):
 
 def _batch_rows(exp, step, n, b):
     sample_key, _ = jax.random.split(exp.train_key)  # the trainer's minibatch key
-    return batch_indices(sample_key, jnp.int32(step), n, b)
+    return stratified_batch_indices(sample_key, jnp.int32(step), n, b, exp.strata)
 
 
 # ----------------------------------------------------------------------------- freeze_every

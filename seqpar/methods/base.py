@@ -37,7 +37,14 @@ class Batch(NamedTuple):
 
 
 class Method(abc.ABC):
-    """Base of all training methods. Subclasses are final (none overrides another)."""
+    """Base of all training methods. Subclasses are final (none overrides another).
+
+    A method's state is a dict. Entries named in `row_state_keys` hold one row per
+    training sequence (leading axis N) and are sharded over the mesh's data axis;
+    everything else is replicated (see `seqpar.sharding`).
+    """
+
+    row_state_keys: tuple[str, ...] = ()
 
     def __init__(self, cfg: "MethodConfig", model: Model, task: Task):
         self.cfg = cfg

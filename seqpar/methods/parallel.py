@@ -22,8 +22,9 @@ the BPTT loss.
 Minibatches gather their rows of `E` and of its optimizer state; the table's
 optimizer runs per row (`vmap` over sequences, each row with its own step count)
 and only the batch's rows are written back, so rows outside the batch are never
-touched: no moment decay, no bias-correction drift. `_take_rows`/`_put_rows` are
-the only places rows are gathered and scattered.
+touched: no moment decay, no bias-correction drift. `take_rows`/`put_rows`
+(`seqpar.sharding`) are the only places rows are gathered and scattered: plain
+indexing on one device, a local gather/scatter per device under a mesh.
 
 Stabilizers (all off by default, so the defaults are the plain method):
 
@@ -68,6 +69,7 @@ from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec
 from seqpar.model import Model, Params
 from seqpar.registry import Registry
 from seqpar.rollout import readout_all, rollout_states
+from seqpar.sharding import put_rows, take_rows
 from seqpar.spec_types import tagged_union
 
 # ----------------------------------------------------------------------------- consistency schedules
@@ -182,14 +184,6 @@ class ParallelConfig(MethodConfig):
 # ----------------------------------------------------------------------------- pure helpers
 
 
-def _take_rows(tree, idx):
-    return jax.tree.map(lambda a: a[idx], tree)
-
-
-def _put_rows(tree, idx, rows):
-    return jax.tree.map(lambda a, r: a.at[idx].set(r), tree, rows)
-
-
 def _where_rows(mask, new, old):
     """Per-row select over pytrees whose leaves lead with the row axis."""
     return jax.tree.map(lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
@@ -219,6 +213,7 @@ def _by_quartile(prefix: str, dist: jax.Array) -> dict[str, jax.Array]:
 
 class EmbeddingParallel(Method):
     cfg: ParallelConfig
+    row_state_keys = ("table", "table_opt_state", "grad_sum", "grad_count")
 
     def __init__(self, cfg, model, task):
         super().__init__(cfg, model, task)
@@ -279,7 +274,7 @@ class EmbeddingParallel(Method):
         if cfg.refresh != "none":
             due = (step > 0) & (step % cfg.refresh_every == 0)
             table = jax.lax.cond(due, lambda t: self.refreshed_table(params, t, train.x), lambda t: t, table)
-        rows = _take_rows(table, batch.idx)
+        rows = take_rows(table, batch.idx)
         weight = self.consistency_weight(step)
         grad_fn = jax.value_and_grad(self.loss, argnums=(0, 1), has_aux=True)
         (objective, aux), (g_params, g_rows) = grad_fn(params, rows, batch.x, batch.y, batch.mask, weight)
@@ -287,10 +282,10 @@ class EmbeddingParallel(Method):
         updates, opt_state = self.tx.update(g_params, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "steps_done": step + 1}
         if cfg.freeze_every == 1:
-            rows_opt = _take_rows(state["table_opt_state"], batch.idx)
+            rows_opt = take_rows(state["table_opt_state"], batch.idx)
             row_updates, rows_opt = jax.vmap(self.table_tx.update)(g_rows, rows_opt, rows)
-            new_state["table"] = _put_rows(table, batch.idx, optax.apply_updates(rows, row_updates))
-            new_state["table_opt_state"] = _put_rows(state["table_opt_state"], batch.idx, rows_opt)
+            new_state["table"] = put_rows(table, batch.idx, optax.apply_updates(rows, row_updates))
+            new_state["table_opt_state"] = put_rows(state["table_opt_state"], batch.idx, rows_opt)
         else:
             new_state.update(self._accumulate(state, table, batch.idx, g_rows, step))
 
@@ -309,8 +304,8 @@ class EmbeddingParallel(Method):
 
     def _accumulate(self, state, table, idx, g_rows, step):
         """freeze_every > 1: add this step's row gradients; after every K-th step apply and clear."""
-        grad_sum = _put_rows(state["grad_sum"], idx, _take_rows(state["grad_sum"], idx) + g_rows)
-        grad_count = _put_rows(state["grad_count"], idx, _take_rows(state["grad_count"], idx) + 1)
+        grad_sum = put_rows(state["grad_sum"], idx, take_rows(state["grad_sum"], idx) + g_rows)
+        grad_count = put_rows(state["grad_count"], idx, take_rows(state["grad_count"], idx) + 1)
 
         def apply(operand):
             table, opt, gsum, gcount = operand
