@@ -1,13 +1,20 @@
 """Shared fixtures: a tiny spec (seconds to run) as a dict and as a YAML file.
 
 Before JAX starts: four virtual CPU devices, so the data-parallel tests can build
-a real 4-device mesh in-process (every other test uses one device, the default).
+a real 4-device mesh in-process (every other test uses one device, the default),
+and cheaper XLA compilation: the suite is dominated by compiling tiny programs,
+and no test measures speed.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+).strip()
 
 import jax
 import pytest
