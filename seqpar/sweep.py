@@ -392,11 +392,24 @@ def export_run(path: Path, *, plot: bool, tensorboard: bool) -> tuple[list[str],
 
 
 def execute_sweep(
-    plan: Plan, sweep_dir: Path, console: Console, err_console: Console, *, quiet: bool, plot: bool, tensorboard: bool
+    plan: Plan,
+    sweep_dir: Path,
+    console: Console,
+    err_console: Console,
+    *,
+    quiet: bool,
+    plot: bool,
+    tensorboard: bool,
+    resume: bool = False,
 ) -> int:
-    """Run a sweep with progress, print its comparison table; returns the exit code (0, 1 failed, 130 interrupted)."""
+    """Run a sweep with progress, print its comparison table; returns the exit code (0, 1 failed, 130 interrupted).
+
+    With `resume`, completed points are kept and every other point continues from its own
+    checkpoints (`seqpar run --resume SWEEP_DIR`). One signal handler spans the whole sweep,
+    so Ctrl-C between points stops it as cleanly as Ctrl-C inside one.
+    """
     from seqpar.compare import compare, rich_table
-    from seqpar.runner import run_experiment
+    from seqpar.runner import run_experiment, stop_on_signals
     from seqpar.train import NullProgress
 
     s0 = plan.points[0].spec
@@ -410,11 +423,14 @@ def execute_sweep(
         for w in export_run(point_dir, plot=False, tensorboard=tensorboard)[1]:
             err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
-    if quiet:
-        index = run_sweep(plan, sweep_dir, lambda spec, d: run_experiment(spec, d, NullProgress()), after_point=after)
-    else:
-        with SweepProgress(console, len(plan.points)) as progress:
-            index = run_sweep(plan, sweep_dir, lambda spec, d: run_experiment(spec, d, progress), progress.on_point, after)
+    with stop_on_signals() as stop:
+        if quiet:
+            run_point = lambda spec, d: run_experiment(spec, d, NullProgress(), resume=resume, stop=stop)  # noqa: E731
+            index = run_sweep(plan, sweep_dir, run_point, after_point=after, resume=resume)
+        else:
+            with SweepProgress(console, len(plan.points)) as progress:
+                run_point = lambda spec, d: run_experiment(spec, d, progress, resume=resume, stop=stop)  # noqa: E731
+                index = run_sweep(plan, sweep_dir, run_point, progress.on_point, after, resume=resume)
     try:
         rows, keys, warnings = compare([sweep_dir])
         console.print(rich_table(rows, keys, title=f"{plan.name}: held-out sequential rollout, mean ± std over seeds"))

@@ -153,3 +153,27 @@ def test_resume_reruns_only_unfinished_points(sweep_spec, write_spec, tmp_path):
     assert ran == [p.dirname for p in plan.points[2:]] and index["status"] == "completed"
     # sweep.yaml reproduces the same grid
     assert [p.values for p in load_plan(tmp_path / "sw" / SWEEP_SPEC).points] == [p.values for p in plan.points]
+
+
+def test_cli_resume_of_a_sweep_directory_finishes_its_unfinished_points(tiny_spec, write_spec, tmp_path):
+    tiny_spec["methods"] = tiny_spec["methods"][:1]
+    tiny_spec["train"].update(steps=2, eval_every=2)
+    tiny_spec["sweep"] = {"seed": [0, 1]}
+    out = tmp_path / "sw"
+    assert runner.invoke(app, ["run", str(write_spec(tiny_spec)), "--out", str(out), "--quiet"]).exit_code == 0
+    first = json.loads((out / SWEEP_INDEX).read_text())
+    finished = out / first["points"][0]["dir"] / "summary.json"
+    before = finished.read_bytes()
+    # Pretend the sweep was killed during its second point.
+    second = out / first["points"][1]["dir"]
+    for f in second.iterdir():
+        f.unlink()
+    first["points"][1]["status"] = "interrupted"
+    (out / SWEEP_INDEX).write_text(json.dumps(first))
+
+    res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    index = json.loads((out / SWEEP_INDEX).read_text())
+    assert [p["status"] for p in index["points"]] == ["completed", "completed"]
+    assert finished.read_bytes() == before  # a finished point is left as it was
+    assert json.loads((second / "summary.json").read_text())["runs"][0]["status"] == "completed"
