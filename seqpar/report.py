@@ -28,18 +28,23 @@ def human_bytes(n: float | None) -> str:
     return ""  # unreachable
 
 
+def progress_bars(console: Console) -> Progress:
+    """The bar layout every seqpar progress display uses: name, bar, n/total, info, time."""
+    return Progress(
+        TextColumn("[bold]{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 class RichProgress:
     """One bar per method with the live training objective and last held-out rollout loss."""
 
     def __init__(self, console: Console):
-        self._p = Progress(
-            TextColumn("[bold]{task.description:<14}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
+        self._p = progress_bars(console)
         self._tasks: dict[str, Any] = {}
         self._test: dict[str, float] = {}
 

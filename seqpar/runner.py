@@ -48,7 +48,7 @@ from seqpar.results import (
     lock_run_dir,
     rewrite_metrics,
 )
-from seqpar.spec import Spec, SpecError, load_spec, spec_to_yaml, validate_spec
+from seqpar.spec import Spec, SpecError, load_spec, spec_to_yaml
 from seqpar.train import NullProgress, Progress, build_experiment, run_method
 
 DONE = ("completed", "diverged")  # final results: kept as they are on resume

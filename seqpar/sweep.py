@@ -41,9 +41,9 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from seqpar.report import progress_bars
 from seqpar.results import SCHEMA_VERSION, atomic_write_json, atomic_write_text
 from seqpar.spec import Spec, SpecError, parse_override, read_yaml, set_dotted, validate_spec
 
@@ -309,14 +309,7 @@ class SweepProgress:
     """A bar over points plus one bar per method that restarts at every point (implements train.Progress)."""
 
     def __init__(self, console: Console, total_points: int):
-        self._p = Progress(
-            TextColumn("[bold]{task.description:<14}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
+        self._p = progress_bars(console)
         self._points = self._p.add_task("points", total=total_points, info="")
         self._tasks: dict[str, Any] = {}
         self._test: dict[str, float] = {}

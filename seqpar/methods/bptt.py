@@ -21,26 +21,39 @@ class BPTTConfig(MethodConfig):
         return BPTT(self, model, task)
 
 
-class BPTT(Method):
-    cfg: BPTTConfig
+class ScanMethod(Method):
+    """Abstract: methods whose loss is the task loss of a sequential `lax.scan` rollout.
+
+    Subclasses only say how the states are computed (and so which gradients flow); the
+    loss *value* is always the rollout loss, so their objective is the rollout loss too.
+    """
+
+    def states(self, params, x):  # pragma: no cover - interface
+        raise NotImplementedError
 
     def init(self, key, params, train):
         return {"params": params, "opt_state": self.tx.init(params)}
 
     def loss(self, params, x, y, mask):
-        states = rollout_states(self.model, params, x, unroll=self.cfg.unroll)
-        return self.task.loss(readout_all(self.model, params, states), y, mask)
+        return self.task.loss(readout_all(self.model, params, self.states(params, x)), y, mask)
 
     def train_step(self, state, train, batch, step, key):
         loss, grads = jax.value_and_grad(self.loss)(state["params"], batch.x, batch.y, batch.mask)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"objective": loss, "task_loss": loss, "grad_norm_params": optax.global_norm(grads)}
+        metrics = {"objective": loss, "task_loss": loss, "grad_norm_params": optax.tree.norm(grads)}
         return {"params": params, "opt_state": opt_state}, metrics
 
     def params(self, state):
         return state["params"]
 
     def eval_metrics(self, state, train, rollout_train_states, rollout_train_loss):
-        # BPTT's objective is the rollout loss itself: there is nothing else to optimise.
+        # The objective is the rollout loss itself: there is nothing else to optimise.
         return {"objective": rollout_train_loss}
+
+
+class BPTT(ScanMethod):
+    cfg: BPTTConfig
+
+    def states(self, params, x):
+        return rollout_states(self.model, params, x, unroll=self.cfg.unroll)

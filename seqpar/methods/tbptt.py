@@ -20,12 +20,12 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import optax
 from pydantic import Field
 
-from seqpar.methods.base import METHODS, Method, MethodConfig
+from seqpar.methods.base import METHODS, MethodConfig
+from seqpar.methods.bptt import ScanMethod
 from seqpar.model import Model, Params
-from seqpar.rollout import readout_all, rollout_states
+from seqpar.rollout import rollout_states
 
 
 @METHODS.register("truncated_bptt")
@@ -59,26 +59,9 @@ def truncated_rollout_states(model: Model, params: Params, x: jax.Array, window:
     return states
 
 
-class TruncatedBPTT(Method):
+class TruncatedBPTT(ScanMethod):
     cfg: TruncatedBPTTConfig
 
-    def init(self, key, params, train):
-        return {"params": params, "opt_state": self.tx.init(params)}
-
-    def loss(self, params, x, y, mask):
-        states = truncated_rollout_states(self.model, params, x, self.cfg.window, self.cfg.unroll)
-        return self.task.loss(readout_all(self.model, params, states), y, mask)
-
-    def train_step(self, state, train, batch, step, key):
-        loss, grads = jax.value_and_grad(self.loss)(state["params"], batch.x, batch.y, batch.mask)
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {"objective": loss, "task_loss": loss, "grad_norm_params": optax.tree.norm(grads)}
-        return {"params": params, "opt_state": opt_state}, metrics
-
-    def params(self, state):
-        return state["params"]
-
-    def eval_metrics(self, state, train, rollout_train_states, rollout_train_loss):
-        # The truncated loss *value* is the rollout loss; only its gradient is truncated.
-        return {"objective": rollout_train_loss}
+    def states(self, params, x):
+        # The states (and so the loss value) are BPTT's; only the gradient stops at window edges.
+        return truncated_rollout_states(self.model, params, x, self.cfg.window, self.cfg.unroll)
