@@ -139,8 +139,13 @@ def _row_parallel() -> bool:
     return not mesh.empty and AXIS in mesh.axis_names and mesh.shape[AXIS] > 1
 
 
-def take_rows(tree: Any, idx: jax.Array) -> Any:
-    """`leaf[idx]` for every leaf; a local gather on each device under a data-parallel mesh."""
+def take_rows(tree: Any, idx: jax.Array | None) -> Any:
+    """`leaf[idx]` for every leaf; a local gather on each device under a data-parallel mesh.
+
+    `idx=None` means every row in order (a full batch): nothing to gather.
+    """
+    if idx is None:
+        return tree
     if not _row_parallel():
         return jax.tree.map(lambda a: a[idx], tree)
 
@@ -151,8 +156,11 @@ def take_rows(tree: Any, idx: jax.Array) -> Any:
     return jax.shard_map(local, in_specs=(P(AXIS), P(AXIS)), out_specs=P(AXIS))(tree, idx)
 
 
-def put_rows(tree: Any, idx: jax.Array, rows: Any) -> Any:
-    """`leaf.at[idx].set(rows)` for every leaf; a local scatter on each device under a mesh."""
+def put_rows(tree: Any, idx: jax.Array | None, rows: Any) -> Any:
+    """`leaf.at[idx].set(rows)` for every leaf; a local scatter on each device under a mesh
+    (`idx=None`: the rows are the whole of every leaf)."""
+    if idx is None:
+        return rows
     if not _row_parallel():
         return jax.tree.map(lambda a, r: a.at[idx].set(r), tree, rows)
 

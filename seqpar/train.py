@@ -87,7 +87,9 @@ def make_train_step(method: Method, train_key: jax.Array, n: int, b: int, strata
     sample_key, step_key = jax.random.split(train_key)
 
     def train_step(state, data: Dataset, step):
-        idx = sharding.stratified_batch_indices(sample_key, step, n, b, strata)
+        # A full batch is every row in order: idx None lets the row gathers/scatters vanish
+        # (XLA does not drop a gather with indices 0..N-1 by itself).
+        idx = None if b == n else sharding.stratified_batch_indices(sample_key, step, n, b, strata)
         batch = Batch(idx, *sharding.take_rows((data.x, data.y, data.mask), idx))
         return method.train_step(state, data, batch, step, jax.random.fold_in(step_key, step))
 
@@ -289,7 +291,7 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
         if should_stop():  # stopped while compiling: nothing new to save
             record["status"] = "interrupted"
         for step in range(loop.steps_done, steps if record["status"] == "running" else 0):
-            state, bad, metrics = compiled(state, bad, exp.train, jnp.int32(step))
+            state, bad, metrics = compiled(state, bad, exp.train, np.int32(step))  # a NumPy scalar: no device op per step
             chunk_steps += 1
             done = step + 1
             is_eval = done % eval_every == 0 or done == steps

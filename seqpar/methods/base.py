@@ -30,7 +30,7 @@ OptimizerSpec = tagged_union(OPTIMIZERS)
 
 
 class Batch(NamedTuple):
-    idx: jax.Array  # (B,) row indices into the training set
+    idx: jax.Array | None  # (B,) row indices into the training set; None: every row, in order
     x: jax.Array
     y: jax.Array
     mask: jax.Array

@@ -1,0 +1,409 @@
+"""`seqpar bench`: what one gradient step costs, per method, cell, length and batch size.
+
+    seqpar bench [SPEC] --lengths 256,1024,4096 --batch 1,8,64 --hidden 64
+
+For every point of the grid the spec is rewritten (`task.length`, `model.cell`,
+`model.hidden`, `train.batch_size`, `task.train_sequences`) and every method of
+the spec is measured through the *same* step `seqpar run` executes:
+`seqpar.train.make_train_step`, jitted with the state donated, compiled ahead of
+time. Per point we record
+
+- compile time, apart from the steady state;
+- the steady-state step time: warm-up steps first, then repeated steps each
+  bracketed by `block_until_ready` (median, quartiles, min, max, count);
+- memory: the compiled program's `memory_analysis` (arguments + outputs +
+  temporaries - donated aliases), the process's peak RSS over the point (the
+  kernel's high-water mark is reset before each point), and the table's bytes;
+- XLA's `cost_analysis` FLOPs of the compiled step, as FLOP/s and as a fraction
+  of the matrix-multiply peak this run measured on the same device. XLA counts a
+  `while` loop's body once, so for scanned programs (BPTT) the count is a lower
+  bound and is flagged `flops_exact: false`;
+- speedup over full BPTT at the same point.
+
+The baseline is tuned as a user would: a method with an `unroll` field (BPTT,
+truncated BPTT) is measured for every `--unrolls` value and the fastest is kept
+(the JSON lists every candidate). Batching over sequences is `vmap` of the cell,
+which XLA lowers to batched matrix products: there is no separate loop to try.
+A spec without a `bptt` method gets one (with the first method's optimizer) so
+there is always a baseline.
+
+Page faults per step are recorded too: XLA's CPU runtime takes every buffer from
+malloc afresh each step, and on Linux a buffer above malloc's mmap threshold
+(at most 32 MB) is a fresh mapping faulted in 4 KiB at a time unless huge pages
+apply. On a VM those faults can cost more than the arithmetic (3x on the
+parallel step at batch x length = 65k); `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
+(glibc >= 2.35, transparent huge pages in `madvise` mode) removes almost all.
+
+`seqpar.bench_loop` compares `seqpar.train.run_method`'s steady-state step with
+a bare jitted loop over the same step. Results: `bench.json` (every number,
+rewritten after every grid point), `bench.png` (log-log step time and memory vs
+length) and a Rich table (`seqpar.bench_report`).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import re
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from seqpar.bench_machine import device_peak_mb, machine, matmul_peak, reset_peak_rss, rss_mb
+from seqpar.methods import METHODS
+from seqpar.results import environment
+from seqpar.spec import Spec, SpecError, parse_override, read_yaml, set_dotted, validate_spec
+from seqpar.train import build_experiment, compiled_memory_mb, init_state, make_train_step
+
+SCHEMA = "seqpar-bench/1"
+
+# Used when no SPEC is given: the quickstart's task and methods, on the default grid.
+DEFAULT_SPEC: dict[str, Any] = {
+    "name": "bench",
+    "seed": 0,
+    "task": {"type": "delayed_recall", "length": 256, "lag": 2, "vocab": 8, "train_sequences": 1, "test_sequences": 1},
+    "model": {"cell": "gru", "hidden": 64},
+    "train": {"steps": 1, "batch_size": 1},
+    "methods": [
+        {"type": "bptt", "optimizer": {"type": "adam", "lr": 1e-3}},
+        {"type": "parallel", "optimizer": {"type": "adam", "lr": 1e-3}},
+    ],
+}
+
+
+class BenchError(Exception):
+    """Bad bench arguments; the message is one line (the CLI exits 2)."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    lengths: tuple[int, ...] = (256, 1024, 4096)
+    batches: tuple[int, ...] = (1, 8, 64)
+    hidden: int = 64
+    cells: tuple[str, ...] | None = None  # None: the spec's cell
+    unrolls: tuple[int, ...] = (1, 2, 4, 8, 16)  # candidates for methods with an `unroll` field
+    sequences: int | None = None  # training-set size; None: equal to the batch (full-batch steps)
+    warmup: int = 3  # untimed steps after compilation
+    min_repeats: int = 10  # timed steps: at least this many ...
+    max_repeats: int = 200  # ... and at most this many,
+    min_time_s: float = 1.0  # ... running until this much time has been spent
+
+    def __post_init__(self):
+        for name, option in (("lengths", "--lengths"), ("batches", "--batch"), ("unrolls", "--unrolls")):
+            vals = getattr(self, name)
+            if not vals or any(v <= 0 for v in vals):
+                raise BenchError(f"{option}: expected positive integers (got {list(vals)})")
+        if self.sequences is not None and self.sequences < max(self.batches):
+            raise BenchError(f"--sequences {self.sequences}: must be at least the largest batch ({max(self.batches)})")
+        if self.hidden <= 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats or self.warmup < 1:
+            raise BenchError("need --hidden > 0, warm-up >= 1 and 1 <= min repeats <= max repeats")
+
+
+def check_overhead_args(steps: int, rounds: int) -> None:
+    if steps < 0 or rounds < 1:
+        raise BenchError(f"--overhead-steps {steps} --overhead-rounds {rounds}: need steps >= 0 (0 skips the check) and rounds >= 1")
+
+
+def parse_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BenchError(f"{option} {text}: expected comma-separated integers, e.g. 256,1024,4096") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise BenchError(f"{option} {text}: expected positive integers")
+    return vals
+
+
+def load_bench_spec(path: Path | None, overrides: list[str] | None = None) -> Spec:
+    raw = read_yaml(Path(path)) if path is not None else copy.deepcopy(DEFAULT_SPEC)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value, source=f"--set {item}")
+    spec = validate_spec(raw, source=str(path) if path else "default bench spec")
+    if "length" not in type(spec.task).model_fields:
+        raise SpecError(f"task {spec.task.type!r} has no `length` field; bench varies task.length")
+    return spec
+
+
+def with_baseline(spec: Spec) -> list[Any]:
+    """The spec's methods, plus a plain `bptt` (first method's optimizer) if it has none."""
+    methods = list(spec.methods)
+    if not any(m.type == "bptt" for m in methods):
+        label = None if all(m.display_label != "bptt" for m in methods) else "bptt-baseline"
+        optimizer = methods[0].optimizer.model_dump(mode="json", exclude_unset=True) | {"type": methods[0].optimizer.type}
+        methods.insert(0, METHODS.get("bptt").model_validate({"type": "bptt", "optimizer": optimizer, "label": label}))
+    return methods
+
+
+def _dump(spec: Spec) -> dict[str, Any]:
+    # Only the keys the user set: re-validating defaults would trip "only meaningful with" checks.
+    return spec.model_dump(mode="json", exclude_unset=True)
+
+
+def point_spec(spec: Spec, cell: str, length: int, batch: int, hidden: int, sequences: int) -> Spec:
+    raw = _dump(spec)
+    raw["task"].update(length=length, train_sequences=sequences, test_sequences=1)
+    raw.setdefault("model", {}).update(cell=cell, hidden=hidden)
+    raw["train"].update(batch_size=batch)
+    try:
+        return validate_spec(raw, source=f"bench point (cell={cell}, length={length}, batch={batch})")
+    except SpecError as e:
+        raise BenchError(str(e)) from None
+
+
+def check_points(spec: Spec, grid: Grid) -> None:
+    """Validate every point's spec up front, so a bad grid fails before anything is written."""
+    for cell in grid.cells or (spec.model.cell,):
+        for length in grid.lengths:
+            for batch in grid.batches:
+                point_spec(spec, cell, length, batch, grid.hidden, grid.sequences or batch)
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def summarize_ms(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    p25, med, p75 = np.percentile(ms, [25, 50, 75])
+    return {
+        "median": float(med),
+        "p25": float(p25),
+        "p75": float(p75),
+        "min": float(ms.min()),
+        "max": float(ms.max()),
+        "mean": float(ms.mean()),
+        "n": int(ms.size),
+    }
+
+
+def _cost(compiled) -> dict[str, Any]:
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:
+        return {"flops": None, "transcendentals": None, "bytes_accessed": None, "flops_exact": False}
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca or {}
+    return {
+        "flops": ca.get("flops"),
+        "transcendentals": ca.get("transcendentals"),
+        "bytes_accessed": ca.get("bytes accessed"),
+        "flops_exact": not _float_loops(compiled.as_text()),
+    }
+
+
+def _float_loops(hlo: str) -> bool:
+    """Does the program loop over floating-point state (a scan)? XLA's cost analysis counts a
+    while body once; loops over integers only (the PRNG's rounds) carry no FLOPs to speak of."""
+    return any(re.search(r"\b(f16|bf16|f32|f64)\[", line.split(" while(")[0]) for line in hlo.splitlines() if " while(" in line)
+
+
+def _memory(compiled) -> dict[str, Any]:
+    try:
+        m = compiled.memory_analysis()
+    except Exception:
+        m = None
+    keys = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes")
+    return {"compiled_mb": compiled_memory_mb(compiled), **({k: getattr(m, k) for k in keys} if m is not None else {})}
+
+
+def run_step(exp, method, state) -> Callable:
+    """`seqpar run`'s jitted step for `method` (`seqpar.train.run_method`): the same step function,
+    sampling strata, output shardings and donated state, without the loop's divergence watch.
+    Trace it under `jax.set_mesh(exp.mesh)`, as `run_method` does."""
+    n, b = exp.spec.task.train_sequences, exp.spec.train.batch_size
+    out_shardings = (jax.tree.map(lambda a: a.sharding, state), NamedSharding(exp.mesh, P()))
+    return jax.jit(make_train_step(method, exp.train_key, n, b, exp.strata), donate_argnums=0, out_shardings=out_shardings)
+
+
+def measure(exp, cfg, grid: Grid) -> dict[str, Any]:
+    """Compile `seqpar run`'s step for `cfg` on `exp` and time its steady state."""
+    rss_reset = reset_peak_rss()
+    rss_before = rss_mb("VmRSS")
+    method = cfg.build(exp.model, exp.task)
+    with jax.set_mesh(exp.mesh):
+        state = init_state(exp, method)
+        table_bytes = method.state_table_bytes(state)
+        t0 = time.perf_counter()
+        lowered = run_step(exp, method, state).lower(state, exp.train, np.int32(0))
+        compiled = lowered.compile()
+        compile_s = time.perf_counter() - t0
+
+    step = 0
+
+    def one():
+        nonlocal state, step
+        state, metrics = compiled(state, exp.train, np.int32(step))
+        jax.block_until_ready((state, metrics))
+        step += 1
+
+    for _ in range(grid.warmup):
+        one()
+    times: list[float] = []
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    gc_was = gc.isenabled()
+    gc.disable()  # a collection inside a timed step is noise, not the step's cost
+    try:
+        start = time.perf_counter()
+        while len(times) < grid.max_repeats and (len(times) < grid.min_repeats or time.perf_counter() - start < grid.min_time_s):
+            times.append(_timed(one))
+    finally:
+        if gc_was:
+            gc.enable()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
+    out = {
+        "compile_s": compile_s,
+        "step_ms": summarize_ms(times),
+        # Page faults per step: fresh pages for the step's buffers (see `machine()["thp"]`).
+        "minor_faults_per_step": faults / len(times),
+        **_cost(compiled),
+        "memory": _memory(compiled),
+        "peak_rss_mb": rss_mb("VmHWM") if rss_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_is_per_point": rss_reset,
+        "rss_before_mb": rss_before,
+        "device_peak_mb": device_peak_mb(),
+        "table_bytes": table_bytes,
+    }
+    del state, compiled, lowered
+    return out
+
+
+def _candidates(cfg, unrolls: tuple[int, ...]) -> list[Any]:
+    if "unroll" in type(cfg).model_fields:
+        return [cfg.model_copy(update={"unroll": k}) for k in unrolls]
+    return [cfg]
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def run_bench(
+    spec: Spec,
+    grid: Grid,
+    on_point: Callable[[dict[str, Any]], None] | None = None,
+    save: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every (cell, length, batch, method) of the grid; returns the JSON-able result.
+
+    `on_point` sees each finished row; `save` the whole result after every grid point."""
+    methods = with_baseline(spec)
+    cells = grid.cells or (spec.model.cell,)
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "env": environment(),
+        "grid": asdict(grid),
+        "spec": spec.model_dump(mode="json"),
+        "matmul_peak": matmul_peak(),
+        "points": [],
+    }
+    for cell in cells:
+        for length in grid.lengths:
+            for batch in grid.batches:
+                pspec = point_spec(spec, cell, length, batch, grid.hidden, grid.sequences or batch)
+                exp = build_experiment(pspec)
+                rows = []
+                for cfg in methods:
+                    cands = []
+                    for cand in _candidates(cfg, grid.unrolls):
+                        m = measure(exp, cand, grid)
+                        m["unroll"] = getattr(cand, "unroll", None)
+                        cands.append(m)
+                    best = min(cands, key=lambda m: m["step_ms"]["median"])
+                    row = {
+                        "method": cfg.type,
+                        "label": cfg.display_label,
+                        "cell": cell,
+                        "length": length,
+                        "steps_per_sequence": int(exp.train.x.shape[1]),
+                        "batch": batch,
+                        "sequences": pspec.task.train_sequences,
+                        "hidden": grid.hidden,
+                        **best,
+                        "unroll_candidates": [
+                            {"unroll": c["unroll"], "step_ms": c["step_ms"]["median"], "compile_s": c["compile_s"]} for c in cands
+                        ]
+                        if len(cands) > 1
+                        else None,
+                    }
+                    rows.append(row)
+                _derive(rows, result["matmul_peak"]["flops_per_s"])  # provisional peak, for the saves
+                for row in rows:
+                    result["points"].append(row)
+                    if on_point:
+                        on_point(row)
+                if save:
+                    save(result)
+                del exp
+    # Measured again at the end: drift between the two says how quiet the machine was, and the
+    # better of the two is the peak every fraction is taken of (a low peak would flatter them).
+    result["matmul_peak_after"] = matmul_peak()
+    result["machine"]["load_avg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["peak_flops_per_s"] = peak = max(result["matmul_peak"]["flops_per_s"], result["matmul_peak_after"]["flops_per_s"])
+    _derive(result["points"], peak)
+    return result
+
+
+def _derive(rows: list[dict[str, Any]], peak: float) -> None:
+    """FLOP/s, fraction of the measured peak, and speedup over full BPTT at the same point."""
+    for r in rows:
+        same = [o for o in rows if o["method"] == "bptt" and all(o[k] == r[k] for k in ("cell", "length", "batch"))]
+        base, base_min = [o["step_ms"]["median"] for o in same], [o["step_ms"]["min"] for o in same]
+        sec = r["step_ms"]["median"] / 1e3
+        r["flops_per_s"] = r["flops"] / sec if r["flops"] else None
+        r["peak_fraction"] = r["flops_per_s"] / peak if r["flops_per_s"] else None
+        # The step's FLOPs at the measured matmul peak: no implementation of this step is faster.
+        r["roofline_ms"] = 1e3 * r["flops"] / peak if r["flops"] and r.get("flops_exact") else None
+        r["speedup_vs_bptt"] = min(base) / r["step_ms"]["median"] if base else None
+        # Ratio of fastest steps: less sensitive to other load on a shared machine.
+        r["speedup_vs_bptt_of_min"] = min(base_min) / r["step_ms"]["min"] if base_min else None
+
+
+def bench_to_dir(
+    spec: Spec,
+    grid: Grid,
+    run_dir: Path,
+    on_point: Callable[[dict[str, Any]], None] | None = None,
+    overhead_steps: int = 0,
+    overhead_rounds: int = 3,
+) -> dict[str, Any]:
+    """Run the grid (and, if `overhead_steps`, the run-vs-bare-loop check); write bench.json and bench.png."""
+    from seqpar.bench_loop import loop_overhead, overhead_points
+    from seqpar.bench_report import plot_bench
+    from seqpar.results import atomic_write_json
+
+    result = run_bench(spec, grid, on_point, save=lambda r: atomic_write_json(run_dir / "bench.json", r))
+    atomic_write_json(run_dir / "bench.json", result)
+    if overhead_steps:
+        chunk = max(1, overhead_steps // 4)
+        result["loop_overhead"] = [
+            loop_overhead(spec, cfg, cell, length, b, grid.hidden, steps=overhead_steps, chunk=chunk, rounds=overhead_rounds)
+            for cfg, cell, length, b in overhead_points(spec, grid)
+        ]
+        atomic_write_json(run_dir / "bench.json", result)
+    plot_bench(result, run_dir / "bench.png")
+    return result
+
+
+def parse_cells(text: str) -> tuple[str, ...]:
+    from seqpar.cells import CELLS
+
+    cells = tuple(c.strip() for c in text.split(",") if c.strip())
+    unknown = [c for c in cells if c not in CELLS]
+    if not cells or unknown:
+        given = ", ".join(unknown) or "(none given)"
+        raise BenchError(f"--cells {text}: unknown cell(s) {given}; expected some of: {', '.join(CELLS.names())}")
+    return cells

@@ -1,0 +1,132 @@
+"""Output of `seqpar bench`: the Rich table and the log-log plot of `bench.json`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from seqpar.report import fmt
+
+
+def _ms(s: dict[str, float]) -> str:
+    # Median, then half the interquartile range: the spread of repeated steps.
+    return f"{s['median']:.3g}±{(s['p75'] - s['p25']) / 2:.2g}"
+
+
+def bench_table(result: dict[str, Any]) -> Table:
+    m = result["machine"]
+    start = result["matmul_peak"]["flops_per_s"]
+    after = (result.get("matmul_peak_after") or {}).get("flops_per_s") or start
+    peak = result.get("peak_flops_per_s", start)
+    t = Table(
+        title=f"seqpar bench on {m['summary']}: matmul peak {peak / 1e9:.0f} GFLOP/s (start {start / 1e9:.0f}, end {after / 1e9:.0f})",
+        caption="ms: median±half the interquartile range of n timed steps; min: fastest step; k: the winning lax.scan unroll; "
+        "GF/s and %pk: XLA cost-analysis FLOPs / median, / the matmul peak (≥: a scan, whose body XLA counts once); "
+        "speedup: tuned BPTT's median / this median; prog MB: compiled step (args + outputs + temps - aliases); "
+        "faults: minor page faults per step (many: large buffers are faulted in afresh every step; "
+        "try GLIBC_TUNABLES=glibc.malloc.hugetlb=1)",
+    )
+    cols = ("method", "cell", "T", "B", "k", "ms", "min", "n", "compile s", "GF/s", "%pk", "speedup", "prog MB", "RSS MB", "table MB")
+    cols += ("faults",)
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("method", "cell") else "right")
+    for r in result["points"]:
+        lower = "" if r.get("flops_exact", True) else "≥"
+        gf, pf, sp = r.get("flops_per_s"), r.get("peak_fraction"), r.get("speedup_vs_bptt")
+        t.add_row(
+            r["label"],
+            r["cell"],
+            str(r["length"]),
+            str(r["batch"]),
+            fmt(r.get("unroll")) if r.get("unroll_candidates") else "—",
+            _ms(r["step_ms"]),
+            fmt(r["step_ms"]["min"], ".3g"),
+            str(r["step_ms"]["n"]),
+            fmt(r["compile_s"], ".1f"),
+            f"{lower}{gf / 1e9:.1f}" if gf else "—",
+            f"{lower}{100 * pf:.1f}" if pf else "—",
+            f"{sp:.2f}×" if sp else "—",
+            fmt(r["memory"].get("compiled_mb"), ".1f"),
+            fmt(r.get("peak_rss_mb"), ".0f"),
+            fmt(r["table_bytes"] / 2**20, ".2f") if r["table_bytes"] else "—",
+            f"{r['minor_faults_per_step']:.0f}",
+        )
+    return t
+
+
+def overhead_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="seqpar run vs a bare loop over the same compiled step (ms/step per round; one sync per chunk in both)")
+    for c in ("method", "cell", "T", "B", "steps", "run ms/step", "bare ms/step", "run / bare"):
+        t.add_column(c, justify="left" if c in ("method", "cell") else "right")
+    for o in rows:
+        t.add_row(
+            o["method"],
+            o["cell"],
+            str(o["length"]),
+            str(o["batch"]),
+            f"{o['steps']} (chunks of {o['chunk']})",
+            " ".join(f"{v:.3g}" for v in o["run_step_ms"]),
+            " ".join(f"{v:.3g}" for v in o["bare_step_ms"]),
+            f"{o['ratio']:.3f}",
+        )
+    return t
+
+
+def plot_bench(result: dict[str, Any], path: Path) -> None:
+    """Log-log step time and compiled-program memory against length; one line per method x cell x batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = result["points"]
+    labels = sorted({r["label"] for r in points}, key=lambda l: [r["label"] for r in points].index(l))
+    batches = sorted({r["batch"] for r in points})
+    cells = sorted({r["cell"] for r in points})
+    colors = {l: f"C{i}" for i, l in enumerate(labels)}
+    markers = dict(zip(batches, "os^Dv<>p*h"))
+    styles = dict(zip(cells, ["-", "--", ":", "-."]))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
+    for label in labels:
+        for cell in cells:
+            for b in batches:
+                rows = [r for r in points if r["label"] == label and r["cell"] == cell and r["batch"] == b]
+                rows.sort(key=lambda r: r["length"])
+                if not rows:
+                    continue
+                name = f"{label} {cell} B={b}" if len(cells) > 1 else f"{label} B={b}"
+                kw = dict(color=colors[label], marker=markers[b], linestyle=styles[cell], label=name)
+                xs = [r["length"] for r in rows]
+                med = [r["step_ms"]["median"] for r in rows]
+                ax_t.plot(xs, med, **kw)
+                # The interquartile range of repeated steps as a band.
+                p25, p75 = [r["step_ms"]["p25"] for r in rows], [r["step_ms"]["p75"] for r in rows]
+                ax_t.fill_between(xs, p25, p75, color=colors[label], alpha=0.15)
+                mem = [r["memory"].get("compiled_mb") for r in rows]
+                if all(v is not None for v in mem):
+                    ax_m.plot(xs, mem, **kw)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    lengths = sorted({r["length"] for r in points})
+    for ax, ylabel in ((ax_t, "gradient step time (ms, median; band: IQR)"), (ax_m, "compiled step memory (MB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(lengths)
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(plain)
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_m.set_title("arguments + outputs + temporaries - donated aliases", fontsize=8)
+    ax_t.legend(fontsize=7, ncol=2)
+    m = result["machine"]
+    peak = result.get("peak_flops_per_s", result["matmul_peak"]["flops_per_s"]) / 1e9
+    title = f"seqpar bench, hidden {result['grid']['hidden']}: {m['summary']}, matmul peak {peak:.0f} GFLOP/s, {result['created']}"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
