@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from seqpar.results import atomic_write
 
 KEEP = 2  # newest checkpoints kept per method: one spare in case the newest is unreadable
 _NAME = re.compile(r"^ckpt-(\d{9})\.npz$")
@@ -121,16 +122,7 @@ class MethodCheckpoints:
         if jax.process_index() != 0:  # one writer; every process reads the same file on restore
             return final
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".ckpt-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(final, lambda f: np.savez(f, **arrays), mode="wb")
         _fsync_dir(self.dir)
         self.prune()
         return final

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 SCHEMA_VERSION = 1
 METRICS = "metrics.jsonl"
@@ -50,20 +50,25 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory, fsync, then rename over `path`."""
+def atomic_write(path: Path, write: Callable[[IO[Any]], object], mode: str = "w") -> None:
+    """Write via `write(file)` into a temp file beside `path`, fsync, then rename over `path`:
+    readers see the old file or the new one, never a torn one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, mode) as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would make shared result directories unreadable
-            f.write(text)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
