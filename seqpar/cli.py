@@ -26,15 +26,6 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(spec_path: Path, overrides: list[str] | None):
-    from seqpar.spec import SpecError, load_spec, with_yaml_line
-
-    try:
-        return load_spec(spec_path, overrides or [])
-    except SpecError as e:
-        _fail(with_yaml_line(e, spec_path, overrides or []))
-
-
 def _one_line_errors(command):
     """An unexpected exception becomes one line and exit 1; `--debug` shows the full traceback."""
 

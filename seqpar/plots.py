@@ -168,6 +168,22 @@ def _method_colors(rs: list[Result]) -> dict[str, str]:
     return {label: COLORS[i % len(COLORS)] for i, label in enumerate(labels)}
 
 
+def _finish_loss_panel(ax, members: list[Result], ys: list[float], handles: dict[str, Any], title: str, xlabel: str, ylabel: str) -> None:
+    """The parts every loss-over-training panel shares: dashed memoryless baseline, log scale
+    when values span decades, title, labels (integer ticks over steps) and grid."""
+    b = _baseline(ax, members)
+    if b is not None:
+        handles.setdefault(_baseline_label(members), b)
+        ys.append(b.get_ydata()[0])
+    _maybe_log(ax, ys)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    if xlabel == "optimizer steps":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+
+
 def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str, path: Path, title: str) -> Path | None:
     colors = _method_colors(rs)
     fig, axes = _figure(len(panels), title)
@@ -188,17 +204,8 @@ def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str
             handles.setdefault(f"{label} (mean of {n} runs, band min-max)" if n > 1 else label, line)
             ys += list(lo) + list(hi)
             drawn = True
-        b = _baseline(ax, members)
-        if b is not None:
-            handles.setdefault(_baseline_label(members), b)
-            ys.append(b.get_ydata()[0])
-        _maybe_log(ax, ys)
-        ax.set_title(ptitle, fontsize=10)
-        ax.set_xlabel("optimizer steps" if x == "step" else "training wall-clock (s, compile and eval excluded)")
-        if x == "step":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(_loss_label(members))
-        ax.grid(True, alpha=0.3)
+        xlabel = "optimizer steps" if x == "step" else "training wall-clock (s, compile and eval excluded)"
+        _finish_loss_panel(ax, members, ys, handles, ptitle, xlabel, _loss_label(members))
     if not drawn:
         return None
     return _save(fig, path, list(handles.values()), list(handles))
@@ -234,16 +241,7 @@ def plot_objective_gap(rs: list[Result], panels: list[tuple[str, list[Result]]],
                     ax.fill_between(xs, lo, hi, color=colors[label], alpha=0.15, linewidth=0)
                 handles.setdefault(f"{label}: {what}", line)
                 ys += list(lo) + list(hi)
-        b = _baseline(ax, members)
-        if b is not None:
-            handles.setdefault(_baseline_label(members), b)
-            ys.append(b.get_ydata()[0])
-        _maybe_log(ax, ys)
-        ax.set_title(ptitle, fontsize=10)
-        ax.set_xlabel("optimizer steps")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(_loss_label(members, "loss"))
-        ax.grid(True, alpha=0.3)
+        _finish_loss_panel(ax, members, ys, handles, ptitle, "optimizer steps", _loss_label(members, "loss"))
     return _save(fig, path, list(handles.values()), list(handles))
 
 
