@@ -6,19 +6,22 @@ import functools
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False, help="Train RNNs with BPTT or embedding-parallel, judged by rollout."
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Train RNNs with BPTT or embedding-parallel, judged by rollout.",
 )
 # Outside a terminal (CI logs, pipes) Rich would wrap tables at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override a spec key: dotted.key=value (YAML value); repeatable")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a spec key: dotted.key=value (YAML value); repeatable")]
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -45,7 +48,7 @@ def _one_line_errors(command):
 
 def _check_memory(specs, force: bool, source: Path) -> None:
     """Refuse (exit 2) a spec whose estimated memory exceeds the machine's, before anything is allocated."""
-    from seqpar.memory import MemoryLimitError, check
+    from seqpar.train.memory import MemoryLimitError, check
 
     seen, notes = set(), []
     for s in specs:
@@ -65,7 +68,9 @@ def _exit_code(summary: dict, run_dir: Path, debug: bool) -> int:
     """Say what failed or was interrupted; 0 completed/diverged, 1 any failed, 130 interrupted."""
     for r in summary["runs"]:
         if r["status"] == "failed":
-            err_console.print(f"[red]failed[/] {r['label']}: {r.get('error')} (traceback in {run_dir / 'summary.json'})", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[red]failed[/] {r['label']}: {r.get('error')} (traceback in {run_dir / 'summary.json'})", highlight=False, soft_wrap=True
+            )
             if debug and r.get("traceback"):
                 err_console.print(r["traceback"], highlight=False, markup=False)
         elif r["status"] == "diverged":
@@ -75,22 +80,27 @@ def _exit_code(summary: dict, run_dir: Path, debug: bool) -> int:
         if debug and summary.get("traceback"):
             err_console.print(summary["traceback"], highlight=False, markup=False)
     if summary["status"] == "interrupted":
-        err_console.print(f"[yellow]interrupted[/]: results so far are saved; continue with: seqpar run --resume {run_dir}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[yellow]interrupted[/]: results so far are saved; continue with: seqpar run --resume {run_dir}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 130
     return 1 if summary["status"] == "failed" else 0
 
 
 def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
-    from seqpar.report import RichProgress, results_table
-    from seqpar.results import RunDirBusy
-    from seqpar.runner import ResumeError, load_run_spec, run_experiment
-    from seqpar.train import NullProgress
+    from seqpar.analysis.report import RichProgress, results_table
+    from seqpar.records.layout import SPEC, SWEEP_SPEC, is_sweep_dir
+    from seqpar.records.writer import RunDirBusy
+    from seqpar.train.loop import NullProgress
+    from seqpar.train.runner import ResumeError, load_run_spec, run_experiment
 
-    if (run_dir / "sweep.json").exists():
-        from seqpar import sweep as sweeps
+    if is_sweep_dir(run_dir):
+        from seqpar.sweep import execute as sweeps
 
-        plan = _load_plan(run_dir / sweeps.SWEEP_SPEC, [])
-        _check_memory([p.spec for p in plan.points], force, run_dir / sweeps.SWEEP_SPEC)
+        plan = _load_plan(run_dir / SWEEP_SPEC, [])
+        _check_memory([p.spec for p in plan.points], force, run_dir / SWEEP_SPEC)
         try:
             return sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=False, tensorboard=False, resume=True)
         except (ResumeError, RunDirBusy) as e:
@@ -99,7 +109,7 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
         s = load_run_spec(run_dir)
     except ResumeError as e:
         _fail(str(e))
-    _check_memory([s], force, run_dir / "spec.yaml")
+    _check_memory([s], force, run_dir / SPEC)
     console.print(f"[bold]{s.name}[/]: resuming {run_dir}")
     try:
         if quiet:
@@ -117,7 +127,7 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
 def _load_plan(spec_path: Path, overrides: list[str] | None):
     """The spec's points: one for a plain spec, the validated grid for a spec with `sweep:`."""
     from seqpar.spec import SpecError, with_yaml_line
-    from seqpar.sweep import load_plan
+    from seqpar.sweep.plan import load_plan
 
     try:
         return load_plan(spec_path, overrides or [])
@@ -131,7 +141,10 @@ def validate(spec: Annotated[Path, typer.Argument(help="YAML experiment spec")],
     plan = _load_plan(spec, set_)
     s = plan.points[0].spec
     if plan.is_sweep:
-        console.print(f"[green]ok[/] {spec}: {s.name}, sweep of {len(plan.points)} point(s) over {', '.join(plan.axes) or '(no axes)'}, every point valid")
+        console.print(
+            f"[green]ok[/] {spec}: {s.name}, sweep of {len(plan.points)} point(s) over "
+            f"{', '.join(plan.axes) or '(no axes)'}, every point valid"
+        )
         return
     console.print(f"[green]ok[/] {spec}: {s.name}, {len(s.methods)} method(s): {', '.join(m.display_label for m in s.methods)}")
 
@@ -139,21 +152,26 @@ def validate(spec: Annotated[Path, typer.Argument(help="YAML experiment spec")],
 @app.command()
 @_one_line_errors
 def run(
-    spec: Annotated[Optional[Path], typer.Argument(help="YAML experiment spec (omit with --resume)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run directory (default results/<name>/<run-id>)")] = None,
+    spec: Annotated[Path | None, typer.Argument(help="YAML experiment spec (omit with --resume)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default results/<name>/<run-id>)")] = None,
     set_: SetOpt = None,
     results_root: Annotated[Path, typer.Option(help="root of default run directories")] = Path("results"),
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and list the runs (sweep points) without running anything")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="write PNG figures to RUN_DIR/plots at the end")] = False,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="write TensorBoard event files to RUN_DIR/tensorboard (needs seqpar[tb])")] = False,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the interrupted or crashed run in RUN_DIR (with its own spec)", metavar="RUN_DIR")] = None,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="write TensorBoard event files to RUN_DIR/tensorboard (needs seqpar[tb])")
+    ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="continue the interrupted or crashed run in RUN_DIR (with its own spec)", metavar="RUN_DIR"),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
 ) -> None:
     """Train every method of SPEC (every point of its `sweep:`), judge each by held-out rollout, write the run record."""
-    from seqpar import sweep as sweeps
     from seqpar.sharding import is_writer, maybe_initialize_distributed
+    from seqpar.sweep import execute as sweeps
 
     maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
     if resume is not None:
@@ -167,16 +185,16 @@ def run(
         console.print(sweeps.plan_table(plan))
         raise typer.Exit(0)
     if tensorboard:
-        from seqpar.tensorboard import INSTALL_HINT, available
+        from seqpar.analysis.tensorboard import INSTALL_HINT, available
 
         if not available():
             _fail(INSTALL_HINT)
     s = plan.points[0].spec
     _check_memory([p.spec for p in plan.points], force, spec)
-    from seqpar.report import RichProgress, results_table
-    from seqpar.results import OutputError, new_run_dir
-    from seqpar.runner import run_experiment
-    from seqpar.train import NullProgress
+    from seqpar.analysis.report import RichProgress, results_table
+    from seqpar.records.writer import OutputError, new_run_dir
+    from seqpar.train.loop import NullProgress
+    from seqpar.train.runner import run_experiment
 
     try:
         # Multi-process runs: only process 0 writes the run record; the others write a scratch copy.
@@ -206,7 +224,7 @@ def _log_shard_memory(summary: dict) -> None:
     """With several devices, every process reports the row-sharded state its own devices hold."""
     import jax
 
-    from seqpar.report import human_bytes
+    from seqpar.analysis.report import human_bytes
 
     if jax.device_count() == 1 or not any(r.get("mesh", {}).get("data", 1) > 1 for r in summary["runs"]):
         return
@@ -225,8 +243,15 @@ def tasks() -> None:
 
 
 PathsArg = Annotated[list[str], typer.Argument(help="run directories, sweep directories, directories above them, or glob patterns")]
-ByOpt = Annotated[Optional[list[str]], typer.Option("--by", help="group by these settings (dotted keys, repeatable or comma-separated); default: swept and differing settings")]
-MetricOpt = Annotated[str, typer.Option("--metric", help="final metric to aggregate (rollout_loss_test, rollout_acc_test, objective, step_time_ms, ...)")]
+ByOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--by", help="group by these settings (dotted keys, repeatable or comma-separated); default: swept and differing settings"
+    ),
+]
+MetricOpt = Annotated[
+    str, typer.Option("--metric", help="final metric to aggregate (rollout_loss_test, rollout_acc_test, objective, step_time_ms, ...)")
+]
 
 
 @app.command()
@@ -234,12 +259,18 @@ def compare(
     paths: PathsArg,
     by: ByOpt = None,
     metric: MetricOpt = "rollout_loss_test",
-    sort: Annotated[Optional[str], typer.Option("--sort", help="sort rows by: metric, method, step_time_ms, peak_memory_mb, ... or a setting; prefix - for descending (--sort=-metric)")] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort",
+            help="sort rows by: metric, method, step_time_ms, peak_memory_mb, ... or a setting; prefix - for descending (--sort=-metric)",
+        ),
+    ] = None,
     diff_only: Annotated[bool, typer.Option("--diff-only", help="hide setting columns whose value is the same in every row")] = False,
     format_: Annotated[str, typer.Option("--format", help="table, markdown, csv or json")] = "table",
 ) -> None:
     """Aggregate run records over seeds: rollout loss mean ± std, baseline fraction, time to target, cost, status."""
-    from seqpar import compare as cmp
+    from seqpar.analysis import compare as cmp
 
     if format_ not in cmp.FORMATS:
         _fail(f"--format {format_}: expected one of: {', '.join(cmp.FORMATS)}")
@@ -264,8 +295,8 @@ def plot(
     metric: MetricOpt = "rollout_loss_test",
 ) -> None:
     """Write PNG figures: rollout loss vs steps and seconds, objective gap, scaling vs length, final loss vs settings."""
-    from seqpar.compare import CompareError
-    from seqpar.plots import plot_records
+    from seqpar.analysis.compare import CompareError
+    from seqpar.analysis.plots import plot_records
 
     if out.exists() and not out.is_dir():
         _fail(f"--out {out}: is a file, expected a directory")
@@ -283,25 +314,25 @@ def plot(
 
 @app.command()
 def bench(
-    spec: Annotated[Optional[Path], typer.Argument(help="YAML spec whose task and methods to measure (default: built in)")] = None,
+    spec: Annotated[Path | None, typer.Argument(help="YAML spec whose task and methods to measure (default: built in)")] = None,
     lengths: Annotated[str, typer.Option(help="sequence lengths, comma-separated")] = "256,1024,4096",
     batch: Annotated[str, typer.Option(help="batch sizes (sequences per step), comma-separated")] = "1,8,64",
     hidden: Annotated[int, typer.Option(help="hidden size")] = 64,
-    cells: Annotated[Optional[str], typer.Option(help="cells, comma-separated (default: the spec's)")] = None,
+    cells: Annotated[str | None, typer.Option(help="cells, comma-separated (default: the spec's)")] = None,
     unrolls: Annotated[str, typer.Option(help="lax.scan unroll factors tried for BPTT-like methods; the fastest is kept")] = "1,2,4,8,16",
-    sequences: Annotated[Optional[int], typer.Option(help="training-set size (default: the batch, i.e. full-batch steps)")] = None,
+    sequences: Annotated[int | None, typer.Option(help="training-set size (default: the batch, i.e. full-batch steps)")] = None,
     min_time: Annotated[float, typer.Option(help="seconds of timed steps per point (at least --repeats steps)")] = 1.0,
     repeats: Annotated[int, typer.Option(help="minimum timed steps per point")] = 10,
     overhead_steps: Annotated[int, typer.Option(help="steps of the `run` vs bare-loop check (0: skip it)")] = 200,
     overhead_rounds: Annotated[int, typer.Option(help="alternating rounds of the `run` vs bare-loop check")] = 3,
-    out: Annotated[Optional[Path], typer.Option(help="output directory (default results/bench/<run-id>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output directory (default results/bench/<run-id>)")] = None,
     results_root: Annotated[Path, typer.Option(help="root of default output directories")] = Path("results"),
     set_: SetOpt = None,
 ) -> None:
     """Step time, memory and FLOP/s of every method against length and batch; writes bench.json and bench.png."""
-    from seqpar import bench as B
-    from seqpar.bench_report import bench_table, overhead_table
-    from seqpar.results import OutputError, new_run_dir
+    from seqpar.bench import measure as B
+    from seqpar.bench.report import bench_table, overhead_table
+    from seqpar.records.writer import OutputError, new_run_dir
     from seqpar.spec import SpecError
 
     try:

@@ -9,7 +9,7 @@ import optax
 from pydantic import Field, field_validator
 
 from seqpar.config import Config
-from seqpar.registry import Registry
+from seqpar.config.registry import Registry
 
 OPTIMIZERS: Registry[type] = Registry("optimizer")
 

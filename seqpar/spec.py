@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from seqpar.cells import CELLS
 from seqpar.config import Config, KeyedError
+from seqpar.config.registry import tagged_union
 from seqpar.methods import METHODS
-from seqpar.spec_types import tagged_union
+from seqpar.model.cells import CELLS, CellConfig
 from seqpar.tasks import TASKS
 
 TaskSpec = tagged_union(TASKS)
+CellSpec = tagged_union(CELLS)
 MethodSpec = tagged_union(METHODS)
 
 
@@ -40,15 +41,18 @@ class SpecError(Exception):
 
 
 class ModelConfig(Config):
-    cell: str = Field("gru", description="recurrent cell type")
+    cell: CellSpec = Field("gru", description="recurrent cell: a type name, or {type: NAME, ...its options}")
     hidden: int = Field(64, gt=0, description="hidden size")
 
-    @field_validator("cell")
+    @field_validator("cell", mode="before")
     @classmethod
-    def _known_cell(cls, v: str) -> str:
-        if v not in CELLS:
-            raise ValueError(f"unknown cell {v!r}; expected one of: {', '.join(CELLS.names())}")
-        return v
+    def _bare_name(cls, v: Any) -> Any:
+        return {"type": v} if isinstance(v, str) else v
+
+    @field_serializer("cell")
+    def _record_bare_name(self, v: CellConfig) -> Any:
+        # A cell with default options is recorded as its bare name, as written before cells had options.
+        return v.type if v.is_default() else v.model_dump()
 
 
 class TrainConfig(Config):
@@ -57,10 +61,17 @@ class TrainConfig(Config):
     eval_every: int = Field(50, gt=0, description="rollout evaluation interval (steps)")
     log_every: int | None = Field(None, gt=0, description="training-metric logging interval (default: eval_every)")
     target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="held-out rollout loss to reach")
-    checkpoint_every: int | None = Field(None, gt=0, description="save a resumable checkpoint every N steps (default: only on SIGINT/SIGTERM)")
-    devices: int | Literal["all"] = Field(1, description="devices on the mesh's data axis: a count, or 'all' (every device of every process)")
+    checkpoint_every: int | None = Field(
+        None, gt=0, description="save a resumable checkpoint every N steps (default: only on SIGINT/SIGTERM)"
+    )
+    devices: int | Literal["all"] = Field(
+        1, description="devices on the mesh's data axis: a count, or 'all' (every device of every process)"
+    )
     sample_strata: int | None = Field(
-        None, gt=0, description="contiguous strata each minibatch draws from evenly (default: the device count); fix it for identical batches on any device count"
+        None,
+        gt=0,
+        description="contiguous strata each minibatch draws from evenly (default: the device count); "
+        "fix it for identical batches on any device count",
     )
 
     @field_validator("devices")
@@ -90,7 +101,10 @@ class Spec(Config):
         seen: dict[str, int] = {}
         for i, m in enumerate(self.methods):
             if m.display_label in seen:
-                raise KeyedError(f"methods.{i}.label", f"duplicate method label {m.display_label!r} (also methods.{seen[m.display_label]}); give each a distinct label")
+                raise KeyedError(
+                    f"methods.{i}.label",
+                    f"duplicate method label {m.display_label!r} (also methods.{seen[m.display_label]}); give each a distinct label",
+                )
             seen[m.display_label] = i
         return self
 
@@ -119,11 +133,13 @@ class Spec(Config):
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
-    """One spec; a spec with a `sweep:` block is a grid of specs: load it with `seqpar.sweep.load_plan`."""
+    """One spec; a spec with a `sweep:` block is a grid of specs: load it with `seqpar.sweep.execute.load_plan`."""
     path = Path(path)
     raw = read_yaml(path)
     if "sweep" in raw:
-        raise SpecError(f"{path}: sweep: this spec expands to a grid of runs; `seqpar run` and `seqpar validate` take it, load_spec does not")
+        raise SpecError(
+            f"{path}: sweep: this spec expands to a grid of runs; `seqpar run` and `seqpar validate` take it, load_spec does not"
+        )
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value, source=f"--set {item}")
@@ -170,7 +186,9 @@ def yaml_key_lines(text: str, source: str = "spec") -> dict[str, int]:
                     continue
                 key, line = f"{prefix}{k.value}", k.start_mark.line + 1
                 if k.value in seen:
-                    raise SpecError(f"{source}: line {line}: {key}: duplicate key (first given on line {seen[k.value]}); give each key once", key=key)
+                    raise SpecError(
+                        f"{source}: line {line}: {key}: duplicate key (first given on line {seen[k.value]}); give each key once", key=key
+                    )
                 seen[k.value] = lines[key] = line
                 walk(v, key + ".", depth + 1)
         elif isinstance(node, yaml.SequenceNode):
@@ -353,7 +371,11 @@ def _union_tags(loc: tuple, raw: Any) -> list[str]:
     while typing.get_origin(ann) is typing.Annotated:
         ann = typing.get_args(ann)[0]
     members = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
-    return [str(m.model_fields["type"].default) for m in members if isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields]
+    return [
+        str(m.model_fields["type"].default)
+        for m in members
+        if isinstance(m, type) and issubclass(m, BaseModel) and "type" in m.model_fields
+    ]
 
 
 def _has(node: Any, item: Any) -> bool:
@@ -369,7 +391,11 @@ def _pick(annotation: Any, node: Any) -> Any:
         elif origin in (typing.Union, types.UnionType):
             members = [a for a in typing.get_args(annotation) if a is not type(None)]
             tag = node.get("type") if isinstance(node, dict) else None
-            chosen = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel) and m.model_fields.get("type") and m.model_fields["type"].default == tag]
+            chosen = [
+                m
+                for m in members
+                if isinstance(m, type) and issubclass(m, BaseModel) and m.model_fields.get("type") and m.model_fields["type"].default == tag
+            ]
             annotation = chosen[0] if chosen else members[0]
         elif origin is list:
             return annotation  # resolved when the list index is visited

@@ -8,7 +8,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from seqpar import bench as B
+from seqpar.bench import measure as B
 from seqpar.cli import app
 
 TINY = ["--lengths", "8", "--batch", "2", "--unrolls", "1,2", "--min-time", "0", "--repeats", "2", "--overhead-rounds", "1"]

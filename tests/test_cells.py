@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqpar.cells import CELLS
 from seqpar.methods import METHODS
 from seqpar.methods.bptt import BPTTConfig
 from seqpar.methods.parallel import ParallelConfig
-from seqpar.model import build_model
-from seqpar.rollout import rollout_states
+from seqpar.model.cells import CELLS
+from seqpar.model.model import build_model
+from seqpar.model.rollout import rollout_states
 from seqpar.spec import validate_spec
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
-from seqpar.train import build_experiment, run_method
+from seqpar.train.loop import build_experiment, run_method
 
 CELL_NAMES = CELLS.names()
 # One small size everywhere, so eager ops and model inits compile once per cell.
@@ -61,7 +61,7 @@ def test_the_zoo_is_registered():
 def test_vmap_and_scan_match_a_python_loop(cell):
     model, params, data, states, *_ = _reference(cell)
     n, t = data.x.shape[:2]
-    assert model.state_dim == (2 * HIDDEN if cell == "lstm" else HIDDEN)
+    assert model.state_dim % HIDDEN == 0  # h, or h and c (LSTM): the readout sees the first HIDDEN
     assert states.shape == (n, t, model.state_dim)
     step = jax.jit(model.step)  # one example, one step at a time
     s = [model.initial_state()] * n
@@ -72,11 +72,26 @@ def test_vmap_and_scan_match_a_python_loop(cell):
     assert float(jnp.std(states[:, -1])) > 1e-3  # the states actually move
 
 
-def test_lstm_forget_gate_bias_is_one_in_the_trained_params():
-    model, params = _model("lstm")
+@pytest.mark.parametrize("forget_bias", [None, 2.5])
+def test_lstm_forget_gate_bias_is_its_option_in_the_trained_params(forget_bias):
+    cell = "lstm" if forget_bias is None else CELLS.get("lstm")(type="lstm", forget_bias=forget_bias)
+    model, params = _model(cell)
     bias = np.asarray(params["cell"]["wx"]["bias"][...])  # gate order i, f, g, o
-    np.testing.assert_array_equal(bias[HIDDEN : 2 * HIDDEN], 1.0)
+    np.testing.assert_array_equal(bias[HIDDEN : 2 * HIDDEN], 1.0 if forget_bias is None else forget_bias)
     np.testing.assert_array_equal(np.delete(bias, np.s_[HIDDEN : 2 * HIDDEN]), 0.0)
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_cell_given_by_name_or_by_config_is_the_same_and_recorded_as_written(cell):
+    """`model.cell: gru` and `model.cell: {type: gru}` are one spec; a cell with options keeps them."""
+    base = {**_tiny_spec(cell, "bptt").model_dump(mode="json"), "name": "x"}
+    by_name = validate_spec({**base, "model": {"cell": cell, "hidden": HIDDEN}})
+    by_config = validate_spec({**base, "model": {"cell": {"type": cell}, "hidden": HIDDEN}})
+    assert by_name == by_config
+    assert by_config.model_dump(mode="json")["model"]["cell"] == cell
+    with_option = validate_spec({**base, "model": {"cell": {"type": "lstm", "forget_bias": 0.5}, "hidden": HIDDEN}})
+    assert with_option.model_dump(mode="json")["model"]["cell"] == {"type": "lstm", "forget_bias": 0.5}
+    assert validate_spec(with_option.model_dump(mode="json")) == with_option
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
@@ -94,7 +109,7 @@ def test_linear_recurrence_flag_is_true_to_the_cell(cell):
         rhs = a * model.step(params, s1, x) + (1 - a) * model.step(params, s2, x)
         return jnp.max(jnp.abs(lhs - rhs))
 
-    if CELLS.get(cell).linear_recurrence:
+    if model.linear_recurrence:
         assert float(gap(params)) < 1e-5
     else:
         assert float(gap(params)) > 1e-3

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from seqpar import compare as cmp
+from seqpar.analysis import compare as cmp
 from seqpar.cli import app
 
 runner = CliRunner()
@@ -41,7 +41,7 @@ def method_record(label, loss, status="completed", steps_to_target=None, step_ms
 def make_run(
     root: Path, name: str, seed: int, records: list[dict], length: int = 8, weight: float = 1.0, target: float | None = 0.5
 ) -> Path:
-    """A run directory as seqpar.runner writes it (summary.json + metrics.jsonl + spec.yaml)."""
+    """A run directory as seqpar.train.runner writes it (summary.json + metrics.jsonl + spec.yaml)."""
     d = root / name
     d.mkdir(parents=True)
     spec = {

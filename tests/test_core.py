@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from seqpar.methods.base import Batch
-from seqpar.rollout import evaluate, readout_all, rollout_states
-from seqpar.runner import run_experiment
-from seqpar.spec import validate_spec
+from seqpar.model.rollout import evaluate, readout_all, rollout_states
 from seqpar.sharding import stratified_batch_indices
-from seqpar.train import build_experiment, init_state, make_train_step
+from seqpar.spec import validate_spec
+from seqpar.train.loop import build_experiment, init_state, make_train_step
+from seqpar.train.runner import run_experiment
 
 
 def _experiment(spec_dict):
@@ -44,7 +44,7 @@ def test_bptt_gradient_matches_unrolled_loop_and_finite_differences(tiny_spec):
         return total / count
 
     ref = jax.grad(unrolled_loss)(exp.init_params)
-    for g, r in zip(jax.tree.leaves(grad), jax.tree.leaves(ref)):
+    for g, r in zip(jax.tree.leaves(grad), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-7)
 
     # Central differences in float64 on a few coordinates of every parameter array.
@@ -88,7 +88,7 @@ def test_train_step_compiles_once(tiny_spec):
         traces = []
         inner = method.train_step
 
-        def counting_step(*args, inner=inner):
+        def counting_step(*args, inner=inner, traces=traces):
             traces.append(1)
             return inner(*args)
 
@@ -113,7 +113,7 @@ def test_parallel_leaves_rows_outside_the_batch_untouched(tiny_spec):
     new, _ = par.train_step(state, d, Batch(idx, d.x[idx], d.y[idx], d.mask[idx]), jnp.int32(0), jax.random.key(2))
     others = np.setdiff1d(np.arange(16), np.asarray(idx))
     np.testing.assert_array_equal(np.asarray(new["table"])[others], before["table"][others])
-    for a, b in zip(jax.tree.leaves(new["table_opt_state"]), jax.tree.leaves(before["table_opt_state"])):
+    for a, b in zip(jax.tree.leaves(new["table_opt_state"]), jax.tree.leaves(before["table_opt_state"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a)[others], np.asarray(b)[others])
     assert not np.allclose(np.asarray(new["table"])[np.asarray(idx)], before["table"][np.asarray(idx)])
 

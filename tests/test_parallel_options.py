@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from seqpar.methods.parallel import jacobi_sweeps
-from seqpar.rollout import rollout_states
-from seqpar.runner import run_experiment
-from seqpar.spec import SpecError, validate_spec
+from seqpar.model.rollout import rollout_states
 from seqpar.sharding import stratified_batch_indices
-from seqpar.train import build_experiment, make_train_step
+from seqpar.spec import SpecError, validate_spec
+from seqpar.train.loop import build_experiment, make_train_step
+from seqpar.train.runner import run_experiment
 
 ADAM = {"type": "adam", "lr": 1e-2}
 
@@ -60,8 +60,8 @@ def test_freeze_every_1_equals_the_plain_method_step_for_step(tiny_spec):
     _, _, s_frozen, frozen = _setup(tiny_spec, batch_size=4, freeze_every=1, accumulate="mean")
     a, _ = _run(plain, s_plain, exp.train, 6)
     b, _ = _run(frozen, s_frozen, exp.train, 6)
-    for sa, sb in zip(a, b):
-        for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+    for sa, sb in zip(a, b, strict=True):
+        for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb), strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
@@ -106,7 +106,7 @@ def test_frozen_update_advances_only_rows_batched_in_the_window(tiny_spec):
     before, after = states[0], states[2]
     np.testing.assert_array_equal(np.asarray(after["table"])[~touched], np.asarray(before["table"])[~touched])
     assert np.all(np.any(np.asarray(after["table"])[touched] != np.asarray(before["table"])[touched], axis=(1, 2)))
-    for a, o in zip(jax.tree.leaves(after["table_opt_state"]), jax.tree.leaves(before["table_opt_state"])):
+    for a, o in zip(jax.tree.leaves(after["table_opt_state"]), jax.tree.leaves(before["table_opt_state"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a)[~touched], np.asarray(o)[~touched])
     # Adam's per-row count advances once per application, not once per accumulated gradient.
     counts = [np.asarray(c) for c in jax.tree.leaves(after["table_opt_state"]) if np.asarray(c).dtype == np.int32]
@@ -118,7 +118,9 @@ def test_frozen_update_advances_only_rows_batched_in_the_window(tiny_spec):
 
 def test_consistency_schedules(tiny_spec):
     def weights(schedule):
-        spec = dict(tiny_spec, methods=[{"type": "parallel", "optimizer": ADAM, "consistency_weight": 2.0, "consistency_schedule": schedule}])
+        spec = dict(
+            tiny_spec, methods=[{"type": "parallel", "optimizer": ADAM, "consistency_weight": 2.0, "consistency_schedule": schedule}]
+        )
         method = validate_spec(spec).methods[0].build(None, None)
         return [float(method.consistency_weight(jnp.int32(s))) for s in (0, 5, 10, 20)]
 
@@ -138,7 +140,7 @@ def test_consistency_stop_gradient(tiny_spec, stop):
     grad = jax.jit(jax.grad(lambda p, e: method.loss(p, e, d.x, d.y, d.mask)[0], argnums=(0, 1)))
     g_params, g_table = grad(params, table)
     task_params = jax.jit(jax.grad(lambda p: method.loss(p, table, d.x, d.y, d.mask)[1]["task_loss"]))(params)
-    param_diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_params), jax.tree.leaves(task_params)))
+    param_diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_params), jax.tree.leaves(task_params), strict=True))
     # E[T-1] is never a cell input, so its only gradient is the consistency target's.
     last = float(jnp.max(jnp.abs(g_table[:, -1])))
     if stop == "prediction":  # only E[t] is pulled: no consistency gradient reaches the cell
@@ -227,9 +229,15 @@ def test_jacobi_refresh_in_the_step_and_its_eval_distance(tiny_spec):
         ({"freeze_every": 4, "refresh": "rollout", "refresh_every": 6}, "methods.0.refresh_every: must be a multiple of freeze_every=4"),
         ({"freeze_every": 0}, "methods.0.freeze_every"),
         ({"accumulate": "max"}, "methods.0.accumulate"),
-        ({"consistency_schedule": {"type": "exp"}}, "methods.0.consistency_schedule.type: unknown type 'exp'; expected one of: constant, cosine, linear"),
+        (
+            {"consistency_schedule": {"type": "exp"}},
+            "methods.0.consistency_schedule.type: unknown type 'exp'; expected one of: constant, cosine, linear",
+        ),
         ({"consistency_schedule": {"type": "linear"}}, "methods.0.consistency_schedule.steps: required key is missing"),
-        ({"table_optimizer": {"type": "lion", "lr": 1.0}}, "methods.0.table_optimizer.type: unknown type 'lion'; expected one of: adam, adamw, sgd"),
+        (
+            {"table_optimizer": {"type": "lion", "lr": 1.0}},
+            "methods.0.table_optimizer.type: unknown type 'lion'; expected one of: adam, adamw, sgd",
+        ),
     ],
 )
 def test_bad_options_name_the_key(tiny_spec, options, message):
@@ -260,6 +268,14 @@ def test_all_options_together_run_and_report_diagnostics(tiny_spec, tmp_path):
     (run,) = summary["runs"]
     assert run["status"] == "completed", run.get("error")
     diag = run["diagnostics"]
-    for key in ("gap", "residual_mean", "residual_max", "table_rollout_dist_q4", "jacobi_rollout_dist", "train_grad_norm_params", "train_grad_norm_table"):
+    for key in (
+        "gap",
+        "residual_mean",
+        "residual_max",
+        "table_rollout_dist_q4",
+        "jacobi_rollout_dist",
+        "train_grad_norm_params",
+        "train_grad_norm_table",
+    ):
         assert np.isfinite(diag[key]), key
     np.testing.assert_allclose(diag["gap"], diag["rollout_loss_test"] - diag["objective"], atol=1e-5)

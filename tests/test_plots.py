@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from seqpar.analysis.plots import figure_size
 from seqpar.cli import app
-from seqpar.plots import figure_size
 
 runner = CliRunner()
 
@@ -115,7 +115,7 @@ def test_tensorboard_event_files_hold_the_metrics(tiny_sweep):
 def test_seed_bands_and_a_swept_method_key_from_hand_made_records(tmp_path):
     from test_compare import make_run, method_record
 
-    from seqpar.plots import plot_records
+    from seqpar.analysis.plots import plot_records
 
     for seed in (0, 1, 2):
         for w in (0.1, 1.0, 10.0):

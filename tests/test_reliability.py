@@ -19,14 +19,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import seqpar.checkpoint as ckpt_mod
-import seqpar.results as results_mod
-from seqpar.checkpoint import KEEP, CheckpointError, MethodCheckpoints, prng_fingerprint
+import seqpar.records.writer as results_mod
+import seqpar.train.checkpoint as ckpt_mod
 from seqpar.cli import app
-from seqpar.results import MetricsLog, atomic_write_json, lock_run_dir, read_metrics
-from seqpar.runner import run_experiment
+from seqpar.records.reader import read_metrics
+from seqpar.records.writer import MetricsLog, atomic_write_json, lock_run_dir
 from seqpar.spec import validate_spec
-from seqpar.train import NullProgress, build_experiment
+from seqpar.train.checkpoint import KEEP, CheckpointError, MethodCheckpoints, prng_fingerprint
+from seqpar.train.loop import NullProgress, build_experiment
+from seqpar.train.runner import run_experiment
 
 runner = CliRunner()
 
@@ -49,7 +50,7 @@ def _summary(run_dir: Path) -> dict:
 
 def _lines(run_dir: Path) -> list[dict]:
     """Metrics lines without their timing (the only thing a resumed run may change)."""
-    return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in read_metrics(run_dir / "metrics.jsonl")]
+    return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in read_metrics(run_dir)]
 
 
 def _assert_same_results(resumed: Path, reference: Path) -> None:
@@ -88,7 +89,7 @@ def test_divergence_is_recorded_and_the_other_method_completes(tiny_spec, write_
     assert bptt["status"] == "diverged" and 1 <= bptt["diverged_at_step"] <= bptt["steps_done"] < 12
     assert f"step {bptt['diverged_at_step']}" in bptt["error"]
     assert parallel["status"] == "completed" and parallel["steps_done"] == 12
-    steps = [rec["step"] for rec in read_metrics(out / "metrics.jsonl") if rec["method"] == "bptt"]
+    steps = [rec["step"] for rec in read_metrics(out) if rec["method"] == "bptt"]
     assert steps[0] == 0 and steps[-1] == bptt["steps_done"]  # every metric up to the divergence is saved
     assert "diverged bptt" in res.output
 
@@ -116,12 +117,12 @@ def test_a_failing_method_is_recorded_and_the_rest_go_on(tiny_spec, write_spec, 
 
 
 def test_unexpected_error_is_one_line_unless_debug(tiny_spec, write_spec, tmp_path, monkeypatch):
-    import seqpar.runner
+    import seqpar.train.runner
 
     def broken():
         raise RuntimeError("no environment today")
 
-    monkeypatch.setattr(seqpar.runner, "environment", broken)
+    monkeypatch.setattr(seqpar.train.runner, "environment", broken)
     spec = write_spec(tiny_spec)
     res = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "a"), "--quiet"])
     assert res.exit_code == 1
@@ -133,9 +134,9 @@ def test_unexpected_error_is_one_line_unless_debug(tiny_spec, write_spec, tmp_pa
 
 
 def test_memory_estimate_refuses_unless_forced(tiny_spec, write_spec, tmp_path, monkeypatch):
-    import seqpar.memory
+    import seqpar.train.memory
 
-    monkeypatch.setattr(seqpar.memory, "available", lambda: (2**20, "test limit"))
+    monkeypatch.setattr(seqpar.train.memory, "available", lambda: (2**20, "test limit"))
     tiny_spec["methods"] = tiny_spec["methods"][:1]
     tiny_spec["train"]["steps"] = 2
     spec = write_spec(tiny_spec)
@@ -152,7 +153,7 @@ def test_memory_estimate_refuses_unless_forced(tiny_spec, write_spec, tmp_path, 
 _SLOW_CHILD = textwrap.dedent(
     """
     import sys, time
-    import seqpar.runner as runner
+    import seqpar.train.runner as runner
     # Slow every step down (the loop polls should_stop once per step) so the parent can
     # signal mid-training; the numbers do not depend on it.
     run_method = runner.run_method
@@ -169,14 +170,14 @@ _SLOW_CHILD = textwrap.dedent(
 )
 
 
-def _wait_for_line(path: Path, pred, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_line(run_dir: Path, pred, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(pred(rec) for rec in read_metrics(path)):
+        if any(pred(rec) for rec in read_metrics(run_dir)):
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
-    raise AssertionError(f"no such metrics line in {path} after {timeout} s")
+    raise AssertionError(f"no such metrics line in {run_dir} after {timeout} s")
 
 
 @pytest.mark.slow
@@ -189,7 +190,7 @@ def test_sigint_mid_training_leaves_a_valid_summary_and_resume_matches(tiny_spec
         text=True,
     )
     try:
-        _wait_for_line(out / "metrics.jsonl", lambda r: r["step"] >= 150, proc)  # mid-bptt, or mid-parallel on a busy machine
+        _wait_for_line(out, lambda r: r["step"] >= 150, proc)  # mid-bptt, or mid-parallel on a busy machine
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     finally:
@@ -229,7 +230,7 @@ def test_crash_resumes_from_the_periodic_checkpoint(tiny_spec, tmp_path, referen
     with pytest.raises(_Crash):
         run_experiment(spec, out, _CrashAt("parallel", 250))
     # Lines past the last checkpoint (200) exist, and a line torn by the kill ends the file.
-    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl") if r["method"] == "parallel") == 250
+    assert max(r["step"] for r in read_metrics(out) if r["method"] == "parallel") == 250
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"method": "parallel", "step": 2')
     summary = run_experiment(spec, out, resume=True)
@@ -239,7 +240,7 @@ def test_crash_resumes_from_the_periodic_checkpoint(tiny_spec, tmp_path, referen
 
 def test_resume_retries_failed_methods_and_never_drops_finished_ones(tiny_spec, tmp_path, monkeypatch):
     from seqpar.methods.bptt import BPTT
-    from seqpar.runner import StopRequest
+    from seqpar.train.runner import StopRequest
 
     spec, out = validate_spec(tiny_spec), tmp_path / "run"
     real_init = BPTT.init
@@ -305,7 +306,7 @@ def test_checkpoint_restores_the_state_exactly_against_a_fresh_template(tiny_spe
 
 def test_the_step_is_the_whole_prng_state(tiny_spec):
     """Keys come from fold_in(step): a step computed after a restart equals the one computed in a run."""
-    from seqpar.train import make_train_step
+    from seqpar.train.loop import make_train_step
 
     spec = validate_spec(tiny_spec)
     a, b = build_experiment(spec), build_experiment(spec)

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqpar.results import new_run_dir
-from seqpar.runner import run_experiment
+from seqpar.records.writer import new_run_dir
 from seqpar.spec import SpecError, validate_spec
-from seqpar.train import build_experiment, init_state, make_train_step
+from seqpar.train.loop import build_experiment, init_state, make_train_step
+from seqpar.train.runner import run_experiment
 
 METHODS = [
     {"type": "bptt", "optimizer": {"type": "adam", "lr": 1e-2}},
@@ -37,7 +37,7 @@ def test_four_devices_give_the_one_device_numbers(tiny_spec, tmp_path):
     assert len(jax.devices()) >= 4, "conftest sets four CPU devices"
     one = _run(_spec(copy.deepcopy(tiny_spec), 1), tmp_path, "one")
     four = _run(_spec(copy.deepcopy(tiny_spec), 4), tmp_path, "four")
-    for a, b in zip(one["runs"], four["runs"]):
+    for a, b in zip(one["runs"], four["runs"], strict=True):
         assert a["status"] == b["status"] == "completed", (a.get("error"), b.get("error"))
         assert a["mesh"] == {"data": 1} and b["mesh"] == {"data": 4}
         for key in ("rollout_loss_test", "rollout_loss_train", "objective"):

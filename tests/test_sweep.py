@@ -8,8 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from seqpar.cli import app
+from seqpar.records.layout import SWEEP_INDEX, SWEEP_SPEC
 from seqpar.spec import SpecError, load_spec
-from seqpar.sweep import SWEEP_INDEX, SWEEP_SPEC, load_plan, run_sweep, status_counts
+from seqpar.sweep.execute import run_sweep, status_counts
+from seqpar.sweep.plan import load_plan
 
 runner = CliRunner()
 

@@ -24,7 +24,7 @@ from seqpar.tasks.copy_memory import CopyMemoryConfig
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
 from seqpar.tasks.dynamics import DynamicsConfig, trajectories
 from seqpar.tasks.parity import ParityConfig
-from seqpar.train import build_experiment
+from seqpar.train.loop import build_experiment
 
 BASELINE_RTOL = 0.02
 
@@ -79,7 +79,7 @@ def test_data_is_a_function_of_the_key(name):
     task, n = _task(name), SAMPLES[name][1]
     a, b = task.make_data(jax.random.key(7), n), task.make_data(jax.random.key(7), n)
     c = _data(name)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         np.testing.assert_array_equal(u, v)
     assert not np.array_equal(a.x, c.x)
 

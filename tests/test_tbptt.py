@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqpar.rollout import rollout_states
-from seqpar.runner import run_experiment
+from seqpar.model.rollout import rollout_states
 from seqpar.spec import SpecError, validate_spec
-from seqpar.train import build_experiment
+from seqpar.train.loop import build_experiment
+from seqpar.train.runner import run_experiment
 
 ADAM = {"type": "adam", "lr": 1e-2}
 
@@ -26,7 +26,7 @@ def _methods(tiny_spec, *configs):
 
 
 def _max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def _value_and_grad(method, params, d):
@@ -38,7 +38,7 @@ def test_window_equal_to_length_is_full_bptt(tiny_spec):
     loss_b, grad_b = _value_and_grad(bptt, exp.init_params, exp.train)
     loss_t, grad_t = _value_and_grad(tbptt, exp.init_params, exp.train)
     np.testing.assert_allclose(loss_t, loss_b, atol=1e-5)
-    for g, r in zip(jax.tree.leaves(grad_t), jax.tree.leaves(grad_b)):
+    for g, r in zip(jax.tree.leaves(grad_t), jax.tree.leaves(grad_b), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
@@ -65,7 +65,7 @@ def test_short_windows_keep_the_loss_value_and_cut_the_gradient(tiny_spec, windo
         out = jax.vmap(lambda st: model.readout_batch(p, st), in_axes=1, out_axes=1)(jnp.stack(states, 1))
         return exp.task.loss(out, d.y, d.mask)
 
-    for g, r in zip(jax.tree.leaves(grad_t), jax.tree.leaves(reference(params))):
+    for g, r in zip(jax.tree.leaves(grad_t), jax.tree.leaves(reference(params)), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
@@ -77,7 +77,7 @@ def test_window_1_gradient_is_the_parallel_task_gradient_on_the_true_rollout(tin
     _, grad_t = _value_and_grad(tbptt, params, d)
     table = rollout_states(exp.model, params, d.x)
     grad_p = jax.jit(jax.grad(lambda p: par.loss(p, table, d.x, d.y, d.mask)[0]))(params)
-    for g, r in zip(jax.tree.leaves(grad_t), jax.tree.leaves(grad_p)):
+    for g, r in zip(jax.tree.leaves(grad_t), jax.tree.leaves(grad_p), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 

@@ -1,6 +1,8 @@
-"""Training methods, registered by `type:`. Importing this package registers them all."""
+"""Training methods, one module each, registered by `type:`; importing this package registers them all."""
 
-from seqpar.methods import bptt, parallel, tbptt  # noqa: F401  (registers)
+from seqpar.config.registry import discover
 from seqpar.methods.base import METHODS, Batch, Method, MethodConfig
+
+discover(__name__)
 
 __all__ = ["METHODS", "Batch", "Method", "MethodConfig"]

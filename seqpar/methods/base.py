@@ -1,6 +1,6 @@
 """The method interface: a registered object that owns its state, loss and step.
 
-The trainer (`seqpar.train`) never looks at a method's name. It asks a method to
+The trainer (`seqpar.train.loop`) never looks at a method's name. It asks a method to
 `init` its state, calls its pure `train_step` under one `jax.jit`, and asks it
 for `eval_metrics` at evaluation points. Everything here is a pure function of
 pytrees, so one jitted step serves every method.
@@ -15,10 +15,9 @@ import jax
 from pydantic import Field
 
 from seqpar.config import Config
-from seqpar.model import Model, Params
+from seqpar.config.registry import Registry, tagged_union
+from seqpar.model.model import Model, Params
 from seqpar.optim import OPTIMIZERS
-from seqpar.registry import Registry
-from seqpar.spec_types import tagged_union
 from seqpar.tasks.base import Dataset, Task
 
 METHODS: Registry[type] = Registry("method")
@@ -46,7 +45,7 @@ class Method(abc.ABC):
 
     row_state_keys: tuple[str, ...] = ()
 
-    def __init__(self, cfg: "MethodConfig", model: Model, task: Task):
+    def __init__(self, cfg: MethodConfig, model: Model, task: Task):
         self.cfg = cfg
         self.model = model
         self.task = task

@@ -9,7 +9,7 @@ import optax
 from pydantic import Field
 
 from seqpar.methods.base import METHODS, Method, MethodConfig
-from seqpar.rollout import readout_all, rollout_states
+from seqpar.model.rollout import readout_all, rollout_states
 
 
 @METHODS.register("bptt")

@@ -57,7 +57,8 @@ Stabilizers (all off by default, so the defaults are the plain method):
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -65,12 +66,11 @@ import optax
 from pydantic import Field, model_validator
 
 from seqpar.config import Config, KeyedError
+from seqpar.config.registry import Registry, tagged_union
 from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec
-from seqpar.model import Model, Params
-from seqpar.registry import Registry
-from seqpar.rollout import readout_all, rollout_states
+from seqpar.model.model import Model, Params
+from seqpar.model.rollout import readout_all, rollout_states
 from seqpar.sharding import put_rows, take_rows
-from seqpar.spec_types import tagged_union
 
 # ----------------------------------------------------------------------------- consistency schedules
 
@@ -153,7 +153,9 @@ class ParallelConfig(MethodConfig):
     )
     freeze_every: int = Field(1, ge=1, description="hold the table fixed K steps, then apply its accumulated gradient (1: plain)")
     accumulate: Literal["sum", "mean"] = Field("sum", description="freeze_every buffer: sum, or mean per row over the steps it was batched")
-    refresh: Literal["none", "rollout", "jacobi"] = Field("none", description="periodically overwrite the table: true rollout states or Jacobi sweeps")
+    refresh: Literal["none", "rollout", "jacobi"] = Field(
+        "none", description="periodically overwrite the table: true rollout states or Jacobi sweeps"
+    )
     refresh_every: int | None = Field(None, ge=1, description="refresh before steps K, 2K, ... (required with refresh)")
     sweeps: int | None = Field(None, ge=1, description="parallel sweeps per Jacobi refresh (required with refresh: jacobi)")
 

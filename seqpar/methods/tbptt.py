@@ -1,7 +1,7 @@
 """Truncated BPTT: the rollout run window by window, no gradient across window boundaries.
 
 The sequence is cut into windows of `window` steps (the last one shorter when the
-length is not a multiple). Each window is a plain `seqpar.rollout.rollout_states`
+length is not a multiple). Each window is a plain `seqpar.model.rollout.rollout_states`
 scan that starts from the previous window's last state, so the forward pass, the
 states and the loss value are exactly full BPTT's; only the gradient differs: the
 state entering a window is a constant (`stop_gradient`), so a loss at step t
@@ -24,8 +24,8 @@ from pydantic import Field
 
 from seqpar.methods.base import METHODS, MethodConfig
 from seqpar.methods.bptt import ScanMethod
-from seqpar.model import Model, Params
-from seqpar.rollout import rollout_states
+from seqpar.model.model import Model, Params
+from seqpar.model.rollout import rollout_states
 
 
 @METHODS.register("truncated_bptt")

@@ -32,7 +32,7 @@ class AddingConfig(TaskConfig):
     type: Literal["adding"] = "adding"
     length: int = Field(100, ge=3, description="steps per sequence; one marker in each half, the last step never marked")
 
-    def build(self) -> "Adding":
+    def build(self) -> Adding:
         return Adding(self)
 
 

@@ -19,11 +19,9 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
 from pydantic import Field
 
 from seqpar.config import Config
-
 
 Split = Literal["train", "test"]
 

@@ -86,7 +86,7 @@ class CharLMConfig(TaskConfig):
             )
         return self
 
-    def build(self) -> "CharLM":
+    def build(self) -> CharLM:
         return CharLM(self)
 
 
@@ -127,4 +127,3 @@ class CharLM(ClassificationTask):
             y=tokens[:, 1:],
             mask=jnp.ones((num_sequences, self.cfg.length), jnp.float32),
         )
-

@@ -38,7 +38,7 @@ class CopyMemoryConfig(TaskConfig):
     type: Literal["copy_memory"] = "copy_memory"
     length: int = Field(100, gt=0, description="T: blank steps between the symbols and the recall; the sequence is T + 20 steps")
 
-    def build(self) -> "CopyMemory":
+    def build(self) -> CopyMemory:
         return CopyMemory(self)
 
 

@@ -35,7 +35,7 @@ class DelayedRecallConfig(TaskConfig):
             raise KeyedError("lag", f"must be smaller than length={self.length} (got {self.lag})")
         return self
 
-    def build(self) -> "DelayedRecall":
+    def build(self) -> DelayedRecall:
         return DelayedRecall(self)
 
 

@@ -49,7 +49,7 @@ class DynamicsConfig(TaskConfig):
     burn_in: int = Field(100, ge=0, description="observations discarded before each sequence, to reach the attractor")
     noise: float = Field(0.0, ge=0, allow_inf_nan=False, description="std of Gaussian observation noise (standardised units)")
 
-    def build(self) -> "Dynamics":
+    def build(self) -> Dynamics:
         return Dynamics(self)
 
 

@@ -31,7 +31,7 @@ class ParityConfig(TaskConfig):
     type: Literal["parity"] = "parity"
     length: int = Field(64, ge=2, description="bits per sequence (step 0 is not scored)")
 
-    def build(self) -> "Parity":
+    def build(self) -> Parity:
         return Parity(self)
 
 

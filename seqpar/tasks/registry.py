@@ -1,5 +1,5 @@
 """The task registry (`task.type` in a spec)."""
 
-from seqpar.registry import Registry
+from seqpar.config.registry import Registry
 
 TASKS: Registry[type] = Registry("task")

@@ -18,12 +18,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
-from seqpar.sweep import SWEEP_INDEX
-
-SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
+from seqpar.records.layout import METRICS, SPEC, SUMMARY, SWEEP_INDEX
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ def load(paths: list[str | Path]) -> Loaded:
 
 def _run_dirs(path: Path, out: Loaded) -> list[Path]:
     if path.is_file():
-        if path.name in (SUMMARY, "spec.yaml", METRICS):
+        if path.name in (SUMMARY, SPEC, METRICS):
             return [path.parent]
         if path.name == SWEEP_INDEX:
             return _run_dirs(path.parent, out)
@@ -101,7 +98,7 @@ def _run_dirs(path: Path, out: Loaded) -> list[Path]:
         return []
     if (path / SUMMARY).exists():
         return [path]
-    if (path / "spec.yaml").exists():
+    if (path / SPEC).exists():
         out.warnings.append(f"skipping {path}: no {SUMMARY} (the run was killed before it started or is still starting)")
         return []
     dirs: list[Path] = []
@@ -111,7 +108,7 @@ def _run_dirs(path: Path, out: Loaded) -> list[Path]:
     for summary in sorted(path.rglob(SUMMARY)):
         if summary.parent not in dirs:
             dirs.append(summary.parent)
-    for spec in sorted(path.rglob("spec.yaml")):
+    for spec in sorted(path.rglob(SPEC)):
         if not (spec.parent / SUMMARY).exists():
             out.warnings.append(f"skipping {spec.parent}: no {SUMMARY} (the run was killed before it started or is still starting)")
     if not dirs:
@@ -151,10 +148,20 @@ class BadRecord(ValueError):
     """A run directory whose summary.json is missing, corrupt or not a seqpar summary; the message is one line."""
 
 
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """The parsed, shape-checked summary.json; BadRecord with a one-line reason otherwise."""
+@overload
+def read_summary(run_dir: Path, *, missing_ok: Literal[False] = False) -> dict[str, Any]: ...
+@overload
+def read_summary(run_dir: Path, *, missing_ok: bool) -> dict[str, Any] | None: ...
+def read_summary(run_dir: Path, *, missing_ok: bool = False) -> dict[str, Any] | None:
+    """The parsed, shape-checked summary.json; BadRecord with a one-line reason otherwise.
+
+    With `missing_ok`, a run directory without a summary yet gives None."""
     try:
         text = (Path(run_dir) / SUMMARY).read_text()
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise BadRecord(f"no {SUMMARY}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise BadRecord(f"cannot read {SUMMARY} ({e})") from None
     try:
@@ -211,7 +218,7 @@ def setting_key(key: str) -> str:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl lines; a torn last line (crash mid-write) or any garbage line is skipped."""
+    """A run's metrics.jsonl lines; a torn last line (crash mid-write) or any garbage line is skipped."""
     lines = []
     try:
         with open(Path(run_dir) / METRICS) as f:

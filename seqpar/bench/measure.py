@@ -5,7 +5,7 @@
 For every point of the grid the spec is rewritten (`task.length`, `model.cell`,
 `model.hidden`, `train.batch_size`, `task.train_sequences`) and every method of
 the spec is measured through the *same* step `seqpar run` executes:
-`seqpar.train.make_train_step`, jitted with the state donated, compiled ahead of
+`seqpar.train.loop.make_train_step`, jitted with the state donated, compiled ahead of
 time. Per point we record
 
 - compile time, apart from the steady state;
@@ -34,10 +34,10 @@ apply. On a VM those faults can cost more than the arithmetic (3x on the
 parallel step at batch x length = 65k); `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
 (glibc >= 2.35, transparent huge pages in `madvise` mode) removes almost all.
 
-`seqpar.bench_loop` compares `seqpar.train.run_method`'s steady-state step with
+`seqpar.bench.loop` compares `seqpar.train.loop.run_method`'s steady-state step with
 a bare jitted loop over the same step. Results: `bench.json` (every number,
 rewritten after every grid point), `bench.png` (log-log step time and memory vs
-length) and a Rich table (`seqpar.bench_report`).
+length) and a Rich table (`seqpar.bench.report`).
 """
 
 from __future__ import annotations
@@ -48,20 +48,21 @@ import os
 import re
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from seqpar.bench_machine import device_peak_mb, machine, matmul_peak, reset_peak_rss, rss_mb
+from seqpar.bench.machine import device_peak_mb, machine, matmul_peak, reset_peak_rss, rss_mb
 from seqpar.methods import METHODS
-from seqpar.results import environment
+from seqpar.records.writer import environment
 from seqpar.spec import Spec, SpecError, parse_override, read_yaml, set_dotted, validate_spec
-from seqpar.train import build_experiment, compiled_memory_mb, init_state, make_train_step
+from seqpar.train.loop import build_experiment, compiled_memory_mb, init_state, make_train_step
 
 SCHEMA = "seqpar-bench/1"
 
@@ -161,7 +162,7 @@ def point_spec(spec: Spec, cell: str, length: int, batch: int, hidden: int, sequ
 
 def check_points(spec: Spec, grid: Grid) -> None:
     """Validate every point's spec up front, so a bad grid fails before anything is written."""
-    for cell in grid.cells or (spec.model.cell,):
+    for cell in grid.cells or (spec.model.model_dump()["cell"],):
         for length in grid.lengths:
             for batch in grid.batches:
                 point_spec(spec, cell, length, batch, grid.hidden, grid.sequences or batch)
@@ -220,7 +221,7 @@ def _memory(compiled) -> dict[str, Any]:
 
 
 def run_step(exp, method, state) -> Callable:
-    """`seqpar run`'s jitted step for `method` (`seqpar.train.run_method`): the same step function,
+    """`seqpar run`'s jitted step for `method` (`seqpar.train.loop.run_method`): the same step function,
     sampling strata, output shardings and donated state, without the loop's divergence watch.
     Trace it under `jax.set_mesh(exp.mesh)`, as `run_method` does."""
     n, b = exp.spec.task.train_sequences, exp.spec.train.batch_size
@@ -245,7 +246,7 @@ def measure(exp, cfg, grid: Grid) -> dict[str, Any]:
 
     def one():
         nonlocal state, step
-        state, metrics = compiled(state, exp.train, np.int32(step))
+        state, metrics = compiled(state, exp.train, np.int32(step))  # noqa: F821 - bound in the `with` block above (a ruff false positive)
         jax.block_until_ready((state, metrics))
         step += 1
 
@@ -299,7 +300,7 @@ def run_bench(
 
     `on_point` sees each finished row; `save` the whole result after every grid point."""
     methods = with_baseline(spec)
-    cells = grid.cells or (spec.model.cell,)
+    cells = grid.cells or (spec.model.model_dump()["cell"],)
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -381,9 +382,9 @@ def bench_to_dir(
     overhead_rounds: int = 3,
 ) -> dict[str, Any]:
     """Run the grid (and, if `overhead_steps`, the run-vs-bare-loop check); write bench.json and bench.png."""
-    from seqpar.bench_loop import loop_overhead, overhead_points
-    from seqpar.bench_report import plot_bench
-    from seqpar.results import atomic_write_json
+    from seqpar.bench.loop import loop_overhead, overhead_points
+    from seqpar.bench.report import plot_bench
+    from seqpar.records.writer import atomic_write_json
 
     result = run_bench(spec, grid, on_point, save=lambda r: atomic_write_json(run_dir / "bench.json", r))
     atomic_write_json(run_dir / "bench.json", result)
@@ -399,7 +400,7 @@ def bench_to_dir(
 
 
 def parse_cells(text: str) -> tuple[str, ...]:
-    from seqpar.cells import CELLS
+    from seqpar.model.cells import CELLS
 
     cells = tuple(c.strip() for c in text.split(",") if c.strip())
     unknown = [c for c in cells if c not in CELLS]

@@ -1,6 +1,6 @@
 """`seqpar compare`: aggregate run records over seeds into one table (Rich, markdown, CSV or JSON).
 
-Results (one method's record in one run directory, see `seqpar.records`) are
+Results (one method's record in one run directory, see `seqpar.records.reader`) are
 grouped by method label and the grouping keys; the seed is what a group
 aggregates over. By default the grouping keys are the swept keys of any sweep
 given plus every setting that differs between runs (of the same method).
@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.table import Table
 
-from seqpar.records import Result, load, results, setting_key
+from seqpar.records.reader import Result, load, results, setting_key
 
 # Numbers a row reports beside the headline metric; also valid `--sort` keys.
 ROW_NUMBERS = ("mean", "std", "n", "baseline_frac", "steps_to_target", "seconds_to_target", "step_time_ms", "peak_memory_mb")
@@ -185,11 +185,17 @@ def sort_rows(
     key = sort.lstrip("-")
     key = "mean" if key in ("metric", rows[0]["metric"] if rows else "") else setting_key(key)
     if key == "method":
-        get = lambda r: r["method"]
+
+        def get(r):
+            return r["method"]
     elif key in ROW_NUMBERS:
-        get = lambda r: r[key]
+
+        def get(r):
+            return r[key]
     elif key in keys:
-        get = lambda r: r["settings"].get(key)
+
+        def get(r):
+            return r["settings"].get(key)
     else:
         raise CompareError(
             f"--sort {sort}: expected metric, method, one of {', '.join(ROW_NUMBERS[3:])} or a shown setting ({', '.join(keys) or 'none'})"
@@ -256,7 +262,7 @@ def _status(r: dict[str, Any]) -> str:
 def short_names(keys: list[str]) -> dict[str, str]:
     """Column headers: the last part of a dotted key when that is unambiguous."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}
 
 
 def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -298,7 +304,7 @@ def rich_table(rows: list[dict[str, Any]], keys: list[str], title: str | None = 
     t = Table(title=title or "held-out sequential rollout, mean ± std over seeds (n = runs with a finite value)")
     for i, col in enumerate(header):
         t.add_column(col, justify="left" if i == 0 or col == "status" else "right")
-    for r, cells in zip(rows, body):
+    for r, cells in zip(rows, body, strict=True):
         style = "" if set(r["status"]) == {"completed"} else "yellow"
         t.add_row(*cells, style=style)
     return t

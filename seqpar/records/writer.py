@@ -1,9 +1,9 @@
-"""The one results writer: run directories, atomic files, metrics lines, environment record.
+"""The one writer of run records: run directories, atomic files, metrics lines, environment record.
 
 A run directory holds `spec.yaml` (the resolved spec), `metrics.jsonl` (one line
 per log/eval point) and `summary.json` (rewritten atomically after every
 method, so a crash or Ctrl-C never loses a finished method's result), and while
-a method is unfinished, `checkpoints/` (see `seqpar.checkpoint`).
+a method is unfinished, `checkpoints/` (see `seqpar.train.checkpoint`).
 
 Nothing is ever left half-written: whole files go through a temporary file and a
 rename; metrics lines are appended with one `write` each and cut back if that
@@ -27,10 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-SCHEMA_VERSION = 1
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-SPEC = "spec.yaml"
+from seqpar.records.layout import METRICS
+from seqpar.records.reader import read_metrics
 
 
 class OutputError(Exception):
@@ -123,27 +121,10 @@ class MetricsLog:
             self._fd = -1
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of a metrics file (a torn or garbled line is skipped, never fatal)."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def rewrite_metrics(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+def rewrite_metrics(run_dir: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
     """Atomically keep only the lines `keep` accepts (used on resume to drop lines past a checkpoint)."""
-    lines = [rec for rec in read_metrics(path) if keep(rec)]
-    atomic_write_text(path, "".join(json.dumps(rec, allow_nan=False) + "\n" for rec in lines))
+    lines = [rec for rec in read_metrics(run_dir) if keep(rec)]
+    atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(rec, allow_nan=False) + "\n" for rec in lines))
 
 
 class RunDirBusy(Exception):

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqpar.model import Model, Params
+from seqpar.model.model import Model, Params
 from seqpar.tasks.base import Dataset, Task, masked_mean
 
 

@@ -71,7 +71,19 @@ class RichProgress:
 
 def results_table(summary: dict[str, Any]) -> Table:
     t = Table(title=f"{summary['name']} (seed {summary['seed']}): judged by held-out sequential rollout")
-    for col in ("method", "status", "rollout test", "acc test", "baseline", "objective", "to target", "steps/s", "compile s", "peak MB", "table"):
+    for col in (
+        "method",
+        "status",
+        "rollout test",
+        "acc test",
+        "baseline",
+        "objective",
+        "to target",
+        "steps/s",
+        "compile s",
+        "peak MB",
+        "table",
+    ):
         t.add_column(col, justify="left" if col in ("method", "status") else "right")
     for r in summary["runs"]:
         final = r.get("final") or {}

@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqpar.results import atomic_write
+from seqpar.records.layout import CHECKPOINTS
+from seqpar.records.writer import atomic_write
 
 KEEP = 2  # newest checkpoints kept per method: one spare in case the newest is unreadable
 _NAME = re.compile(r"^ckpt-(\d{9})\.npz$")
@@ -65,11 +66,6 @@ class Checkpoint:
 def prng_fingerprint(key: jax.Array) -> list[int]:
     """A few bits of the key stream: changes when JAX's PRNG implementation or config does."""
     return np.asarray(jax.random.bits(jax.random.fold_in(key, 0x5EED), (2,), jnp.uint32)).tolist()
-
-
-def method_dir(run_dir: Path, index: int, label: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "-", label)
-    return Path(run_dir) / "checkpoints" / f"{index}-{safe}"
 
 
 class MethodCheckpoints:
@@ -135,7 +131,7 @@ class MethodCheckpoints:
             raise CheckpointError(f"{ckpt.path}: holds {len(saved)} arrays, the method's state has {len(flat)}")
         out = []
         with np.load(ckpt.path, allow_pickle=False) as z:
-            for i, ((path, t), s) in enumerate(zip(flat, saved)):
+            for i, ((path, t), s) in enumerate(zip(flat, saved, strict=True)):
                 name, (data_shape, dtype) = jax.tree_util.keystr(path), _leaf_kind(t)
                 if s["path"] != name or tuple(s["shape"]) != data_shape or s["dtype"] != dtype:
                     raise CheckpointError(
@@ -157,7 +153,7 @@ class MethodCheckpoints:
             for p in self.dir.iterdir():
                 p.unlink(missing_ok=True)
             self.dir.rmdir()
-            if self.dir.parent.name == "checkpoints" and not any(self.dir.parent.iterdir()):
+            if self.dir.parent.name == CHECKPOINTS and not any(self.dir.parent.iterdir()):
                 self.dir.parent.rmdir()
 
 
@@ -187,7 +183,7 @@ def _host_leaves(state: Any) -> list[tuple[str, np.ndarray, str]]:
     # Arrays spread over several processes are gathered first; one device_get fetches the rest together.
     arrays = [_gather(a) for a in arrays]
     host = jax.device_get(arrays)
-    return [(jax.tree_util.keystr(p), np.asarray(h), _leaf_kind(x)[1]) for (p, x), h in zip(flat, host)]
+    return [(jax.tree_util.keystr(p), np.asarray(h), _leaf_kind(x)[1]) for (p, x), h in zip(flat, host, strict=True)]
 
 
 def _gather(a: Any) -> Any:

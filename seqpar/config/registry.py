@@ -7,7 +7,12 @@ new config class is all it takes to make a new `type:` valid in YAML.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, TypeVar, Union
+
+from pydantic import Field
 
 T = TypeVar("T")
 
@@ -42,3 +47,27 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+def tagged_union(registry: Registry) -> Any:
+    """`Annotated[Union[...], Field(discriminator="type")]` over every registered config class.
+
+    Call it after the registry is filled (i.e. after importing the modules that register).
+    """
+    members = tuple(cls for _, cls in registry.items())
+    if len(members) == 1:
+        return members[0]
+    return Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007 - a runtime union of classes
+
+
+def discover(package: str) -> list[str]:
+    """Import every module of `package` (not subpackages), so that each registers itself.
+
+    A new method, task or cell is one file in its package: no import line to add anywhere.
+    Returns the module names imported, sorted (import order never depends on the filesystem).
+    """
+    pkg = importlib.import_module(package)
+    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.ispkg and not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names

@@ -1,16 +1,4 @@
-"""Sweeps: a `sweep:` block in a spec expands into a grid of specs, each run into its own record.
-
-    sweep:
-      task.length: [64, 256, 1024]
-      seed: [0, 1, 2]
-      methods.1.consistency_weight: [0.1, 1, 10]
-
-Order of operations: read the YAML, apply `--set` (to the base spec or, as
-`--set sweep.KEY=[...]`, to the sweep itself), take `sweep:` out, then expand the
-grid (`itertools.product`, the last key varying fastest) and validate *every*
-point before anything is written, so a bad sweep exits 2 with nothing on disk.
-A `--set` of a key that is also swept pins it: that axis is dropped (the command
-line is the most specific word), and the dry run says so.
+"""Executing a sweep plan (`seqpar.sweep.plan`): each point run into its own record, an index kept.
 
 A sweep directory holds
     sweep.yaml       the spec as run: the base after --set plus `sweep:` as flat axes;
@@ -28,14 +16,10 @@ status and the sweep goes on; Ctrl-C stops after the current point's record is s
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
-import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,150 +27,11 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from seqpar.report import progress_bars
-from seqpar.results import SCHEMA_VERSION, atomic_write_json, atomic_write_text
-from seqpar.spec import Spec, SpecError, parse_override, read_yaml, set_dotted, validate_spec
-
-SWEEP_INDEX = "sweep.json"  # {"kind": "sweep", "axes": {key: [values]}, "points": [{"index", "dir", "values", "status", ...}], ...}
-SWEEP_SPEC = "sweep.yaml"
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$")
-
-
-@dataclass(frozen=True)
-class Point:
-    """One grid point: its position, the swept values that define it, and its validated spec."""
-
-    index: int
-    values: dict[str, Any]
-    spec: Spec
-
-    @property
-    def dirname(self) -> str:
-        """`003_task.length=256_seed=1`: sortable, readable, directory-safe."""
-        parts = [f"{k}={_short(v)}" for k, v in self.values.items()]
-        name = "_".join([f"{self.index:03d}", *parts])
-        name = re.sub(r"[^A-Za-z0-9._=+-]", "-", name)
-        return name[:120]
-
-    @property
-    def describe(self) -> str:
-        return ", ".join(f"{k}={_short(v)}" for k, v in self.values.items()) or "(base spec)"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What `seqpar run` will do: one point for a plain spec, the whole grid for a sweep."""
-
-    source: str
-    raw: dict[str, Any]  # the spec after --set, `sweep:` included
-    axes: dict[str, list[Any]]  # swept key -> values, in grid order (pinned keys removed)
-    pinned: dict[str, Any] = field(default_factory=dict)  # swept keys fixed by --set
-    points: list[Point] = field(default_factory=list)
-
-    @property
-    def is_sweep(self) -> bool:
-        return "sweep" in self.raw
-
-    @property
-    def name(self) -> str:
-        return self.points[0].spec.name
-
-    def as_run(self) -> dict[str, Any]:
-        """The spec that reproduces exactly these points: base after --set, `sweep:` as the flat axes."""
-        return {**{k: v for k, v in self.raw.items() if k != "sweep"}, "sweep": self.axes}
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return format(v, "g")
-    if isinstance(v, (dict, list)):
-        return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
-    return str(v)
-
-
-# ----------------------------------------------------------------------------- loading and expansion
-
-
-def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
-    """Read a spec (with or without `sweep:`), apply `--set`, expand and validate every point."""
-    path = Path(path)
-    raw = read_yaml(path)
-    pinned: dict[str, Any] = {}
-    for item in overrides:
-        key, value = parse_override(item)
-        if key.startswith("sweep."):
-            # Sweep keys are dotted themselves: `--set sweep.task.length=[8,16]` sets the axis `task.length`.
-            sweep = raw.get("sweep")
-            if sweep is None:
-                raw["sweep"] = sweep = {}
-            if not isinstance(sweep, dict):
-                raise SpecError(f"{path}: sweep: must map dotted keys to lists of values (got {type(sweep).__name__})")
-            sweep[key.removeprefix("sweep.")] = value
-        else:
-            set_dotted(raw, key, value, source=f"--set {item}")
-            pinned[key] = value
-    return expand(raw, source=str(path), pinned=pinned)
-
-
-def expand(raw: dict[str, Any], source: str = "spec", pinned: dict[str, Any] | None = None) -> Plan:
-    """Pure: the grid of `raw["sweep"]` over the rest of `raw`, every point validated."""
-    base = {k: v for k, v in raw.items() if k != "sweep"}
-    axes = sweep_axes(raw.get("sweep"), source) if "sweep" in raw else {}
-    pinned_axes = {k: v for k, v in (pinned or {}).items() if k in axes}
-    axes = {k: v for k, v in axes.items() if k not in pinned_axes}
-    points = []
-    for index, combo in enumerate(itertools.product(*axes.values())):
-        values = dict(zip(axes, combo))
-        point_raw = copy.deepcopy(base)
-        where = f"{source} (sweep point {index}: {', '.join(f'{k}={_short(v)}' for k, v in values.items())})" if values else source
-        for key, value in values.items():
-            set_dotted(point_raw, key, copy.deepcopy(value), source=f"{source}: sweep: {key}")
-        try:
-            spec = validate_spec(point_raw, source=where)
-        except SpecError as e:
-            # Blame the sweep when the bad key is a swept one: "x.yaml: sweep: task.lag: must be ... (at point 3: ...)".
-            msg = str(e).removeprefix(f"{where}: ")
-            hit = next((k for k in values if msg.startswith((k + ":", k + "."))), None)
-            if hit is not None:
-                at = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
-                raise SpecError(f"{source}: sweep: {msg} (at point {index}: {at})", key=f"sweep.{hit}", source=source) from None
-            raise
-        points.append(Point(index, values, spec))
-    return Plan(source, raw, axes, pinned_axes, points)
-
-
-def sweep_axes(sweep: Any, source: str) -> dict[str, list[Any]]:
-    """Check the `sweep:` block and flatten nested mappings (`task: {length: [..]}` == `task.length: [..]`)."""
-    if not isinstance(sweep, dict):
-        raise SpecError(
-            f"{source}: sweep: must be a mapping of dotted keys to lists of values (got {type(sweep).__name__})", key="sweep", source=source
-        )
-    axes: dict[str, list[Any]] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict):
-                walk(v, key + ".")
-                continue
-            if not isinstance(k, (str, int)) or not _KEY.match(key):
-                raise SpecError(f"{source}: sweep: {key!r} is not a dotted key (like task.length or methods.1.consistency_weight)")
-            if key == "sweep" or key.startswith("sweep."):
-                raise SpecError(f"{source}: sweep: {key}: a sweep cannot sweep itself")
-            if key in ("name",):
-                raise SpecError(f"{source}: sweep: {key}: every point shares the experiment name; sweep another key")
-            if not isinstance(v, list) or not v:
-                raise SpecError(f"{source}: sweep: {key}: expected a non-empty list of values (got {v!r})")
-            if key in axes:
-                raise SpecError(f"{source}: sweep: {key}: given twice")
-            overlap = [a for a in axes if a.startswith(key + ".") or key.startswith(a + ".")]
-            if overlap:
-                raise SpecError(f"{source}: sweep: {key}: overlaps the swept key {overlap[0]}; sweep one or the other")
-            axes[key] = v
-
-    walk(sweep, "")
-    return axes
-
+from seqpar.analysis.report import progress_bars
+from seqpar.records.layout import PLOTS, SCHEMA_VERSION, SUMMARY, SWEEP_INDEX, SWEEP_SPEC
+from seqpar.records.writer import atomic_write_json, atomic_write_text
+from seqpar.spec import Spec
+from seqpar.sweep.plan import Plan, Point, short_value
 
 # ----------------------------------------------------------------------------- running
 
@@ -202,7 +47,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run every point into `sweep_dir/<point.dirname>`, keeping `sweep.json` current; returns the index.
 
-    `run_point(spec, dir)` is `seqpar.runner.run_experiment` with its progress bound;
+    `run_point(spec, dir)` is `seqpar.train.runner.run_experiment` with its progress bound;
     `on_point(point, "start"|"end", summary)` drives a progress display; `after_point`
     exports (plots, TensorBoard) and must not raise. With `resume`, points the existing
     index records as completed are kept as they are and the others run again (bind
@@ -231,7 +76,7 @@ def run_sweep(
     atomic_write_json(sweep_dir / SWEEP_INDEX, index)
     interrupted = False
     try:
-        for point, entry in zip(plan.points, index["points"]):
+        for point, entry in zip(plan.points, index["points"], strict=True):
             if point.dirname in done:
                 on_point(point, "start", None)
                 on_point(point, "end", {"status": "completed"})
@@ -288,7 +133,7 @@ def plan_table(plan: Plan) -> Table:
     """The dry-run listing: one row per point with its swept values and methods."""
     s0 = plan.points[0].spec
     caption = [f"{s0.train.steps} steps per method; nothing was run (--dry-run)"]
-    caption += [f"{k} pinned to {_short(v)} by --set" for k, v in plan.pinned.items()]
+    caption += [f"{k} pinned to {short_value(v)} by --set" for k, v in plan.pinned.items()]
     t = Table(title=f"{plan.name}: {len(plan.points)} point(s) x {len(s0.methods)} method(s)", caption="; ".join(caption))
     t.add_column("#", justify="right")
     for key in plan.axes:
@@ -298,7 +143,7 @@ def plan_table(plan: Plan) -> Table:
     for p in plan.points:
         t.add_row(
             str(p.index),
-            *(_short(p.values[k]) for k in plan.axes),
+            *(short_value(p.values[k]) for k in plan.axes),
             ", ".join(m.display_label for m in p.spec.methods),
             p.dirname if plan.is_sweep else "(one run record)",
         )
@@ -332,7 +177,7 @@ class SweepProgress:
         note = f"  [red]{self._failed} not completed" if self._failed else ""
         self._p.update(self._points, advance=1, info=f"last: {point.describe} [{status}]{note}")
 
-    # seqpar.train.Progress
+    # seqpar.train.loop.Progress
     def start(self, label, total):
         if label in self._tasks:
             self._p.reset(self._tasks[label], total=total, info="compiled, starting")
@@ -363,9 +208,9 @@ def export_run(path: Path, *, plot: bool, tensorboard: bool) -> tuple[list[str],
     notes: list[str] = []
     warnings: list[str] = []
     if tensorboard:
-        from seqpar.tensorboard import export_run as tb_export
+        from seqpar.analysis.tensorboard import export_run as tb_export
 
-        dirs = [path] if (path / "summary.json").exists() else [p.parent for p in sorted(path.glob("*/summary.json"))]
+        dirs = [path] if (path / SUMMARY).exists() else [p.parent for p in sorted(path.glob(f"*/{SUMMARY}"))]
         for d in dirs:
             try:
                 tb_export(d)
@@ -373,10 +218,10 @@ def export_run(path: Path, *, plot: bool, tensorboard: bool) -> tuple[list[str],
                 warnings.append(f"TensorBoard export of {d} failed: {type(e).__name__}: {e}")
         notes.append(f"TensorBoard: tensorboard --logdir {path}")
     if plot:
-        from seqpar.plots import plot_records
+        from seqpar.analysis.plots import plot_records
 
         try:
-            files, plot_warnings = plot_records([path], path / "plots")
+            files, plot_warnings = plot_records([path], path / PLOTS)
             warnings += plot_warnings
             notes.append(f"plots: {', '.join(str(f) for f in files)}" if files else "plots: nothing to plot")
         except Exception as e:  # noqa: BLE001 - reported, never fatal
@@ -401,16 +246,17 @@ def execute_sweep(
     checkpoints (`seqpar run --resume SWEEP_DIR`). One signal handler spans the whole sweep,
     so Ctrl-C between points stops it as cleanly as Ctrl-C inside one.
     """
-    from seqpar.compare import compare, rich_table
-    from seqpar.runner import run_experiment, stop_on_signals
-    from seqpar.train import NullProgress
+    from seqpar.analysis.compare import compare, rich_table
+    from seqpar.train.loop import NullProgress
+    from seqpar.train.runner import run_experiment, stop_on_signals
 
     s0 = plan.points[0].spec
     console.print(
-        f"[bold]{plan.name}[/]: sweep of {len(plan.points)} point(s) over {', '.join(plan.axes) or '(no axes)'}, {len(s0.methods)} method(s), {s0.train.steps} steps each -> {sweep_dir}"
+        f"[bold]{plan.name}[/]: sweep of {len(plan.points)} point(s) over {', '.join(plan.axes) or '(no axes)'}, "
+        f"{len(s0.methods)} method(s), {s0.train.steps} steps each -> {sweep_dir}"
     )
     for key, value in plan.pinned.items():
-        console.print(f"  {key} pinned to {_short(value)} by --set (not swept)")
+        console.print(f"  {key} pinned to {short_value(value)} by --set (not swept)")
 
     def after(point: Point, point_dir: Path) -> None:
         for w in export_run(point_dir, plot=False, tensorboard=tensorboard)[1]:

@@ -35,12 +35,10 @@ from typing import Any
 
 import yaml
 
-from seqpar.checkpoint import Checkpoint, CheckpointError, MethodCheckpoints, method_dir, prng_fingerprint
-from seqpar.results import (
-    METRICS,
-    SCHEMA_VERSION,
-    SPEC,
-    SUMMARY,
+from seqpar.records.layout import METRICS, SCHEMA_VERSION, SPEC, SUMMARY, checkpoint_dir
+from seqpar.records.reader import BadRecord
+from seqpar.records.reader import read_summary as read_record
+from seqpar.records.writer import (
     MetricsLog,
     atomic_write_json,
     atomic_write_text,
@@ -49,7 +47,8 @@ from seqpar.results import (
     rewrite_metrics,
 )
 from seqpar.spec import Spec, SpecError, load_spec, spec_to_yaml
-from seqpar.train import NullProgress, Progress, build_experiment, run_method
+from seqpar.train.checkpoint import Checkpoint, CheckpointError, MethodCheckpoints, prng_fingerprint
+from seqpar.train.loop import NullProgress, Progress, build_experiment, run_method
 
 DONE = ("completed", "diverged")  # final results: kept as they are on resume
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
@@ -113,16 +112,10 @@ def stop_on_signals(stop: StopRequest | None = None) -> Iterator[StopRequest]:
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """The run's summary, None if there is none yet; a garbled one is a `ResumeError`."""
-    path = Path(run_dir) / SUMMARY
     try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise ResumeError(f"{path}: cannot read the run summary ({e})") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("runs"), list):
-        raise ResumeError(f"{path}: not a seqpar run summary")
-    return summary
+        return read_record(run_dir, missing_ok=True)
+    except BadRecord as e:
+        raise ResumeError(f"{Path(run_dir) / SUMMARY}: {e}") from None
 
 
 def run_status(run_dir: Path) -> str | None:
@@ -214,7 +207,7 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
         for i, label in enumerate(labels):
             if label in kept:
                 continue
-            checkpoints[i] = MethodCheckpoints(method_dir(run_dir, i, label), {**identity, "method": label})
+            checkpoints[i] = MethodCheckpoints(checkpoint_dir(run_dir, i, label), {**identity, "method": label})
             try:
                 resume_from[i] = checkpoints[i].latest() if resume else None
             except CheckpointError as e:
@@ -249,7 +242,7 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
             c = resume_from.get(i) if i is not None else None
             return c is not None and isinstance(rec.get("step"), int) and rec["step"] <= c.step
 
-        rewrite_metrics(run_dir / METRICS, keep_line)
+        rewrite_metrics(run_dir, keep_line)
     if error is not None:
         summary.update(status="failed", error=error, traceback=tb, finished=now, runs=[kept[x] for x in labels if x in kept])
         atomic_write_json(run_dir / SUMMARY, summary)

@@ -17,7 +17,7 @@ per-step host sync is needed.
 Reliability: the jitted step also tracks, on device, the first step whose metrics
 are non-finite, so divergence is named exactly while the host still looks only at
 log/eval/checkpoint points. The runner's stop flag (SIGINT/SIGTERM) is polled after
-each step; checkpoints (`seqpar.checkpoint`) hold the method state and the
+each step; checkpoints (`seqpar.train.checkpoint`) hold the method state and the
 `LoopState`, and every key is `fold_in(key, step)`, so resuming from one continues
 the identical computation.
 """
@@ -33,19 +33,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from seqpar import sharding
 from seqpar.methods.base import Batch, Method, MethodConfig
-from seqpar.model import Model, Params, build_model
-from seqpar.rollout import evaluate
+from seqpar.model.model import Model, Params, build_model
+from seqpar.model.rollout import evaluate
 from seqpar.spec import Spec
 from seqpar.tasks.base import Dataset, Task
 
 if TYPE_CHECKING:
-    from seqpar.checkpoint import Checkpoint, MethodCheckpoints
+    from seqpar.train.checkpoint import Checkpoint, MethodCheckpoints
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,15 @@ def build_experiment(spec: Spec) -> Experiment:
     test = task.make_data(jax.random.fold_in(data_key, 1), spec.task.test_sequences, split="test")
     model, params = build_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, init_key)
     return Experiment(
-        spec, task, model, sharding.replicate(params, mesh), sharding.shard_rows(train, mesh), sharding.shard_rows(test, mesh), train_key, mesh, strata
+        spec,
+        task,
+        model,
+        sharding.replicate(params, mesh),
+        sharding.shard_rows(train, mesh),
+        sharding.shard_rows(test, mesh),
+        train_key,
+        mesh,
+        strata,
     )
 
 
@@ -237,7 +244,9 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
     # The state keeps the shardings it was created with, step after step (no resharding, no retrace).
     replicated = NamedSharding(exp.mesh, P())
     out_shardings = (jax.tree.map(lambda a: a.sharding, state), replicated, replicated)
-    step_fn = jax.jit(watch_divergence(make_train_step(method, exp.train_key, n, b, exp.strata)), donate_argnums=0, out_shardings=out_shardings)
+    step_fn = jax.jit(
+        watch_divergence(make_train_step(method, exp.train_key, n, b, exp.strata)), donate_argnums=0, out_shardings=out_shardings
+    )
     eval_fn = jax.jit(make_eval(method, exp.model, exp.task))
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, no_divergence, exp.train, jnp.int32(0)).compile()

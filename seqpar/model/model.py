@@ -15,14 +15,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqpar.cells import CELLS, Cell
+from seqpar.model.cells import CELLS, Cell, CellConfig
 
 Params = Any
 
 
+def as_cell_config(cell: CellConfig | str) -> CellConfig:
+    """A cell's config from itself or its bare registered name (`"gru"`)."""
+    return CELLS.get(cell)(type=cell) if isinstance(cell, str) else cell
+
+
 class RNN(nnx.Module):
-    def __init__(self, cell: str, input_dim: int, hidden: int, output_dim: int, *, rngs: nnx.Rngs):
-        self.cell: Cell = CELLS.get(cell)(input_dim, hidden, rngs=rngs)
+    def __init__(self, cell: CellConfig | str, input_dim: int, hidden: int, output_dim: int, *, rngs: nnx.Rngs):
+        self.cell: Cell = as_cell_config(cell).build(input_dim, hidden, rngs=rngs)
         self.readout = nnx.Linear(hidden, output_dim, rngs=rngs)
 
 
@@ -37,6 +42,7 @@ class Model:
     graphdef: Any
     state_dim: int
     hidden: int
+    linear_recurrence: bool = False  # the cell's new state is affine in the old one (see `Cell`)
 
     def step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
         return nnx.merge(self.graphdef, params).cell(s, x)
@@ -57,7 +63,14 @@ class Model:
         return jax.vmap(self.readout, in_axes=(None, 0))(params, s)
 
 
-def build_model(cell: str, input_dim: int, hidden: int, output_dim: int, key: jax.Array) -> tuple[Model, Params]:
+def build_model(cell: CellConfig | str, input_dim: int, hidden: int, output_dim: int, key: jax.Array) -> tuple[Model, Params]:
     module = RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=key))
     graphdef, params = nnx.split(module, nnx.Param)
-    return Model(graphdef, module.cell.state_dim, hidden), params
+    return Model(graphdef, module.cell.state_dim, hidden, module.cell.linear_recurrence), params
+
+
+def abstract_model(cell: CellConfig | str, input_dim: int, hidden: int, output_dim: int) -> tuple[Model, Params]:
+    """`build_model`'s result as shapes only (nothing allocated), for memory estimates."""
+    module = nnx.eval_shape(lambda: RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=0)))
+    graphdef, params = nnx.split(module, nnx.Param)
+    return Model(graphdef, module.cell.state_dim, hidden, module.cell.linear_recurrence), params

@@ -1,6 +1,6 @@
 """Is `seqpar run`'s loop as fast as the step it runs? `run_method` against a bare jitted loop.
 
-Both drive the same step function (`seqpar.train.make_train_step`, state
+Both drive the same step function (`seqpar.train.loop.make_train_step`, state
 donated) over the same experiment; the bare loop is nothing but a Python
 for-loop around `jax.jit`. A ratio above 1 is what the training loop adds per
 step: host syncs, logging, argument conversion, re-tracing.
@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from seqpar.bench import Grid, _dump, point_spec, run_step
+from seqpar.bench.measure import Grid, _dump, point_spec, run_step
 from seqpar.spec import Spec, validate_spec
-from seqpar.train import build_experiment, init_state, run_method
+from seqpar.train.loop import build_experiment, init_state, run_method
 
 
 def loop_overhead(
@@ -81,6 +81,6 @@ class _BareLoop:
 def overhead_points(spec: Spec, grid: Grid) -> list[tuple[Any, str, int, int]]:
     """Where to compare `run` with a bare loop: every method at the smallest point (where
     host overhead weighs most) and at the longest length (the headline point)."""
-    cell, b = (grid.cells or (spec.model.cell,))[0], min(grid.batches)
+    cell, b = (grid.cells or (spec.model.model_dump()["cell"],))[0], min(grid.batches)
     lengths = sorted({min(grid.lengths), max(grid.lengths)})
     return [(cfg, cell, length, b) for length in lengths for cfg in spec.methods]

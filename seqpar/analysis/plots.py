@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from seqpar.compare import CompareError, aggregate, group_keys, hashable, natural_key, short_names
-from seqpar.records import Result, load, read_metrics, results
+from seqpar.analysis.compare import CompareError, aggregate, group_keys, hashable, natural_key, short_names
+from seqpar.records.reader import Result, load, read_metrics, results
 
 DPI = 100
 PANEL_W, PANEL_H = 5.0, 3.6  # inches per panel
@@ -144,14 +144,16 @@ def _panels(rs: list[Result], keys: list[str]) -> list[tuple[str, list[Result]]]
     for r in rs:
         if all(k in r.settings for k in keys):
             vals = [r.settings[k] for k in keys]
-            title = ", ".join(f"{names[k]}={_fmt(v)}" for k, v in zip(keys, vals))
+            title = ", ".join(f"{names[k]}={_fmt(v)}" for k, v in zip(keys, vals, strict=True))
             groups.setdefault(hashable(vals), (tuple(natural_key(v) for v in vals), title, [], vals))[2].append(r)
     for r in rs:
         if not all(k in r.settings for k in keys):
-            matching = [g for g in groups.values() if all(k not in r.settings or r.settings[k] == v for k, v in zip(keys, g[3]))]
+            matching = [
+                g for g in groups.values() if all(k not in r.settings or r.settings[k] == v for k, v in zip(keys, g[3], strict=True))
+            ]
             if not matching:  # nothing to join: its own panel
                 vals = [r.settings.get(k) for k in keys]
-                title = ", ".join(f"{names[k]}={_fmt(v)}" for k, v in zip(keys, vals) if k in r.settings) or "all settings"
+                title = ", ".join(f"{names[k]}={_fmt(v)}" for k, v in zip(keys, vals, strict=True) if k in r.settings) or "all settings"
                 matching = [groups.setdefault(hashable(vals), (tuple(natural_key(v) for v in vals), title, [], vals))]
             for g in matching:
                 g[2].append(r)
@@ -189,7 +191,7 @@ def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str
     fig, axes = _figure(len(panels), title)
     handles: dict[str, Any] = {}
     drawn = False
-    for ax, (ptitle, members) in zip(axes, panels):
+    for ax, (ptitle, members) in zip(axes, panels, strict=True):
         ys: list[float] = []
         for label in dict.fromkeys(m.label for m in members):
             runs = [_curves(m) for m in members if m.label == label]
@@ -227,7 +229,7 @@ def plot_objective_gap(rs: list[Result], panels: list[tuple[str, list[Result]]],
     colors = _method_colors(rs)
     fig, axes = _figure(len(panels), title)
     handles: dict[str, Any] = {}
-    for ax, (ptitle, members) in zip(axes, panels):
+    for ax, (ptitle, members) in zip(axes, panels, strict=True):
         ys: list[float] = []
         for label in gap_labels:
             runs = [_curves(m) for m in members if m.label == label]
@@ -288,7 +290,7 @@ def plot_scaling(rs: list[Result], keys: list[str], path: Path, length_key: str 
             pts = [(r["settings"][length_key], r[field_]) for r in srows if r[field_] is not None and r[field_] > 0]
             if not pts:
                 continue
-            (line,) = ax.plot(*zip(*pts), marker="o", color=colors[name], linewidth=1.8)
+            (line,) = ax.plot(*zip(*pts, strict=True), marker="o", color=colors[name], linewidth=1.8)
             handles.setdefault(name, line)
             any_data = True
         ax.set_xscale("log")
@@ -329,7 +331,7 @@ def plot_final_vs(rs: list[Result], keys: list[str], x_key: str, metric: str, pa
         pts = [(pos(r["settings"].get(x_key)), r["mean"], r["std"] or 0.0) for r in srows if r["mean"] is not None]
         if not pts:
             continue
-        x, y, e = (np.array(a, dtype=float) for a in zip(*pts))
+        x, y, e = (np.array(a, dtype=float) for a in zip(*pts, strict=True))
         line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=colors[name], linewidth=1.8)
         handles.setdefault(name, line)
         ys += list(y - e) + list(y + e)

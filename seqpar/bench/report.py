@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from seqpar.report import fmt
+from seqpar.analysis.report import fmt
 
 
 def _ms(s: dict[str, float]) -> str:
@@ -82,12 +82,12 @@ def plot_bench(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     points = result["points"]
-    labels = sorted({r["label"] for r in points}, key=lambda l: [r["label"] for r in points].index(l))
+    labels = sorted({r["label"] for r in points}, key=[r["label"] for r in points].index)
     batches = sorted({r["batch"] for r in points})
     cells = sorted({r["cell"] for r in points})
-    colors = {l: f"C{i}" for i, l in enumerate(labels)}
-    markers = dict(zip(batches, "os^Dv<>p*h"))
-    styles = dict(zip(cells, ["-", "--", ":", "-."]))
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}
+    markers = dict(zip(batches, "os^Dv<>p*h", strict=False))
+    styles = dict(zip(cells, ["-", "--", ":", "-."], strict=False))
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
     for label in labels:
         for cell in cells:

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqpar.records import read_metrics, read_summary
+from seqpar.records.layout import TENSORBOARD as TB_DIR
+from seqpar.records.reader import read_metrics, read_summary
 
-TB_DIR = "tensorboard"
 INSTALL_HINT = "--tensorboard needs tensorboardX: pip install 'seqpar[tb]' (or pip install tensorboardX)"
 
 

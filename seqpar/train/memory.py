@@ -75,17 +75,13 @@ def _nbytes(tree) -> int:
 
 def estimate(spec: Spec) -> Estimate:
     """Peak bytes of running `spec`, from abstract shapes only (nothing is allocated)."""
-    from flax import nnx
-
-    from seqpar.model import RNN, Model
+    from seqpar.model.model import abstract_model
 
     task = spec.task.build()
     key = jax.random.key(0)
     train = jax.eval_shape(lambda k: task.make_data(k, spec.task.train_sequences), key)
     test = jax.eval_shape(lambda k: task.make_data(k, spec.task.test_sequences), key)
-    module = nnx.eval_shape(lambda: RNN(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, rngs=nnx.Rngs(params=0)))
-    graphdef, params = nnx.split(module, nnx.Param)
-    model = Model(graphdef, module.cell.state_dim, spec.model.hidden)
+    model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim)
     state, label = 0, spec.methods[0].display_label
     for cfg in spec.methods:
         method = cfg.build(model, task)

@@ -1,0 +1,1 @@
+"""The one model every method trains (cells, readout) and the one rollout evaluator."""

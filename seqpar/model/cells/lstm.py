@@ -1,0 +1,44 @@
+"""Long short-term memory; the flat state is `[h, c]`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from pydantic import Field
+
+from seqpar.model.cells.base import CELLS, Cell, CellConfig, linear
+
+
+@CELLS.register("lstm")
+class LSTMConfig(CellConfig):
+    type: Literal["lstm"] = "lstm"
+    # A forget-gate bias of 1 is the standard trick for long memory (Jozefowicz et al. 2015).
+    forget_bias: float = Field(1.0, allow_inf_nan=False, description="initial forget-gate bias")
+
+    def build(self, input_dim, hidden, *, rngs):
+        return LSTM(input_dim, hidden, rngs=rngs, forget_bias=self.forget_bias)
+
+
+class LSTM(Cell):
+    """Long short-term memory; the flat state is `[h, c]`."""
+
+    def __init__(self, input_dim: int, hidden: int, *, rngs: nnx.Rngs, forget_bias: float = 1.0):
+        self.hidden = hidden
+        self.state_dim = 2 * hidden
+        self.wx = linear(input_dim, 4 * hidden, rngs)
+        self.wh = linear(hidden, 4 * hidden, rngs, recurrent=True, bias=False)
+        bias = self.wx.bias[...]
+        self.wx.bias[...] = bias.at[hidden : 2 * hidden].set(forget_bias)
+
+    def __call__(self, s, x):
+        h, c = jnp.split(s, 2, axis=-1)
+        i, f, g, o = jnp.split(self.wx(x) + self.wh(h), 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return jnp.concatenate([h, c], axis=-1)
+
+    def output(self, s):
+        return s[..., : self.hidden]
