@@ -6,10 +6,11 @@ import functools
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     add_completion=False,
@@ -24,7 +25,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a spec key: dotted.key=value (YAML value); repeatable")]
 
 
-def _fail(msg: str, code: int = 2) -> None:
+def _fail(msg: str, code: int = 2) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -48,45 +49,27 @@ def _one_line_errors(command):
 
 def _check_memory(specs, force: bool, source: Path) -> None:
     """Refuse (exit 2) a spec whose estimated memory exceeds the machine's, before anything is allocated."""
-    from seqpar.train.memory import MemoryLimitError, check
+    from seqpar.train.memory import MemoryLimitError, check_all
 
-    seen, notes = set(), []
-    for s in specs:
-        shape = s.model_dump_json(exclude={"seed", "name"})  # sweep points differing only by seed need one estimate
-        if shape in seen:
-            continue
-        seen.add(shape)
-        try:
-            notes.append(check(s, force))
-        except MemoryLimitError as e:
-            _fail(f"{source}: {e}")
-    if force and any("over the limit" in n for n in notes):
-        err_console.print(f"[yellow]warning:[/] {next(n for n in notes if 'over the limit' in n)}", highlight=False)
+    try:
+        warnings = check_all(specs, force)
+    except MemoryLimitError as e:
+        _fail(f"{source}: {e}")
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
 def _exit_code(summary: dict, run_dir: Path, debug: bool) -> int:
-    """Say what failed or was interrupted; 0 completed/diverged, 1 any failed, 130 interrupted."""
-    for r in summary["runs"]:
-        if r["status"] == "failed":
-            err_console.print(
-                f"[red]failed[/] {r['label']}: {r.get('error')} (traceback in {run_dir / 'summary.json'})", highlight=False, soft_wrap=True
-            )
-            if debug and r.get("traceback"):
-                err_console.print(r["traceback"], highlight=False, markup=False)
-        elif r["status"] == "diverged":
-            err_console.print(f"[yellow]diverged[/] {r['label']}: {r.get('error')}", highlight=False, soft_wrap=True)
-    if summary.get("error"):
-        err_console.print(f"[red]failed[/]: {summary['error']}", highlight=False, soft_wrap=True)
-        if debug and summary.get("traceback"):
-            err_console.print(summary["traceback"], highlight=False, markup=False)
-    if summary["status"] == "interrupted":
-        err_console.print(
-            f"[yellow]interrupted[/]: results so far are saved; continue with: seqpar run --resume {run_dir}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 130
-    return 1 if summary["status"] == "failed" else 0
+    """Say what failed, diverged or was interrupted (the runner's `outcome`); return its exit code."""
+    from seqpar.train.runner import outcome
+
+    code, lines = outcome(summary, run_dir, with_tracebacks=debug)
+    for kind, text in lines:
+        if kind == "traceback":
+            err_console.print(text, highlight=False, markup=False)
+        else:
+            err_console.print(f"[{'red' if kind == 'failed' else 'yellow'}]{kind}[/]{escape(text)}", highlight=False, soft_wrap=True)
+    return code
 
 
 def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
@@ -330,8 +313,10 @@ def bench(
     set_: SetOpt = None,
 ) -> None:
     """Step time, memory and FLOP/s of every method against length and batch; writes bench.json and bench.png."""
-    from seqpar.bench import measure as B
+    from seqpar.bench import grid as B
+    from seqpar.bench.machine import machine
     from seqpar.bench.report import bench_table, overhead_table
+    from seqpar.bench.run import bench_to_dir
     from seqpar.records.writer import OutputError, new_run_dir
     from seqpar.spec import SpecError
 
@@ -353,14 +338,14 @@ def bench(
         run_dir = new_run_dir(results_root, "bench", out)
     except (B.BenchError, SpecError, OutputError) as e:
         _fail(str(e))
-    console.print(f"[bold]bench[/] {s.name}: {B.machine()['summary']} -> {run_dir}")
+    console.print(f"[bold]bench[/] {s.name}: {machine()['summary']} -> {run_dir}")
 
     def on_point(r):
         line = f"  {r['label']:<14} {r['cell']:<6} T={r['length']:<6} B={r['batch']:<4} {r['step_ms']['median']:9.3f} ms/step"
         console.print(line, highlight=False)
 
     try:
-        result = B.bench_to_dir(s, grid, run_dir, on_point, overhead_steps, overhead_rounds)
+        result = bench_to_dir(s, grid, run_dir, on_point, overhead_steps, overhead_rounds)
     except B.BenchError as e:
         _fail(str(e))
     console.print(bench_table(result))

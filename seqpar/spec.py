@@ -11,7 +11,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_validator
@@ -19,12 +19,17 @@ from pydantic import BaseModel, Field, ValidationError, field_serializer, field_
 from seqpar.config import Config, KeyedError
 from seqpar.config.registry import tagged_union
 from seqpar.methods import METHODS
-from seqpar.model.cells import CELLS, CellConfig
+from seqpar.model.cells import CELLS
 from seqpar.tasks import TASKS
 
-TaskSpec = tagged_union(TASKS)
-CellSpec = tagged_union(CELLS)
-MethodSpec = tagged_union(METHODS)
+if TYPE_CHECKING:  # a union built at import time from a registry: opaque to the type checker
+    TaskSpec = Any
+    CellSpec = Any
+    MethodSpec = Any
+else:
+    TaskSpec = tagged_union(TASKS)
+    CellSpec = tagged_union(CELLS)
+    MethodSpec = tagged_union(METHODS)
 
 
 class SpecError(Exception):
@@ -41,8 +46,8 @@ class SpecError(Exception):
 
 
 class ModelConfig(Config):
-    cell: CellSpec = Field("gru", description="recurrent cell: a type name, or {type: NAME, ...its options}")
-    hidden: int = Field(64, gt=0, description="hidden size")
+    cell: CellSpec = Field(default="gru", description="recurrent cell: a type name, or {type: NAME, ...its options}")
+    hidden: int = Field(default=64, gt=0, description="hidden size")
 
     @field_validator("cell", mode="before")
     @classmethod
@@ -50,7 +55,7 @@ class ModelConfig(Config):
         return {"type": v} if isinstance(v, str) else v
 
     @field_serializer("cell")
-    def _record_bare_name(self, v: CellConfig) -> Any:
+    def _record_bare_name(self, v: Any) -> Any:  # a registered CellConfig
         # A cell with default options is recorded as its bare name, as written before cells had options.
         return v.type if v.is_default() else v.model_dump()
 
@@ -268,7 +273,7 @@ def validate_spec(raw: dict[str, Any], source: str = "spec") -> Spec:
 # ----------------------------------------------------------------------------- error messages
 
 
-def ordered_errors(err: ValidationError) -> list[dict[str, Any]]:
+def ordered_errors(err: ValidationError) -> list[Any]:  # pydantic's ErrorDetails dicts
     """Unknown keys first: a misspelt key also makes the real one "missing", and the
     misspelling (with its "did you mean") is the message that helps."""
     return sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")

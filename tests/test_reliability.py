@@ -292,6 +292,7 @@ def test_checkpoint_restores_the_state_exactly_against_a_fresh_template(tiny_spe
         ckpts.save(step, state, {"steps_done": step, "acc": float("nan")})
     assert [s for s, _ in ckpts.paths()] == [20, 30][-KEEP:]
     latest = ckpts.latest()
+    assert latest is not None
     assert latest.step == 30 and latest.loop["steps_done"] == 30 and np.isnan(latest.loop["acc"])
     restored = ckpts.restore(latest, template=fresh())
     assert jax.tree.structure(restored) == jax.tree.structure(state)  # optax namedtuples come back as such
@@ -388,4 +389,6 @@ def test_checkpoint_is_never_left_truncated(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         ckpts.save(2, {"w": state["w"] + 1}, {})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000000001.npz"]
-    assert np.array_equal(ckpts.restore(ckpts.latest(), state)["w"], state["w"])
+    latest = ckpts.latest()
+    assert latest is not None
+    assert np.array_equal(ckpts.restore(latest, state)["w"], state["w"])

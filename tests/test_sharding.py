@@ -79,6 +79,7 @@ def test_the_parallel_step_moves_no_table_rows_between_devices(tiny_spec):
     step = jax.jit(make_train_step(method, exp.train_key, 16, 8, exp.strata))
     with jax.set_mesh(exp.mesh):
         hlo = step.lower(state, exp.train, jnp.int32(0)).compile().as_text()
+    assert hlo is not None
     assert "all-to-all" not in hlo and "all-gather" not in hlo
     table_shape = "f32[{},{},{}]".format(*state["table"].shape)
     collectives = [line for line in hlo.splitlines() if re.search(r"= .*(all-reduce|collective-permute|reduce-scatter)\(", line)]

@@ -106,7 +106,7 @@ def test_experiment_train_and_test_sets_differ():
 
 def test_experiment_test_set_comes_from_the_held_out_text():
     exp = _char_lm_experiment()
-    text, cut = shipped_text_path().read_text(encoding="utf-8"), exp.task.num_train_chars
+    text, cut = shipped_text_path().read_text(encoding="utf-8"), exp.task.num_train_chars  # pyright: ignore[reportAttributeAccessIssue] - a CharLM task
     for i in range(20):
         assert _decode(exp.task, exp.train, i) in text[:cut]
         assert _decode(exp.task, exp.test, i) in text[cut:]

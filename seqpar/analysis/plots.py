@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,7 @@ def _finish_loss_panel(ax, members: list[Result], ys: list[float], handles: dict
     b = _baseline(ax, members)
     if b is not None:
         handles.setdefault(_baseline_label(members), b)
-        ys.append(b.get_ydata()[0])
+        ys.append(float(np.asarray(b.get_ydata())[0]))
     _maybe_log(ax, ys)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
@@ -294,7 +295,7 @@ def plot_scaling(rs: list[Result], keys: list[str], path: Path, length_key: str 
             handles.setdefault(name, line)
             any_data = True
         ax.set_xscale("log")
-        _plain_log_ticks(ax, "x", sorted(lengths))
+        _plain_log_ticks(ax, "x", sorted(float(v) for v in lengths if v is not None))
         if any_data:
             ax.set_yscale("log")
             _plain_log_ticks(ax, "y")
@@ -377,7 +378,7 @@ def plot_final_vs(rs: list[Result], keys: list[str], x_key: str, metric: str, pa
 
 
 def plot_records(
-    paths: list[str | Path], out_dir: Path, by: list[str] | None = None, metric: str = "rollout_loss_test"
+    paths: Sequence[str | Path], out_dir: Path, by: list[str] | None = None, metric: str = "rollout_loss_test"
 ) -> tuple[list[Path], list[str]]:
     """Write every applicable figure for the records under `paths` into `out_dir`: (files, warnings)."""
     loaded = load(paths)

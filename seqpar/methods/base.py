@@ -9,7 +9,7 @@ pytrees, so one jitted step serves every method.
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 from pydantic import Field
@@ -25,7 +25,10 @@ METHODS: Registry[type] = Registry("method")
 State = Any  # a pytree (dict) owned by the method
 Metrics = dict[str, jax.Array]
 
-OptimizerSpec = tagged_union(OPTIMIZERS)
+if TYPE_CHECKING:  # a union built at import time from a registry: opaque to the type checker
+    OptimizerSpec = Any
+else:
+    OptimizerSpec = tagged_union(OPTIMIZERS)
 
 
 class Batch(NamedTuple):

@@ -16,6 +16,7 @@ import glob
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -66,7 +67,7 @@ class Loaded:
     swept: list[str] = field(default_factory=list)  # sweep axes (as result settings keys) of the sweeps given
 
 
-def load(paths: list[str | Path]) -> Loaded:
+def load(paths: Sequence[str | Path]) -> Loaded:
     """Run directories from run dirs, sweep dirs, parents of either, and glob patterns."""
     out = Loaded()
     seen: set[Path] = set()
@@ -192,7 +193,7 @@ def results(runs: list[RunDir]) -> list[Result]:
             settings.update(flatten(methods.get(r["label"], {}), "method."))
             seed = s.get("seed", spec.get("seed"))
             seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-            task = s.get("task") if isinstance(s.get("task"), dict) else {}
+            task = s["task"] if isinstance(s.get("task"), dict) else {}
             out.append(Result(rd.path, r["label"], str(r.get("method", r["label"])), r["status"], seed, r, settings, task))
     return out
 

@@ -118,7 +118,7 @@ class MethodCheckpoints:
         if jax.process_index() != 0:  # one writer; every process reads the same file on restore
             return final
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(final, lambda f: np.savez(f, **arrays), mode="wb")
+        atomic_write(final, lambda f: np.savez(f, **arrays), mode="wb")  # pyright: ignore[reportArgumentType] - numpy's stub types **arrays as allow_pickle
         _fsync_dir(self.dir)
         self.prune()
         return final
@@ -166,7 +166,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _leaf_kind(x: Any) -> tuple[tuple[int, ...], str]:

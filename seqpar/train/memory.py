@@ -159,3 +159,15 @@ def check(spec: Spec, force: bool = False) -> str:
             "reduce task.train_sequences, task.length, model.hidden or train.batch_size, or pass --force to run anyway"
         )
     return line + (" (over the limit: --force)" if est.total > free else "")
+
+
+def check_all(specs: list[Spec], force: bool = False) -> list[str]:
+    """`check` every distinct shape among `specs` (sweep points differing only by seed or name
+    share one estimate); returns the warnings to show (over the limit, run anyway with --force)."""
+    seen, notes = set(), []
+    for s in specs:
+        shape = s.model_dump_json(exclude={"seed", "name"})
+        if shape not in seen:
+            seen.add(shape)
+            notes.append(check(s, force))
+    return [n for n in notes if "over the limit" in n][:1]

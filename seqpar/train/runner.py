@@ -247,6 +247,7 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
         summary.update(status="failed", error=error, traceback=tb, finished=now, runs=[kept[x] for x in labels if x in kept])
         atomic_write_json(run_dir / SUMMARY, summary)
         return summary
+    assert exp is not None  # built, or `error` says why not
     atomic_write_json(run_dir / SUMMARY, summary)
 
     log = MetricsLog(run_dir / METRICS)
@@ -288,3 +289,25 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_json(run_dir / SUMMARY, summary)
     return summary
+
+
+def outcome(summary: dict[str, Any], run_dir: Path, *, with_tracebacks: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """The exit-code policy: 0 when every method completed or diverged (divergence is a result),
+    1 when one failed, 130 when interrupted; with the lines that say why, as (kind, text) where
+    kind is failed, diverged, interrupted or traceback and the text follows the kind's word."""
+    lines: list[tuple[str, str]] = []
+    for r in summary["runs"]:
+        if r["status"] == "failed":
+            lines.append(("failed", f" {r['label']}: {r.get('error')} (traceback in {Path(run_dir) / SUMMARY})"))
+            if with_tracebacks and r.get("traceback"):
+                lines.append(("traceback", r["traceback"]))
+        elif r["status"] == "diverged":
+            lines.append(("diverged", f" {r['label']}: {r.get('error')}"))
+    if summary.get("error"):
+        lines.append(("failed", f": {summary['error']}"))
+        if with_tracebacks and summary.get("traceback"):
+            lines.append(("traceback", summary["traceback"]))
+    if summary["status"] == "interrupted":
+        lines.append(("interrupted", f": results so far are saved; continue with: seqpar run --resume {run_dir}"))
+        return 130, lines
+    return (1 if summary["status"] == "failed" else 0), lines
