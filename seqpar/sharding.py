@@ -144,7 +144,7 @@ def take_rows(tree: Any, idx: jax.Array | None) -> Any:
 
     `idx=None` means every row in order (a full batch): nothing to gather.
     """
-    if idx is None:
+    if idx is None or not jax.tree.leaves(tree):  # a stateless optimizer's state (sgd): no rows at all
         return tree
     if not _row_parallel():
         return jax.tree.map(lambda a: a[idx], tree)
@@ -159,7 +159,7 @@ def take_rows(tree: Any, idx: jax.Array | None) -> Any:
 def put_rows(tree: Any, idx: jax.Array | None, rows: Any) -> Any:
     """`leaf.at[idx].set(rows)` for every leaf; a local scatter on each device under a mesh
     (`idx=None`: the rows are the whole of every leaf)."""
-    if idx is None:
+    if idx is None or not jax.tree.leaves(tree):
         return rows
     if not _row_parallel():
         return jax.tree.map(lambda a, r: a.at[idx].set(r), tree, rows)
