@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_cells import REQUIRED_METHOD_FIELDS
 
 from seqpar.methods import METHODS
 from seqpar.optim import OPTIMIZERS
@@ -17,10 +18,9 @@ from seqpar.records.writer import new_run_dir
 from seqpar.spec import SpecError, validate_spec
 from seqpar.train.loop import build_experiment, init_state, make_train_step
 from seqpar.train.runner import run_experiment
-from test_cells import REQUIRED_METHOD_FIELDS
 
-# Every optimizer with the options that give it state (momentum) where it has them; `sgd` bare
-# is stateless, an empty optimizer-state pytree (it once crashed the sharded row gather).
+# Every registered optimizer with its defaults; `sgd` (no momentum) is stateless, an empty
+# optimizer-state pytree, which once crashed the sharded row gather.
 OPTIMIZER_SPECS = {name: {"type": name, "lr": 1e-2} for name in OPTIMIZERS.names()}
 
 
@@ -101,7 +101,8 @@ def test_row_gather_and_scatter_pass_an_empty_state_through(devices):
 
     @jax.jit
     def roundtrip(tree, empty):
-        return take_rows(empty, idx), put_rows(empty, idx, take_rows(empty, idx)), put_rows(tree, idx, jax.tree.map(lambda a: a + 1, take_rows(tree, idx)))
+        plus_one = jax.tree.map(lambda a: a + 1, take_rows(tree, idx))
+        return take_rows(empty, idx), put_rows(empty, idx, take_rows(empty, idx)), put_rows(tree, idx, plus_one)
 
     with jax.set_mesh(mesh):
         taken, put, tree = roundtrip(rows, ())
