@@ -60,16 +60,17 @@ def _one_line_errors(command):
     return wrapper
 
 
-def _check_machine(specs, force: bool, source: Path, overrides: list[str] | None = None) -> None:
+def _check_machine(specs, force: bool, source: Path, overrides: list[str] | None = None, count_devices: bool = True) -> None:
     """Refuse (exit 2) what this machine cannot run, before anything is written or allocated:
-    more devices than are visible, or an estimated memory above the machine's (or an estimate
-    that cannot be made; `--force` overrides the memory check only)."""
+    more devices than are visible (unless `count_devices` is False), or an estimated memory
+    above the machine's (or an estimate that cannot be made; `--force` overrides the memory
+    check only)."""
     from seqpar.spec import SpecError, with_yaml_line
     from seqpar.train.memory import MemoryLimitError, check, shape_key
 
     # Counting devices starts the backend, so only specs that ask for more than one do it.
     wanted = max((s.train.devices for s in specs if isinstance(s.train.devices, int)), default=1)
-    if wanted > 1:
+    if wanted > 1 and count_devices:
         import jax
 
         if wanted > jax.device_count():
@@ -200,11 +201,12 @@ def validate(
 ) -> None:
     """Check a spec without running it: the spec, every sweep point, and that this machine can run it
     (devices, estimated memory). Exit 2 with a one-line error if not."""
-    from seqpar.sharding import maybe_initialize_distributed
+    from seqpar.sharding import launched_multiprocess
 
-    maybe_initialize_distributed()  # under a cluster launcher, count the devices `run` would see
     plan = _load_plan(spec, set_, max_points)
-    _check_machine([p.spec for p in plan.points], force, spec, set_)
+    # Under a multi-process launch the devices of the other processes count too; `run` joins
+    # them before it counts, `validate` does not join a cluster to check a file.
+    _check_machine([p.spec for p in plan.points], force, spec, set_, count_devices=not launched_multiprocess())
     s = plan.points[0].spec
     if plan.is_sweep:
         console.print(

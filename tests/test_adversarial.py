@@ -320,6 +320,19 @@ def test_more_devices_than_visible_is_refused_by_validate_and_run(tiny_spec, wri
     assert not (tmp_path / "out").exists()
 
 
+def test_validate_under_a_multiprocess_launch_leaves_the_device_count_to_run(tiny_spec, write_spec, monkeypatch):
+    """Inside `salloc -n 4` the other processes' devices count, and `validate` joins no cluster to check a file."""
+    import jax
+
+    n = jax.device_count()
+    tiny_spec["task"].update(train_sequences=16 * n, test_sequences=16 * n)
+    tiny_spec["train"].update(devices=2 * n, batch_size=2 * n)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: pytest.fail("validate must not join a cluster"))
+    res = runner.invoke(app, ["validate", str(write_spec(tiny_spec))])
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.parametrize(
     "edit, expect",
     [
