@@ -97,10 +97,12 @@ def test_divergence_is_recorded_and_the_other_method_completes(tiny_spec, write_
 def test_a_failing_method_is_recorded_and_the_rest_go_on(tiny_spec, write_spec, tmp_path, monkeypatch):
     from seqpar.methods.bptt import BPTT
 
-    def boom(self, key, params, train):
+    def boom(self, state, train, batch, step, key):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(BPTT, "init", boom)
+    # In the step, not in `init`: the memory estimate runs `init` (abstractly) before anything is
+    # written, and a spec whose estimate cannot be made is refused there (exit 2).
+    monkeypatch.setattr(BPTT, "train_step", boom)
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", str(write_spec(tiny_spec)), "--out", str(out), "--quiet"])
     assert res.exit_code == 1, res.output

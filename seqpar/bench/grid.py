@@ -110,12 +110,26 @@ def point_spec(spec: Spec, cell: str, length: int, batch: int, hidden: int, sequ
         raise BenchError(str(e)) from None
 
 
-def check_points(spec: Spec, grid: Grid) -> None:
-    """Validate every point's spec up front, so a bad grid fails before anything is written."""
+def check_points(spec: Spec, grid: Grid, force: bool = False) -> list[str]:
+    """Validate every point's spec up front and check it against the machine's memory as `seqpar run`
+    does (the baseline method included), so a bad grid fails before anything is written or allocated.
+
+    Returns warnings (points over the limit with `force`); raises `BenchError` naming the point."""
+    from seqpar.train.memory import MemoryLimitError, check
+
+    notes = []
     for cell in grid.cells or (spec.model.model_dump()["cell"],):
         for length in grid.lengths:
             for batch in grid.batches:
-                point_spec(spec, cell, length, batch, grid.hidden, grid.sequences or batch)
+                pspec = point_spec(spec, cell, length, batch, grid.hidden, grid.sequences or batch)
+                where = f"bench point (cell={cell}, length={length}, batch={batch})"
+                try:
+                    note = check(pspec.model_copy(update={"methods": with_baseline(pspec)}), force)
+                except MemoryLimitError as e:
+                    raise BenchError(f"{where}: {e}") from None
+                if "--force" in note:
+                    notes.append(f"{where}: {note}")
+    return notes
 
 
 def parse_cells(text: str) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ import abc
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from seqpar.config import Config
 from seqpar.config.registry import Registry, tagged_union
@@ -76,8 +76,23 @@ class Method(abc.ABC):
 
 
 class MethodConfig(Config):
-    label: str | None = Field(None, description="name shown in tables (default: the type)", min_length=1)
+    label: str | None = Field(None, description="name shown in tables (default: the type)", min_length=1, max_length=100)
     optimizer: OptimizerSpec = Field(description="optimizer of the model parameters")
+
+    @field_validator("label")
+    @classmethod
+    def _usable_as_a_name(cls, v: str | None) -> str | None:
+        # A label names the method in tables, checkpoint folders and exports: it must read as a
+        # name there, not as a path, and two labels must not look alike.
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("must not be blank")
+        if v != v.strip():
+            raise ValueError(f"must not begin or end with whitespace (got {v!r})")
+        if v in (".", "..") or any(c in v for c in "/\\") or not v.isprintable():
+            raise ValueError(f"must be usable as a name: no '/', '\\', control characters, and not '.' or '..' (got {v!r})")
+        return v
 
     @property
     def display_label(self) -> str:

@@ -40,6 +40,8 @@ from seqpar.records.reader import BadRecord
 from seqpar.records.reader import read_summary as read_record
 from seqpar.records.writer import (
     MetricsLog,
+    RunDirBusy,
+    WriteError,
     atomic_write_json,
     atomic_write_text,
     environment,
@@ -186,6 +188,9 @@ def run_experiment(
 
 
 def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: StopRequest) -> dict[str, Any]:
+    if not resume and any((run_dir / f).exists() for f in (SPEC, SUMMARY)):
+        # Two runs raced for one empty --out: the first holds (or held) the lock and wrote first.
+        raise RunDirBusy(f"{run_dir}: another seqpar run has started in this directory; runs are never overwritten")
     prior = read_summary(run_dir) if resume else None
     if resume and (run_dir / SPEC).exists() and load_run_spec(run_dir).model_dump() != spec.model_dump():
         raise ResumeError(f"{run_dir}: its {SPEC} differs from the spec given; a run resumes with the spec it started with")
@@ -265,29 +270,44 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
             stopping = stopping or stop()
             if stopping:
                 continue
+            write_error = None
             try:
                 record = run_method(
                     exp, cfg, log.write, progress, should_stop=stop, checkpoints=checkpoints[i], resume_from=resume_from.get(i)
                 )
             except Exception as e:  # one method's crash must not lose the others
+                write_error = e if isinstance(e, WriteError) else None
                 record = {
                     "method": cfg.type,
                     "label": cfg.display_label,
                     "status": "failed",
-                    "error": f"{type(e).__name__}: {e}",
+                    "error": str(e) if write_error else f"{type(e).__name__}: {e}",
                     "traceback": traceback.format_exc(),
                 }
             summary["runs"].append(record)
+            if write_error is not None:
+                # The disk, not the method: the next method could not write either. The summary
+                # says so below (in `finally`), if the disk still takes it.
+                summary["error"] = str(write_error)
+                raise write_error
             atomic_write_json(run_dir / SUMMARY, summary)
             if record["status"] in DONE:
                 with contextlib.suppress(OSError):  # leftovers are harmless; losing the next method is not
                     checkpoints[i].clear()  # after the summary holds the result: they only serve resuming
             stopping = stopping or record["status"] == "interrupted"
+    except WriteError as e:
+        summary.setdefault("error", str(e))
+        raise
     finally:
         log.close()
-        summary["status"] = overall_status(summary["runs"], len(spec.methods))
+        summary["status"] = overall_status(summary["runs"], len(spec.methods), summary.get("error"))
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_json(run_dir / SUMMARY, summary)
+        try:
+            atomic_write_json(run_dir / SUMMARY, summary)
+        except WriteError:
+            if summary.get("error") is None:
+                raise
+            # Already failing for a write: that error (naming its file) is the one to report.
     return summary
 
 
