@@ -127,7 +127,7 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
     except ResumeError as e:
         _fail(str(e))
     _check_machine([s], force, run_dir / SPEC)
-    console.print(f"[bold]{s.name}[/]: resuming {run_dir}")
+    console.print(f"[bold]{s.name}[/]: resuming {escape(str(run_dir))}")
     try:
         if quiet:
             summary = run_experiment(s, run_dir, NullProgress(), resume=True)
@@ -138,7 +138,7 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
         _fail(str(e))
     _resume_warnings(run_dir)
     console.print(results_table(summary))
-    console.print(f"run record: {run_dir}")
+    console.print(f"run record: {run_dir}", markup=False)
     return _exit_code(summary, run_dir, debug)
 
 
@@ -155,7 +155,7 @@ def _resume_warnings(run_dir: Path) -> None:
         _warn(str(w))
 
 
-def _load_plan(spec_path: Path, overrides: list[str] | None, max_points: int | None = None):
+def _load_plan(spec_path: Path, overrides: list[str] | None, max_points: int | None = MAX_POINTS):
     """The spec's points: one for a plain spec, the validated grid for a spec with `sweep:`."""
     from seqpar.spec import SpecError, with_yaml_line
     from seqpar.sweep.plan import load_plan
@@ -252,7 +252,7 @@ def run(
         _fail(str(e))
     if plan.is_sweep:
         raise typer.Exit(sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=plot, tensorboard=tensorboard))
-    console.print(f"[bold]{s.name}[/]: {len(s.methods)} method(s), {s.train.steps} steps each -> {run_dir}")
+    console.print(f"[bold]{s.name}[/]: {len(s.methods)} method(s), {s.train.steps} steps each -> {escape(str(run_dir))}")
     try:
         if quiet:
             summary = run_experiment(s, run_dir, NullProgress())
