@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_serializer, field_
 from seqpar.config import Config, KeyedError
 from seqpar.config.registry import tagged_union
 from seqpar.methods import METHODS
+from seqpar.methods.memoryless import BASELINE_LABEL
 from seqpar.model.cells import CELLS, CellConfig
 from seqpar.tasks import TASKS
 
@@ -67,6 +68,11 @@ class TrainConfig(Config):
     devices: int | Literal["all"] = Field(
         1, description="devices on the mesh's data axis: a count, or 'all' (every device of every process)"
     )
+    baseline_trained: bool | Literal["auto"] = Field(
+        "auto",
+        description="also train the memoryless baseline (the same model with its recurrence cut) for this budget; "
+        "auto: only for a task without a baseline formula",
+    )
     sample_strata: int | None = Field(
         None,
         gt=0,
@@ -100,6 +106,10 @@ class Spec(Config):
         self._check_data_parallel()
         seen: dict[str, int] = {}
         for i, m in enumerate(self.methods):
+            if m.display_label == BASELINE_LABEL:
+                raise KeyedError(
+                    f"methods.{i}.label", f"{BASELINE_LABEL!r} is reserved for the trained memoryless baseline; choose another label"
+                )
             if m.display_label in seen:
                 raise KeyedError(
                     f"methods.{i}.label",

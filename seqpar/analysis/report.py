@@ -105,4 +105,17 @@ def results_table(summary: dict[str, Any]) -> Table:
             fmt(r.get("peak_memory_mb"), ".1f"),
             human_bytes(r.get("state_table_bytes")),
         )
+    t.caption = baseline_caption(summary.get("task") or {})
     return t
+
+
+def baseline_caption(task: dict[str, Any]) -> str | None:
+    """The memoryless baseline as a line under the table: the formula and, when trained, the trained one."""
+    parts = []
+    if task.get("baseline_loss") is not None:
+        parts.append(f"formula {task.get('baseline_formula', '')} = {fmt(task['baseline_loss'])}")
+    trained = task.get("baseline_trained") or {}
+    if trained:
+        val, test = fmt(trained.get("val")), fmt(trained.get("test"))
+        parts.append(f"trained (same model, recurrence cut; row baseline_trained): val {val}, test {test}")
+    return "memoryless baseline: " + "; ".join(parts) if parts else None

@@ -5,10 +5,14 @@ A task produces float inputs `x: (N, T, input_dim)`, targets `y` (int labels
 `mask: (N, T)` that marks which steps are scored. Every loss and metric in seqpar
 is a masked mean over `mask`, so methods are judged on exactly the same steps.
 
-The memoryless baseline is the loss of a reference predictor that uses nothing
-from earlier steps: each task names its predictor in `baseline_formula` and its
-docstring (a constant, a function of the position t, or of the current input),
-and tests check the formula against that predictor's loss on generated data.
+The memoryless baseline is one definition everywhere: the best held-out loss of a
+predictor that sees the current input `x_t` and the position `t` but nothing
+earlier. Each task names its predictor in `baseline_formula` and its docstring (a
+constant, a function of t, of the current input, or a conditional entropy estimated
+from counts); tests check the formula against that predictor's loss on generated
+data, and against the trained memoryless baseline (`seqpar.methods.memoryless`: the
+same model with its recurrence cut). A task without a formula returns None, and the
+trained baseline is its baseline.
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ class Task(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def baseline_loss(self) -> float:
-        """Loss of the best predictor that ignores the past (per scored step)."""
+    def baseline_loss(self) -> float | None:
+        """Held-out loss (per scored step) of the best predictor that sees `x_t` and `t` but nothing
+        earlier; None when there is no formula (the runner then trains the memoryless baseline)."""
 
     @abc.abstractmethod
     def step_loss(self, out: jax.Array, y: jax.Array) -> jax.Array:

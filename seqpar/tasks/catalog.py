@@ -31,7 +31,7 @@ class TaskRow(NamedTuple):
     params: list[Param]
     loss: str
     baseline_formula: str
-    baseline_at_defaults: float
+    baseline_at_defaults: float | None  # None: no formula, the baseline is trained per run
 
 
 def _params(cls: type[TaskConfig], names) -> list[Param]:
@@ -56,6 +56,10 @@ def _show(default: Any) -> str:
     return "—" if default is None else str(default)
 
 
+def _value(baseline: float | None) -> str:
+    return "trained per run" if baseline is None else f"{baseline:.4f}"
+
+
 def tasks_table() -> Table:
     t = Table(title="Tasks (task.type in a spec)", show_lines=True)
     t.add_column("task", style="bold", max_width=26)
@@ -65,7 +69,7 @@ def tasks_table() -> Table:
     t.add_column("at defaults", justify="right", no_wrap=True)
     for r in task_rows():
         params = "\n".join(f"{p.name} = {escape(_show(p.default))}  [dim]{escape(p.description)}[/]" for p in r.params)
-        t.add_row(f"{r.name}\n[dim]{escape(r.summary)}[/]", params, r.loss, escape(r.baseline_formula), f"{r.baseline_at_defaults:.4f}")
+        t.add_row(f"{r.name}\n[dim]{escape(r.summary)}[/]", params, r.loss, escape(r.baseline_formula), _value(r.baseline_at_defaults))
     common = ", ".join(f"{p.name} = {_show(p.default)}" for p in common_params())
     t.caption = f"every task also takes {common}"
     return t

@@ -138,8 +138,9 @@ def watch_divergence(train_step: Callable) -> Callable:
 
 def make_eval(method: Method, model: Model, task: Task) -> Callable:
     def eval_fn(state, train: Dataset, val: Dataset, test: Dataset):
-        params = method.params(state)
-        res = {split: evaluate(model, task, params, data) for split, data in (("train", train), ("val", val), ("test", test))}
+        params, reset = method.params(state), method.rollout_reset(state)
+        splits = (("train", train), ("val", val), ("test", test))
+        res = {split: evaluate(model, task, params, data, reset) for split, data in splits}
         out = {f"rollout_{m}_{split}": getattr(r, m) for split, r in res.items() for m in ("loss", "acc")}
         tr = res["train"]
         out.update(method.eval_metrics(state, train, tr.states, tr.loss))
