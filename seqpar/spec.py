@@ -96,6 +96,20 @@ class Spec(Config):
     train: TrainConfig
     methods: list[MethodSpec] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_seed_from_seed(cls, raw: Any) -> Any:
+        """A task that splits a fixed dataset by a seeded shuffle (`split_seed`) takes the spec's
+        seed unless given its own; the resolved spec records it."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("task"), dict):
+            return raw
+        task, seed = raw["task"], raw.get("seed", cls.model_fields["seed"].default)
+        task_cls = TASKS.get(task["type"]) if task.get("type") in TASKS else None
+        if task_cls is not None and "split_seed" in task_cls.model_fields and task.get("split_seed") is None:
+            if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+                return {**raw, "task": {**task, "split_seed": seed}}
+        return raw
+
     @model_validator(mode="after")
     def _cross_checks(self):
         if self.train.batch_size > self.task.train_sequences:

@@ -7,6 +7,8 @@ import collections
 import functools
 import itertools
 import math
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ from seqpar.tasks.base import ClassificationTask, RegressionTask
 from seqpar.tasks.catalog import task_rows
 from seqpar.tasks.char_lm import BIGRAM_ALPHAS, CharLM, CharLMConfig, shipped_text_path
 from seqpar.tasks.copy_memory import CopyMemoryConfig
+from seqpar.tasks.dataset import DatasetConfig
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
 from seqpar.tasks.dynamics import _MEAN, _STD, DynamicsConfig, _rk4, trajectories
 from seqpar.tasks.parity import ParityConfig
@@ -29,12 +32,22 @@ from seqpar.train.loop import build_experiment
 
 BASELINE_RTOL = 0.02
 
+
+def _dataset_file() -> str:
+    """A token dataset (label = first token) for the `dataset` task's entry below."""
+    rng, d = np.random.default_rng(0), Path(tempfile.mkdtemp(prefix="seqpar-tasks-"))
+    x = rng.integers(0, 8, (500, 16))
+    np.savez(d / "tokens.npz", x=x, y=x[:, 0])
+    return str(d / "tokens.npz")
+
+
 # One configuration and sample size per task, shared by every test of that task: each
 # distinct shape costs XLA compiles, and the baseline checks need large samples anyway.
 SAMPLES = {
     "adding": (AddingConfig(length=20), 50_000),
     "char_lm": (CharLMConfig(length=64), 2000),
     "copy_memory": (CopyMemoryConfig(length=12), 20_000),  # baseline 10 ln 8 / 32 (length 10 would give ln 2, like parity)
+    "dataset": (DatasetConfig(path=_dataset_file(), split_seed=0), 100),  # 400 training rows; 100 drawn by key
     "delayed_recall": (DelayedRecallConfig(length=16, lag=3, vocab=8), 20_000),
     "dynamics": (DynamicsConfig(length=16, burn_in=50), 16_384),  # 2^18 steps, as each of the baseline's references
     "parity": (ParityConfig(length=16), 20_000),

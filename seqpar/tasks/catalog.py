@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from pydantic_core import PydanticUndefined
 from rich.markup import escape
 from rich.table import Table
 
@@ -31,7 +32,7 @@ class TaskRow(NamedTuple):
     params: list[Param]
     loss: str
     baseline_formula: str
-    baseline_at_defaults: float | None  # None: no formula, the baseline is trained per run
+    baseline_at_defaults: float | None  # None: no formula, or the task needs an input file
 
 
 def _params(cls: type[TaskConfig], names) -> list[Param]:
@@ -41,10 +42,13 @@ def _params(cls: type[TaskConfig], names) -> list[Param]:
 def task_rows() -> list[TaskRow]:
     rows = []
     for name, cls in TASKS.items():
-        task = cls().build()
         own = [n for n in cls.model_fields if n != "type" and n not in COMMON_FIELDS]
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        rows.append(TaskRow(name, summary, _params(cls, own), task.loss_name, task.baseline_formula, task.baseline_loss))
+        if all(f.default is not PydanticUndefined for f in cls.model_fields.values()):
+            task = cls().build()
+            rows.append(TaskRow(name, summary, _params(cls, own), task.loss_name, task.baseline_formula, task.baseline_loss))
+        else:  # a task that needs an input (a file) is described by its config class
+            rows.append(TaskRow(name, summary, _params(cls, own), cls.loss_doc, cls.baseline_doc, None))
     return rows
 
 
@@ -53,11 +57,11 @@ def common_params() -> list[Param]:
 
 
 def _show(default: Any) -> str:
-    return "—" if default is None else str(default)
+    return "required" if default is PydanticUndefined else "—" if default is None else str(default)
 
 
 def _value(baseline: float | None) -> str:
-    return "trained per run" if baseline is None else f"{baseline:.4f}"
+    return "—" if baseline is None else f"{baseline:.4f}"
 
 
 def tasks_table() -> Table:
