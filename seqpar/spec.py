@@ -62,6 +62,12 @@ class TrainConfig(Config):
     eval_every: int = Field(50, gt=0, description="rollout evaluation interval (steps)")
     log_every: int | None = Field(None, gt=0, description="training-metric logging interval (default: eval_every)")
     target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="validation rollout loss to reach")
+    target_fraction: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="instead of target_loss: reach this fraction of the task's memoryless baseline formula (one setting across tasks)",
+    )
     checkpoint_every: int | None = Field(
         None, gt=0, description="save a resumable checkpoint every N steps (default: only on SIGINT/SIGTERM)"
     )
@@ -79,6 +85,12 @@ class TrainConfig(Config):
         description="contiguous strata each minibatch draws from evenly (default: the device count); "
         "fix it for identical batches on any device count",
     )
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if self.target_loss is not None and self.target_fraction is not None:
+            raise KeyedError("target_fraction", "give target_loss or target_fraction, not both")
+        return self
 
     @field_validator("devices")
     @classmethod

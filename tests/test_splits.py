@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import jax
 import numpy as np
+import pytest
 
-from seqpar.spec import validate_spec
-from seqpar.train.loop import build_experiment
+from seqpar.spec import SpecError, validate_spec
+from seqpar.train.loop import build_experiment, target_loss
 from seqpar.train.runner import run_experiment
 
 # Fields of a metrics line that depend on the test split (or on the clock).
@@ -63,3 +65,13 @@ def test_target_is_judged_on_validation(tiny_spec, tmp_path):
     on_test = next(line["step"] for line in bptt if line["rollout_loss_test"] <= TARGET)
     assert on_val != on_test  # this spec tells the two apart
     assert summary["runs"][0]["steps_to_target"] == on_val
+
+
+def test_target_fraction_is_a_share_of_the_baseline_formula(tiny_spec):
+    tiny_spec["train"].pop("target_loss")
+    tiny_spec["train"]["target_fraction"] = 0.5
+    spec = validate_spec(tiny_spec)
+    assert target_loss(spec, spec.task.build()) == pytest.approx(0.5 * math.log(4))
+    tiny_spec["train"]["target_loss"] = 1.0
+    with pytest.raises(SpecError, match="target_loss or target_fraction, not both"):
+        validate_spec(tiny_spec)

@@ -43,6 +43,11 @@ STANDARD_METRICS = (
 )
 
 
+# Settings that follow the seed unless pinned (a dataset's split shuffle): they vary with it and
+# are what a group aggregates over, not a grouping key (a sweep that sweeps one still shows it).
+SEED_DERIVED = ("task.split_seed",)
+
+
 class CompareError(Exception):
     """Bad `compare`/`plot` arguments (unknown metric or key, nothing to read); the CLI exits 2."""
 
@@ -62,6 +67,8 @@ def varying_keys(rs: list[Result]) -> list[str]:
         keys += [k for k in r.settings if k not in keys]
     out = []
     for k in keys:
+        if k in SEED_DERIVED:
+            continue
         by_label: dict[str, set[str]] = {}
         for r in rs:
             if k in r.settings:
@@ -140,7 +147,7 @@ def aggregate(
             for m in members
             if m.value(frac_metric) is not None and (m.value("baseline_loss") or 0) > 0
         ]
-        with_target = [m for m in members if (m.settings.get("train.target_loss") is not None)]
+        with_target = [m for m in members if any(m.settings.get(f"train.target_{k}") is not None for k in ("loss", "fraction"))]
         reached = [m for m in with_target if m.value("steps_to_target") is not None]
         statuses: dict[str, int] = {}
         for m in members:

@@ -209,6 +209,14 @@ class LoopState:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
+def target_loss(spec: Spec, task: Task) -> float | None:
+    """`train.target_loss`, or `train.target_fraction` of the task's baseline formula (None without one)."""
+    frac, baseline = spec.train.target_fraction, task.baseline_loss
+    if spec.train.target_loss is not None or frac is None:
+        return spec.train.target_loss
+    return frac * baseline if baseline is not None else None
+
+
 def run_method(
     exp: Experiment,
     cfg: MethodConfig,
@@ -281,7 +289,8 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
     }
     steps, eval_every, log_every = spec.train.steps, spec.train.eval_every, spec.log_every
     ckpt_every = spec.train.checkpoint_every if checkpoints is not None else None
-    target = spec.train.target_loss
+    target = target_loss(spec, exp.task)
+    record["target_loss"] = target
     loop = LoopState.from_dict(resume_from.loop) if resume_from is not None else LoopState()
 
     def do_eval(step: int) -> dict[str, float]:
