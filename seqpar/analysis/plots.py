@@ -415,7 +415,7 @@ def plot_final_by_method(rs: list[Result], keys: list[str], metric: str, path: P
         b = _baseline(ax, members) if "loss" in metric else None
         if b is not None:
             handles.setdefault("memoryless baseline (formula; baseline_trained: the same model with its recurrence cut)", b)
-            ys.append(b.get_ydata()[0])
+            ys.append(float(np.asarray(b.get_ydata())[0]))
         _maybe_log(ax, ys)
         ax.set_title("\n".join(textwrap.wrap(ptitle, width=60)), fontsize=8)
         ax.set_ylabel(_loss_label(members, f"final {what}") if "loss" in metric else f"final {what}", fontsize=8)
