@@ -62,8 +62,9 @@ def test_out_dir_that_is_not_empty_is_refused(tiny_spec, write_spec, tmp_path):
     assert (out / "summary.json").read_text() == "{}"
 
 
-def test_validate_accepts_the_quickstart():
-    res = runner.invoke(app, ["validate", "experiments/quickstart.yaml"])
+@pytest.mark.parametrize("name", ["quickstart", "verdict", "digits"])
+def test_validate_accepts_the_experiments(name):
+    res = runner.invoke(app, ["validate", f"experiments/{name}.yaml"])
     assert res.exit_code == 0, res.output
 
 
