@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_serializer, field_
 from seqpar.config import Config, KeyedError
 from seqpar.config.registry import tagged_union
 from seqpar.methods import METHODS
+from seqpar.methods.memoryless import BASELINE_LABEL
 from seqpar.model.cells import CELLS
 from seqpar.tasks import TASKS
 
@@ -65,12 +66,23 @@ class TrainConfig(Config):
     batch_size: int = Field(gt=0, description="sequences per minibatch")
     eval_every: int = Field(50, gt=0, description="rollout evaluation interval (steps)")
     log_every: int | None = Field(None, gt=0, description="training-metric logging interval (default: eval_every)")
-    target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="held-out rollout loss to reach")
+    target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="validation rollout loss to reach")
+    target_fraction: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="instead of target_loss: reach this fraction of the task's memoryless baseline formula (one setting across tasks)",
+    )
     checkpoint_every: int | None = Field(
         None, gt=0, description="save a resumable checkpoint every N steps (default: only on SIGINT/SIGTERM)"
     )
     devices: int | Literal["all"] = Field(
         1, description="devices on the mesh's data axis: a count, or 'all' (every device of every process)"
+    )
+    baseline_trained: bool | Literal["auto"] = Field(
+        "auto",
+        description="also train the memoryless baseline (the same model with its recurrence cut) for this budget; "
+        "auto: only for a task without a baseline formula",
     )
     sample_strata: int | None = Field(
         None,
@@ -78,6 +90,12 @@ class TrainConfig(Config):
         description="contiguous strata each minibatch draws from evenly (default: the device count); "
         "fix it for identical batches on any device count",
     )
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if self.target_loss is not None and self.target_fraction is not None:
+            raise KeyedError("target_fraction", "give target_loss or target_fraction, not both")
+        return self
 
     @field_validator("devices")
     @classmethod
@@ -95,6 +113,20 @@ class Spec(Config):
     train: TrainConfig
     methods: list[MethodSpec] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_seed_from_seed(cls, raw: Any) -> Any:
+        """A task that splits a fixed dataset by a seeded shuffle (`split_seed`) takes the spec's
+        seed unless given its own; the resolved spec records it."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("task"), dict):
+            return raw
+        task, seed = raw["task"], raw.get("seed", cls.model_fields["seed"].default)
+        task_cls = TASKS.get(task["type"]) if task.get("type") in TASKS else None
+        if task_cls is not None and "split_seed" in task_cls.model_fields and task.get("split_seed") is None:
+            if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+                return {**raw, "task": {**task, "split_seed": seed}}
+        return raw
+
     @model_validator(mode="after")
     def _cross_checks(self):
         if self.train.batch_size > self.task.train_sequences:
@@ -105,6 +137,10 @@ class Spec(Config):
         self._check_data_parallel()
         seen: dict[str, int] = {}
         for i, m in enumerate(self.methods):
+            if m.display_label == BASELINE_LABEL:
+                raise KeyedError(
+                    f"methods.{i}.label", f"{BASELINE_LABEL!r} is reserved for the trained memoryless baseline; choose another label"
+                )
             if m.display_label in seen:
                 raise KeyedError(
                     f"methods.{i}.label",
@@ -126,8 +162,9 @@ class Spec(Config):
         if devices is not None:
             if tr.sample_strata and tr.sample_strata % devices:
                 raise KeyedError("train.sample_strata", f"must be a multiple of train.devices={devices} (got {tr.sample_strata})")
-            if task.test_sequences % devices:
-                raise KeyedError("train.devices", f"must divide task.test_sequences={task.test_sequences} (got {devices})")
+            for key, n in (("task.val_sequences", task.val_sequences), ("task.test_sequences", task.test_sequences)):
+                if n % devices:
+                    raise KeyedError("train.devices", f"must divide {key}={n} (got {devices})")
 
     @property
     def log_every(self) -> int:

@@ -134,5 +134,6 @@ def test_seed_bands_and_a_swept_method_key_from_hand_made_records(tmp_path):
         "rollout_vs_seconds.png": figure_size(3),
         "objective_vs_rollout.png": figure_size(3),
         "final_vs_method.consistency_weight.png": figure_size(1),
+        "final_by_method.png": figure_size(1),  # several seeds: every run a point
     }
     assert figure_size(3) == (1500, 450) and figure_size(4) == (1500, 810)

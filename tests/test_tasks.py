@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import math
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +22,24 @@ from seqpar.tasks import TASKS
 from seqpar.tasks.adding import AddingConfig
 from seqpar.tasks.base import ClassificationTask, RegressionTask
 from seqpar.tasks.catalog import task_rows
-from seqpar.tasks.char_lm import CharLMConfig, shipped_text_path
+from seqpar.tasks.char_lm import BIGRAM_ALPHAS, CharLM, CharLMConfig, shipped_text_path
 from seqpar.tasks.copy_memory import CopyMemoryConfig
+from seqpar.tasks.dataset import DatasetConfig
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
-from seqpar.tasks.dynamics import DynamicsConfig, trajectories
+from seqpar.tasks.dynamics import _MEAN, _STD, DynamicsConfig, _rk4, trajectories
 from seqpar.tasks.parity import ParityConfig
 from seqpar.train.loop import build_experiment
 
 BASELINE_RTOL = 0.02
+
+
+def _dataset_file() -> str:
+    """A token dataset (label = first token) for the `dataset` task's entry below."""
+    rng, d = np.random.default_rng(0), Path(tempfile.mkdtemp(prefix="seqpar-tasks-"))
+    x = rng.integers(0, 8, (500, 16))
+    np.savez(d / "tokens.npz", x=x, y=x[:, 0])
+    return str(d / "tokens.npz")
+
 
 # One configuration and sample size per task, shared by every test of that task: each
 # distinct shape costs XLA compiles, and the baseline checks need large samples anyway.
@@ -34,8 +47,9 @@ SAMPLES = {
     "adding": (AddingConfig(length=20), 50_000),
     "char_lm": (CharLMConfig(length=64), 2000),
     "copy_memory": (CopyMemoryConfig(length=12), 20_000),  # baseline 10 ln 8 / 32 (length 10 would give ln 2, like parity)
+    "dataset": (DatasetConfig(path=_dataset_file(), split_seed=0), 100),  # 400 training rows; 100 drawn by key
     "delayed_recall": (DelayedRecallConfig(length=16, lag=3, vocab=8), 20_000),
-    "dynamics": (DynamicsConfig(length=16, burn_in=50), 16_384),  # 2^18 steps, as the baseline's reference
+    "dynamics": (DynamicsConfig(length=16, burn_in=50), 16_384),  # 2^18 steps, as each of the baseline's references
     "parity": (ParityConfig(length=16), 20_000),
 }
 
@@ -70,7 +84,7 @@ def test_shapes_dtypes_and_masks(name):
         assert isinstance(task, RegressionTask) and task.loss_name == "mse"
         assert d.y.shape == (n, t, task.output_dim) and d.y.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(d.x))) and np.all(np.isfinite(np.asarray(d.y)))
-    assert math.isfinite(task.baseline_loss) and task.baseline_loss > 0
+    assert task.baseline_loss is not None and math.isfinite(task.baseline_loss) and task.baseline_loss > 0
     assert task.baseline_formula
 
 
@@ -104,12 +118,15 @@ def test_experiment_train_and_test_sets_differ():
     assert not np.array_equal(exp.train.x, exp.test.x)
 
 
-def test_experiment_test_set_comes_from_the_held_out_text():
+def test_experiment_val_and_test_sets_come_from_their_own_parts_of_the_text():
     exp = _char_lm_experiment()
-    text, cut = shipped_text_path().read_text(encoding="utf-8"), exp.task.num_train_chars  # pyright: ignore[reportAttributeAccessIssue] - a CharLM task
+    assert isinstance(exp.task, CharLM)
+    text, parts = shipped_text_path().read_text(encoding="utf-8"), exp.task.parts
+    assert parts["train"][1] == parts["val"][0] and parts["val"][1] == parts["test"][0] == len(text) - round(0.1 * len(text))
     for i in range(20):
-        assert _decode(exp.task, exp.train, i) in text[:cut]
-        assert _decode(exp.task, exp.test, i) in text[cut:]
+        for split, data in (("train", exp.train), ("val", exp.val), ("test", exp.test)):
+            lo, hi = parts[split]
+            assert _decode(exp.task, data, i) in text[lo:hi]
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -179,11 +196,37 @@ def test_adding_markers_targets_and_baseline():
     np.testing.assert_allclose(best_constant, 1 / 6, rtol=BASELINE_RTOL)
 
 
-def test_dynamics_persistence_baseline_on_fresh_data():
-    task, d = _task("dynamics"), _data("dynamics")  # the baseline's reference sample has its own key
-    np.testing.assert_array_equal(d.x[:, 1:], d.y[:, :-1])  # target = next observation
-    persistence = float(task.loss(d.x, d.y, d.mask))
-    np.testing.assert_allclose(persistence, task.baseline_loss, rtol=BASELINE_RTOL)
+def test_dynamics_needs_memory_and_its_baseline_is_the_memoryless_optimum():
+    """Defect reproduced: with the full Lorenz state observed, one RK4 step from x_t alone predicts
+    x_{t+1} to float precision, so the task needed no memory. Now one coordinate is observed: the
+    best predictor from o(t) alone (a cubic in o(t), least squares on one sample, scored on
+    another: an estimator independent of the baseline's binning) matches the baseline, and one
+    that also sees o(t-1), o(t-2) is more than 100x better."""
+    task, fit, ev = _task("dynamics"), _data("dynamics", 0), _data("dynamics", 1)
+    c = task.cfg
+    raw = trajectories(jax.random.key(3), 64, 3, c.burn_in, c.substeps, c.dt)
+    state = raw[:, 1]
+    for _ in range(c.substeps):  # one observation interval of RK4 from the current full state alone
+        state = _rk4(state, c.dt / c.substeps)
+    assert float(jnp.mean(jnp.square((state - raw[:, 2]) / _STD))) < 1e-8  # float32 round-off: no memory needed
+    assert task.input_dim == task.output_dim == 1 and c.observe == "x"
+    np.testing.assert_array_equal(fit.x[:, 1:], fit.y[:, :-1])  # target = next observation
+
+    def lstsq_mse(k, degree):
+        def features(d):
+            x, y = np.asarray(d.x[..., 0], np.float64), np.asarray(d.y[..., 0], np.float64)
+            lags = np.stack([x[:, k - 1 - j : x.shape[1] - j] for j in range(k)], -1).reshape(-1, k)
+            cols = [
+                np.prod(lags[:, list(p)], axis=1) for n in range(degree + 1) for p in itertools.combinations_with_replacement(range(k), n)
+            ]
+            return np.stack(cols, -1), y[:, k - 1 :].reshape(-1)
+
+        (a, b), (a2, b2) = features(fit), features(ev)
+        w = np.linalg.lstsq(a, b, rcond=None)[0]
+        return float(np.mean(np.square(a2 @ w - b2)))
+
+    np.testing.assert_allclose(lstsq_mse(1, 5), task.baseline_loss, rtol=BASELINE_RTOL)
+    assert lstsq_mse(3, 3) < task.baseline_loss / 100
 
 
 def test_dynamics_noise_adds_twice_its_variance_to_persistence():
@@ -199,23 +242,33 @@ def test_dynamics_rk4_converges_and_is_standardised():
     coarse = trajectories(key, 8, 10, 0, 5, 0.05)
     fine = trajectories(key, 8, 10, 0, 50, 0.05)
     assert float(jnp.max(jnp.abs(coarse - fine))) < 1e-2  # RK4 at h = 0.01 is accurate over 0.5 time units
-    obs = np.asarray(_data("dynamics").x).reshape(-1, 3)  # 16384 independent starts on the attractor
+    obs = (np.asarray(trajectories(key, 4096, 16, 50, 5, 0.05)).reshape(-1, 3) - _MEAN) / _STD  # independent starts
     assert np.all(np.abs(obs.mean(0)) < 0.15) and np.all(np.abs(obs.std(0) - 1) < 0.15)
+    x = np.asarray(_data("dynamics").x)  # the observed coordinate is x, standardised with its own statistics
+    assert x.shape[-1] == 1 and abs(x.mean()) < 0.15 and abs(x.std() - 1) < 0.15
 
 
-def test_char_lm_baseline_is_the_unigram_entropy_of_the_training_text():
-    task = _task("char_lm")
+def test_char_lm_baseline_sees_the_current_character():
+    """Defect reproduced: the listed baseline was the unigram entropy (3.35 nats on Hamlet), but a
+    predictor without memory sees the current character: a bigram predictor, counted here
+    independently on the training text and applied to generated test windows, scores its loss,
+    the baseline now, which is far below the unigram entropy."""
+    task, d = _task("char_lm"), _data("char_lm", 0, "test")
     text = shipped_text_path().read_text(encoding="utf-8")
-    train_text = text[: task.num_train_chars]
-    counts = collections.Counter(train_text)
-    entropy = -math.fsum(k / len(train_text) * math.log(k / len(train_text)) for k in counts.values())
-    np.testing.assert_allclose(task.baseline_loss, entropy, rtol=1e-9)
-    # The unigram predictor on generated training windows.
-    logp = np.full(task.output_dim, -np.inf)
-    for ch, k in counts.items():
-        logp[task.vocab.index(ch)] = math.log(k / len(train_text))
-    d = _data("char_lm")
-    loss = float(task.loss(jnp.broadcast_to(jnp.asarray(logp), d.x.shape), d.y, d.mask))
+    lo, hi = task.parts["train"]
+    train_text = text[lo:hi]
+    unigram = collections.Counter(train_text)
+    entropy = -math.fsum(k / len(train_text) * math.log(k / len(train_text)) for k in unigram.values())
+    assert entropy - task.baseline_loss > 0.8  # 3.35 vs 2.47: the old baseline was beatable without memory
+    alpha = min(BIGRAM_ALPHAS, key=lambda a: task.bigram_cross_entropy(a, "val"))
+    pairs = collections.Counter(zip(train_text, train_text[1:], strict=False))
+    v = task.output_dim
+    logp = np.full((v, v), math.log(alpha))
+    for (a, b), k in pairs.items():
+        logp[task.vocab.index(a), task.vocab.index(b)] = math.log(k + alpha)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    cur = np.argmax(np.asarray(d.x), -1)
+    loss = float(task.loss(jnp.asarray(logp[cur]), d.y, d.mask))
     np.testing.assert_allclose(loss, task.baseline_loss, rtol=BASELINE_RTOL)
 
 
@@ -228,15 +281,16 @@ def test_char_lm_windows_and_held_out_part(tmp_path):
     text = "".join(f"line {i}: the quick brown fox {i * 7919 % 1000}\n" for i in range(200))
     f = tmp_path / "own.txt"
     f.write_text(text, encoding="utf-8")
-    task = CharLMConfig(path=str(f), length=20, test_fraction=0.25).build()
+    task = CharLMConfig(path=str(f), length=20, test_fraction=0.25, val_fraction=0.15).build()
     assert task.vocab == "".join(sorted(set(text)))
-    cut = task.num_train_chars
-    assert cut == len(text) - round(len(text) * 0.25)
-    tr, te = task.make_data(jax.random.key(0), 64, split="train"), task.make_data(jax.random.key(0), 64, split="test")
+    cut, val_end = task.num_train_chars, len(text) - round(len(text) * 0.25)
+    assert cut == val_end - round(len(text) * 0.15)
+    tr, va, te = (task.make_data(jax.random.key(0), 64, split=s) for s in ("train", "val", "test"))
     np.testing.assert_array_equal(np.argmax(tr.x[:, 1:], -1), tr.y[:, :-1])  # target = next character
     for i in range(64):
         assert _decode(task, tr, i) in text[:cut]
-        assert _decode(task, te, i) in text[cut:]
+        assert _decode(task, va, i) in text[cut:val_end]
+        assert _decode(task, te, i) in text[val_end:]
 
 
 @pytest.mark.parametrize(
@@ -247,6 +301,7 @@ def test_char_lm_windows_and_held_out_part(tmp_path):
         ({"type": "char_lm", "path": "BINARY"}, "task.path", "not UTF-8"),
         ({"type": "char_lm", "path": "SHORT"}, "task.path", "must hold a window"),
         ({"type": "char_lm", "length": 10**6}, "task.length", "must hold a window"),
+        ({"type": "char_lm", "val_fraction": 0.5, "test_fraction": 0.5}, "task.val_fraction", "must be below 1"),
         ({"type": "copy_memory", "length": 0}, "task.length", "greater than 0"),
         ({"type": "adding", "length": 2}, "task.length", "greater than or equal to 3"),
         ({"type": "parity", "length": 1}, "task.length", "greater than or equal to 2"),
@@ -275,7 +330,7 @@ def test_bad_task_configs_name_the_key(tmp_path, task, key, words):
 def test_catalog_rows_cover_every_task():
     rows = {r.name: r for r in task_rows()}
     assert set(rows) == set(TASKS.names())
-    np.testing.assert_allclose(rows["copy_memory"].baseline_at_defaults, 10 * math.log(8) / 120, rtol=1e-12)
+    np.testing.assert_allclose(rows["copy_memory"].baseline_at_defaults or 0.0, 10 * math.log(8) / 120, rtol=1e-12)
     assert rows["adding"].loss == "mse" and rows["parity"].loss == "cross-entropy"
     assert [p.name for p in rows["delayed_recall"].params] == ["length", "lag", "vocab"]
     assert all(p.description for r in rows.values() for p in r.params)

@@ -7,6 +7,9 @@ Figures, each written only when the records hold what it needs:
                             (embedding-parallel, ...): objective and rollout loss on one axis
   scaling_vs_length.png     median step time and peak memory vs task.length, log-log
   final_vs_<key>.png        final held-out rollout loss vs each swept setting
+  final_by_method.png       when several seeds ran: the final test rollout loss of every run as a
+                            point, one panel per task setting, one column per method, the
+                            memoryless baseline as a line (the figure to look at first)
 Lines are the mean over seeds, shaded bands the min-max over seeds; the memoryless
 baseline is the dashed grey line. Figure sizes are fixed (`figure_size`), so a
 figure's pixel size depends only on its number of panels.
@@ -375,6 +378,55 @@ def plot_final_vs(rs: list[Result], keys: list[str], x_key: str, metric: str, pa
     return _save(fig, path, list(handles.values()), list(handles))
 
 
+# ----------------------------------------------------------------------------- seeds as points
+
+
+def _has_several_seeds(rs: list[Result], keys: list[str]) -> bool:
+    groups: dict[str, set[int | None]] = {}
+    for r in rs:
+        groups.setdefault(hashable([r.label, *(r.settings.get(k) for k in keys)]), set()).add(r.seed)
+    return any(len(seeds) > 1 for seeds in groups.values())
+
+
+def plot_final_by_method(rs: list[Result], keys: list[str], metric: str, path: Path) -> Path | None:
+    """Every run's final `metric` as a point (seeds side by side), one panel per task setting."""
+    task_keys = [k for k in keys if k.startswith("task.")]
+    if not _has_several_seeds(rs, [k for k in keys if k != "seed"]):
+        return None
+    panels = _panels(rs, task_keys) if task_keys else [("all runs", rs)]
+    panels = panels[:MAX_PANELS]
+    colors = _method_colors(rs)
+    what = METRIC_NAMES.get(metric, metric.replace("_", " "))
+    fig, axes = _figure(len(panels), f"Final {what} of every run (points: seeds; bar: mean)")
+    handles: dict[str, Any] = {}
+    drawn = False
+    for ax, (ptitle, members) in zip(axes, panels, strict=True):
+        labels = list(dict.fromkeys(m.label for m in members))
+        ys: list[float] = []
+        for i, label in enumerate(labels):
+            vals = [v for v in (m.value(metric) for m in members if m.label == label) if v is not None]
+            if not vals:
+                continue
+            offsets = np.linspace(-0.18, 0.18, len(vals)) if len(vals) > 1 else np.zeros(1)
+            ax.scatter(i + offsets, vals, s=22, color=colors[label], zorder=3)
+            ax.hlines(float(np.mean(vals)), i - 0.3, i + 0.3, color=colors[label], linewidth=2, zorder=2)
+            ys += vals
+            drawn = True
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        b = _baseline(ax, members) if "loss" in metric else None
+        if b is not None:
+            handles.setdefault("memoryless baseline (formula; baseline_trained: the same model with its recurrence cut)", b)
+            ys.append(float(np.asarray(b.get_ydata())[0]))
+        _maybe_log(ax, ys)
+        ax.set_title("\n".join(textwrap.wrap(ptitle, width=60)), fontsize=8)
+        ax.set_ylabel(_loss_label(members, f"final {what}") if "loss" in metric else f"final {what}", fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    if not drawn:
+        return None
+    return _save(fig, path, list(handles.values()), list(handles))
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -418,4 +470,5 @@ def plot_records(
     ]
     for key in keys:
         written.append(plot_final_vs(rs, keys, key, metric, out_dir / f"final_vs_{key}.png"))
+    written.append(plot_final_by_method(rs, keys, metric, out_dir / "final_by_method.png"))
     return [p for p in written if p is not None], warnings

@@ -70,6 +70,12 @@ class Method(abc.ABC):
     def eval_metrics(self, state: State, train: Dataset, rollout_train_states: jax.Array, rollout_train_loss: jax.Array) -> Metrics:
         """Method-specific metrics over the whole training set (at least `objective`)."""
 
+    def rollout_reset(self, state: State) -> jax.Array | None:
+        """States `(T, state_dim)` the rollout evaluator resets to before every step, for a method
+        that trains a model without memory (`memoryless`); None, the default: a true recurrence
+        from the fixed initial state."""
+        return None
+
     def state_table_bytes(self, state: State) -> int:
         """Bytes of per-transition trainable state (the embedding table), 0 if none."""
         return 0

@@ -18,8 +18,17 @@ from seqpar.model.model import Model, Params
 from seqpar.tasks.base import Dataset, Task, masked_mean
 
 
-def rollout_states(model: Model, params: Params, x: jax.Array, s0: jax.Array | None = None, unroll: int = 1) -> jax.Array:
-    """States after every step, `(N, T, state_dim)`, from `s0` (default: the fixed initial state)."""
+def rollout_states(
+    model: Model, params: Params, x: jax.Array, s0: jax.Array | None = None, unroll: int = 1, reset: jax.Array | None = None
+) -> jax.Array:
+    """States after every step, `(N, T, state_dim)`, from `s0` (default: the fixed initial state).
+
+    With `reset: (T, state_dim)` the rollout is memoryless: the state entering step t is
+    `reset[t]` whatever came before, so step t sees only `x[t]` (and, through `reset`, t).
+    That is the memoryless baseline's model: the same cell, its recurrence cut."""
+    if reset is not None:
+        s = jnp.broadcast_to(reset.astype(x.dtype), (x.shape[0], *reset.shape))
+        return jax.vmap(jax.vmap(model.step, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))(params, s, x)
     if s0 is None:
         s0 = jnp.broadcast_to(model.initial_state().astype(x.dtype), (x.shape[0], model.state_dim))
 
@@ -44,9 +53,9 @@ class RolloutResult(NamedTuple):
     states: jax.Array
 
 
-def evaluate(model: Model, task: Task, params: Params, data: Dataset) -> RolloutResult:
-    """Task loss and accuracy of a sequential rollout over `data` (jit-able)."""
-    states = rollout_states(model, params, data.x)
+def evaluate(model: Model, task: Task, params: Params, data: Dataset, reset: jax.Array | None = None) -> RolloutResult:
+    """Task loss and accuracy of a sequential rollout over `data` (jit-able); `reset` as in `rollout_states`."""
+    states = rollout_states(model, params, data.x, reset=reset)
     out = readout_all(model, params, states)
     loss = task.loss(out, data.y, data.mask)
     correct = task.step_correct(out, data.y)

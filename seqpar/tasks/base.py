@@ -5,10 +5,14 @@ A task produces float inputs `x: (N, T, input_dim)`, targets `y` (int labels
 `mask: (N, T)` that marks which steps are scored. Every loss and metric in seqpar
 is a masked mean over `mask`, so methods are judged on exactly the same steps.
 
-The memoryless baseline is the loss of a reference predictor that uses nothing
-from earlier steps: each task names its predictor in `baseline_formula` and its
-docstring (a constant, a function of the position t, or of the current input),
-and tests check the formula against that predictor's loss on generated data.
+The memoryless baseline is one definition everywhere: the best held-out loss of a
+predictor that sees the current input `x_t` and the position `t` but nothing
+earlier. Each task names its predictor in `baseline_formula` and its docstring (a
+constant, a function of t, of the current input, or a conditional entropy estimated
+from counts); tests check the formula against that predictor's loss on generated
+data, and against the trained memoryless baseline (`seqpar.methods.memoryless`: the
+same model with its recurrence cut). A task without a formula returns None, and the
+trained baseline is its baseline.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pydantic import Field
 
 from seqpar.config import Config
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]
 
 
 class Dataset(NamedTuple):
@@ -53,14 +57,15 @@ class Task(abc.ABC):
     def make_data(self, key: jax.Array, num_sequences: int, split: Split = "train") -> Dataset:
         """`num_sequences` sequences, a deterministic function of `key`.
 
-        Generated tasks ignore `split` (train and test differ by key); a task over a
-        fixed corpus (`char_lm`) draws the test set from a part the training set never sees.
+        Generated tasks ignore `split` (the train, validation and test sets differ by key); a
+        task over a fixed corpus (`char_lm`, `dataset`) draws each split from its own part.
         """
 
     @property
     @abc.abstractmethod
-    def baseline_loss(self) -> float:
-        """Loss of the best predictor that ignores the past (per scored step)."""
+    def baseline_loss(self) -> float | None:
+        """Held-out loss (per scored step) of the best predictor that sees `x_t` and `t` but nothing
+        earlier; None when there is no formula (the runner then trains the memoryless baseline)."""
 
     @abc.abstractmethod
     def step_loss(self, out: jax.Array, y: jax.Array) -> jax.Array:
@@ -95,7 +100,8 @@ class TaskConfig(Config):
     """Fields every task has; each task adds its own and a `type:` literal."""
 
     train_sequences: int = Field(256, gt=0, description="sequences in the training set")
-    test_sequences: int = Field(256, gt=0, description="held-out sequences for rollout evaluation")
+    val_sequences: int = Field(256, gt=0, description="held-out validation sequences: target_loss, steps to target, any choice")
+    test_sequences: int = Field(256, gt=0, description="held-out test sequences: reported only, never used to choose")
 
     def build(self) -> Task:  # pragma: no cover - interface
         raise NotImplementedError

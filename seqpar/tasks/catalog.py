@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from pydantic_core import PydanticUndefined
 from rich.markup import escape
 from rich.table import Table
 
@@ -31,7 +32,7 @@ class TaskRow(NamedTuple):
     params: list[Param]
     loss: str
     baseline_formula: str
-    baseline_at_defaults: float
+    baseline_at_defaults: float | None  # None: no formula, or the task needs an input file
 
 
 def _params(cls: type[TaskConfig], names) -> list[Param]:
@@ -41,10 +42,13 @@ def _params(cls: type[TaskConfig], names) -> list[Param]:
 def task_rows() -> list[TaskRow]:
     rows = []
     for name, cls in TASKS.items():
-        task = cls().build()
         own = [n for n in cls.model_fields if n != "type" and n not in COMMON_FIELDS]
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        rows.append(TaskRow(name, summary, _params(cls, own), task.loss_name, task.baseline_formula, task.baseline_loss))
+        if all(f.default is not PydanticUndefined for f in cls.model_fields.values()):
+            task = cls().build()
+            rows.append(TaskRow(name, summary, _params(cls, own), task.loss_name, task.baseline_formula, task.baseline_loss))
+        else:  # a task that needs an input (a file) is described by its config class
+            rows.append(TaskRow(name, summary, _params(cls, own), cls.loss_doc, cls.baseline_doc, None))
     return rows
 
 
@@ -53,7 +57,11 @@ def common_params() -> list[Param]:
 
 
 def _show(default: Any) -> str:
-    return "—" if default is None else str(default)
+    return "required" if default is PydanticUndefined else "—" if default is None else str(default)
+
+
+def _value(baseline: float | None) -> str:
+    return "—" if baseline is None else f"{baseline:.4f}"
 
 
 def tasks_table() -> Table:
@@ -65,7 +73,7 @@ def tasks_table() -> Table:
     t.add_column("at defaults", justify="right", no_wrap=True)
     for r in task_rows():
         params = "\n".join(f"{p.name} = {escape(_show(p.default))}  [dim]{escape(p.description)}[/]" for p in r.params)
-        t.add_row(f"{r.name}\n[dim]{escape(r.summary)}[/]", params, r.loss, escape(r.baseline_formula), f"{r.baseline_at_defaults:.4f}")
+        t.add_row(f"{r.name}\n[dim]{escape(r.summary)}[/]", params, r.loss, escape(r.baseline_formula), _value(r.baseline_at_defaults))
     common = ", ".join(f"{p.name} = {_show(p.default)}" for p in common_params())
     t.caption = f"every task also takes {common}"
     return t

@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from seqpar.methods.base import MethodConfig
+from seqpar.methods.memoryless import BASELINE_LABEL, MemorylessConfig
 from seqpar.records.layout import METRICS, SCHEMA_VERSION, SPEC, SUMMARY, checkpoint_dir
 from seqpar.records.reader import BadRecord
 from seqpar.records.reader import read_summary as read_record
@@ -49,6 +51,7 @@ from seqpar.records.writer import (
     rewrite_metrics,
 )
 from seqpar.spec import Spec, SpecError, load_spec, spec_to_yaml
+from seqpar.tasks.base import Task
 from seqpar.train.checkpoint import Checkpoint, CheckpointError, MethodCheckpoints, prng_fingerprint
 from seqpar.train.loop import NullProgress, Progress, build_experiment, run_method
 
@@ -169,6 +172,34 @@ def overall_status(runs: list[dict[str, Any]], n_methods: int, error: str | None
     return "failed" if "failed" in statuses else "completed"
 
 
+# ----------------------------------------------------------------------------- the trained baseline
+
+
+def method_configs(spec: Spec, task: Task) -> list[MethodConfig]:
+    """The methods a run trains: the spec's, preceded by the trained memoryless baseline
+    (`memoryless`, label `baseline_trained`, the first method's optimizer) when
+    `train.baseline_trained` is on; `auto` turns it on for a task without a baseline formula,
+    where it is the only baseline there is. It runs first so every later record can carry it."""
+    on = spec.train.baseline_trained
+    if on == "auto":
+        on = task.baseline_loss is None
+    if not on:
+        return list(spec.methods)
+    baseline = MemorylessConfig(label=BASELINE_LABEL, optimizer=spec.methods[0].optimizer)
+    return [baseline, *spec.methods]
+
+
+def add_trained_baseline(record: dict[str, Any], trained: dict[str, Any] | None) -> None:
+    """Put the trained baseline's test rollout loss beside the formula in a method's record; where
+    the task has no formula it becomes the record's `baseline_loss` (`baseline_source: trained`)."""
+    value = (trained or {}).get("rollout_loss_test")
+    if value is None:
+        return
+    record["baseline_trained"] = value
+    if record.get("baseline_loss") is None:
+        record["baseline_loss"], record["baseline_source"] = value, "trained"
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -194,10 +225,8 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
     prior = read_summary(run_dir) if resume else None
     if resume and (run_dir / SPEC).exists() and load_run_spec(run_dir).model_dump() != spec.model_dump():
         raise ResumeError(f"{run_dir}: its {SPEC} differs from the spec given; a run resumes with the spec it started with")
-    labels = [m.display_label for m in spec.methods]
-    kept = {r["label"]: r for r in (prior or {}).get("runs", []) if r.get("status") in DONE and r.get("label") in labels}
-    if prior is not None and prior.get("status") == "completed" and len(kept) == len(labels):
-        return prior  # nothing left to do
+    if prior is not None and prior.get("status") == "completed":
+        return prior  # every method finished: nothing left to do
 
     # Everything that can refuse the resume happens before anything is written.
     exp, error = None, None
@@ -205,6 +234,10 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
         exp = build_experiment(spec)
     except Exception as e:  # e.g. a task that cannot make its data: recorded, not raised
         error, tb = f"{type(e).__name__}: {e}", traceback.format_exc()
+    configs = method_configs(spec, exp.task) if exp is not None else list(spec.methods)
+    with_baseline = bool(configs) and configs[0].display_label == BASELINE_LABEL
+    labels = [m.display_label for m in configs]
+    kept = {r["label"]: r for r in (prior or {}).get("runs", []) if r.get("status") in DONE and r.get("label") in labels}
     checkpoints: dict[int, MethodCheckpoints] = {}
     resume_from: dict[int, Checkpoint | None] = {}
     if exp is not None:
@@ -263,9 +296,17 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
             "loss": exp.task.loss_name,
         }
         stopping = False
-        for i, cfg in enumerate(spec.methods):
+        trained: dict[str, Any] | None = None  # the trained baseline's final numbers, once it finished
+
+        def baseline_done(record: dict[str, Any]) -> dict[str, Any] | None:
+            summary["task"]["baseline_trained"] = {s: (record.get("final") or {}).get(f"rollout_loss_{s}") for s in ("val", "test")}
+            return record.get("final")
+
+        for i, cfg in enumerate(configs):
             if cfg.display_label in kept:
                 summary["runs"].append(kept[cfg.display_label])  # also after a stop: finished results stay listed
+                if with_baseline and i == 0:
+                    trained = baseline_done(kept[cfg.display_label])
                 continue
             stopping = stopping or stop()
             if stopping:
@@ -278,12 +319,15 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
             except Exception as e:  # one method's crash must not lose the others
                 write_error = e if isinstance(e, WriteError) else None
                 record = {
-                    "method": cfg.type,
+                    "method": cfg.type,  # type: ignore[attr-defined]
                     "label": cfg.display_label,
                     "status": "failed",
                     "error": str(e) if write_error else f"{type(e).__name__}: {e}",
                     "traceback": traceback.format_exc(),
                 }
+            if with_baseline and i == 0 and record["status"] in DONE:
+                trained = baseline_done(record)
+            add_trained_baseline(record, trained)
             summary["runs"].append(record)
             if write_error is not None:
                 # The disk, not the method: the next method could not write either. The summary
@@ -300,7 +344,7 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
         raise
     finally:
         log.close()
-        summary["status"] = overall_status(summary["runs"], len(spec.methods), summary.get("error"))
+        summary["status"] = overall_status(summary["runs"], len(configs), summary.get("error"))
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
             atomic_write_json(run_dir / SUMMARY, summary)
