@@ -22,6 +22,19 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a spec key: dotted.key=value (YAML value); repeatable")]
+_WORKERS = "Workers"
+WorkersOpt = Annotated[
+    int, typer.Option(help="worker processes (each claims points or trials until none is left)", rich_help_panel=_WORKERS)
+]
+DevicesPerWorkerOpt = Annotated[
+    int | None, typer.Option(help="GPUs per local worker (sets CUDA_VISIBLE_DEVICES)", rich_help_panel=_WORKERS)
+]
+LauncherOpt = Annotated[str, typer.Option(help="local (processes here) or slurm (a job array via submitit)", rich_help_panel=_WORKERS)]
+ShardOpt = Annotated[str | None, typer.Option(help="i/n: run only points with index % n == i", rich_help_panel=_WORKERS)]
+PartitionOpt = Annotated[str | None, typer.Option(help="SLURM partition", rich_help_panel=_WORKERS)]
+GpusPerTaskOpt = Annotated[int, typer.Option(help="GPUs per SLURM array task", rich_help_panel=_WORKERS)]
+TimeOpt = Annotated[int, typer.Option("--time", help="SLURM time limit per array task, minutes", rich_help_panel=_WORKERS)]
+ArrayParallelismOpt = Annotated[int | None, typer.Option(help="SLURM array tasks running at once", rich_help_panel=_WORKERS)]
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -89,7 +102,19 @@ def _exit_code(summary: dict, run_dir: Path, debug: bool) -> int:
     return 1 if summary["status"] == "failed" else 0
 
 
-def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
+def _worker_options(workers, devices_per_worker, launcher, shard, partition, gpus_per_task, time_min, array_parallelism):
+    """The launcher options, checked (exit 2 with one line if they make no sense)."""
+    from seqpar.sweep.launch import LaunchError, SlurmOptions, WorkerOptions
+
+    opts = WorkerOptions(workers, devices_per_worker, launcher, shard, SlurmOptions(partition, gpus_per_task, time_min, array_parallelism))
+    try:
+        opts.check()
+    except LaunchError as e:
+        _fail(str(e))
+    return opts
+
+
+def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=None) -> int:
     from seqpar.analysis.report import RichProgress, results_table
     from seqpar.records.layout import SPEC, SWEEP_SPEC, is_sweep_dir
     from seqpar.records.writer import RunDirBusy
@@ -102,8 +127,20 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
         plan = _load_plan(run_dir / SWEEP_SPEC, [])
         _check_memory([p.spec for p in plan.points], force, run_dir / SWEEP_SPEC)
         try:
-            return sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=False, tensorboard=False, resume=True)
-        except (ResumeError, RunDirBusy) as e:
+            return sweeps.execute_sweep(
+                plan,
+                run_dir,
+                console,
+                err_console,
+                quiet=quiet,
+                plot=False,
+                tensorboard=False,
+                resume=True,
+                workers=workers.workers if workers else 1,
+                launcher=workers.launcher_for(run_dir) if workers else None,
+                shard=workers.shard_tuple() if workers else None,
+            )
+        except (ResumeError, RunDirBusy, sweeps.SweepDirMismatch) as e:
             _fail(str(e))
     try:
         s = load_run_spec(run_dir)
@@ -168,19 +205,32 @@ def run(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
+    workers: WorkersOpt = 1,
+    devices_per_worker: DevicesPerWorkerOpt = None,
+    launcher: LauncherOpt = "local",
+    shard: ShardOpt = None,
+    partition: PartitionOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 0,
+    time_min: TimeOpt = 60,
+    array_parallelism: ArrayParallelismOpt = None,
 ) -> None:
     """Train every method of SPEC (every point of its `sweep:`), judge each by held-out rollout, write the run record."""
     from seqpar.sharding import is_writer, maybe_initialize_distributed
     from seqpar.sweep import execute as sweeps
 
-    maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
+    wopts = _worker_options(workers, devices_per_worker, launcher, shard, partition, gpus_per_task, time_min, array_parallelism)
+    many = workers > 1 or launcher != "local" or shard is not None
+    if not many:
+        maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
     if resume is not None:
         if spec is not None or out is not None or set_:
             _fail("--resume RUN_DIR continues a run with the spec it started with; give no SPEC, --out or --set with it")
-        raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force))
+        raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force, workers=wopts))
     if spec is None:
         _fail("missing SPEC: give a YAML experiment spec, or --resume RUN_DIR")
     plan = _load_plan(spec, set_)
+    if many and not plan.is_sweep:
+        _fail(f"--workers, --launcher and --shard spread a sweep's points; {spec} has no sweep: (one run record, one worker)")
     if dry_run:
         console.print(sweeps.plan_table(plan))
         raise typer.Exit(0)
@@ -192,26 +242,49 @@ def run(
     s = plan.points[0].spec
     _check_memory([p.spec for p in plan.points], force, spec)
     from seqpar.analysis.report import RichProgress, results_table
+    from seqpar.records.layout import SWEEP_SPEC
     from seqpar.records.writer import OutputError, new_run_dir
     from seqpar.train.loop import NullProgress
     from seqpar.train.runner import run_experiment
 
     try:
+        if plan.is_sweep and out is not None and (out / SWEEP_SPEC).exists():
+            run_dir = out  # a sweep another command (host, worker pool) already started: join it
         # Multi-process runs: only process 0 writes the run record; the others write a scratch copy.
-        run_dir = new_run_dir(results_root, s.name, out) if is_writer() else Path(tempfile.mkdtemp(prefix="seqpar-worker-"))
+        elif is_writer():
+            run_dir = new_run_dir(results_root, s.name, out)
+        else:
+            run_dir = Path(tempfile.mkdtemp(prefix="seqpar-worker-"))
     except OutputError as e:
         _fail(str(e))
     if plan.is_sweep:
-        raise typer.Exit(sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=plot, tensorboard=tensorboard))
+        try:
+            code = sweeps.execute_sweep(
+                plan,
+                run_dir,
+                console,
+                err_console,
+                quiet=quiet,
+                plot=plot,
+                tensorboard=tensorboard,
+                workers=workers,
+                launcher=wopts.launcher_for(run_dir),
+                shard=wopts.shard_tuple(),
+            )
+        except sweeps.SweepDirMismatch as e:
+            _fail(str(e))
+        raise typer.Exit(code)
     console.print(f"[bold]{s.name}[/]: {len(s.methods)} method(s), {s.train.steps} steps each -> {run_dir}")
+    if tensorboard:
+        console.print(f"TensorBoard (live): tensorboard --logdir {run_dir}", highlight=False)
     if quiet:
-        summary = run_experiment(s, run_dir, NullProgress())
+        summary = run_experiment(s, run_dir, NullProgress(), tensorboard=tensorboard)
     else:
         with RichProgress(console) as progress:
-            summary = run_experiment(s, run_dir, progress)
+            summary = run_experiment(s, run_dir, progress, tensorboard=tensorboard)
     console.print(results_table(summary))
     _log_shard_memory(summary)
-    notes, warnings = sweeps.export_run(run_dir, plot=plot, tensorboard=tensorboard)
+    notes, warnings = sweeps.export_run(run_dir, plot=plot, tensorboard=False)
     for w in warnings:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
     for n in notes:
