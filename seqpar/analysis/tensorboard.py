@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import calendar
 import json
+import math
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -72,10 +75,13 @@ def _spec_text(spec: dict[str, Any]) -> str:
 
 
 class LiveWriter:
-    """Tracker backend: one event file per method, written and flushed line by line.
+    """Tracker backend: one event file per method, each line written and flushed before the loop goes on.
 
-    `labels` are the spec's method labels in order (the folder index); `purge_from[label]`
-    is the first step a resumed method logs again (older files hold steps past it)."""
+    tensorboardX's `SummaryWriter` queues events for a background thread (its `flush` does
+    not wait for the queue), so a killed process would lose the newest points: this writes
+    the same events synchronously through its `EventsWriter`. `labels` are the spec's method
+    labels in order (the folder index); `purge_from[label]` is the first step a resumed
+    method logs again: TensorBoard hides the older file's steps from there on."""
 
     def __init__(self, run_dir: Path, labels: list[str], spec: dict[str, Any], t0: float, purge_from: dict[str, int] | None = None):
         self.run_dir = Path(run_dir)
@@ -87,21 +93,34 @@ class LiveWriter:
 
     def _writer(self, label: str) -> Any:
         if label not in self._writers:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+            from tensorboardX.summary import text
 
             logdir = tensorboard_dir(self.run_dir, self.labels.index(label), label)
-            w = SummaryWriter(logdir=str(logdir), purge_step=self.purge_from.get(label), flush_secs=5)
-            if label not in self.purge_from:
-                w.add_text("run/spec", _spec_text(self.spec), global_step=0, walltime=self.t0)
+            logdir.mkdir(parents=True, exist_ok=True)
+            # A unique suffix: file names are only unique to the second per host otherwise.
+            w = EventsWriter(str(logdir / "events"), filename_suffix=f".{os.getpid()}.{secrets.token_hex(3)}")
+            if label in self.purge_from:
+                w.write_event(Event(step=self.purge_from[label], session_log=SessionLog(status=SessionLog.START)))
+            else:
+                w.write_event(Event(wall_time=self.t0, step=0, summary=text("run/spec", _spec_text(self.spec))))
             self._writers[label] = w
         return self._writers[label]
 
     def write(self, record: dict[str, Any]) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
         label = record.get("method")
         if label not in self.labels:
             return
         w = self._writer(label)
-        _add_line(w, record, self.t0)
+        wall, step = self.t0 + float(record.get("wall_s") or 0.0), int(record["step"])
+        for key, value in record.items():
+            name = tag(key)
+            if name is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                w.write_event(Event(wall_time=wall, step=step, summary=scalar(name, float(value))))
         w.flush()  # lines come only at log/eval points: cheap, and a crash keeps every one
 
     def close(self) -> None:
