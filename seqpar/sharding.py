@@ -1,7 +1,7 @@
 """Data parallelism over a 1-D device mesh with JAX's own machinery.
 
-Layout: one mesh axis, `data`. Every per-sequence array (the training and test
-sets, the embedding table and its per-row optimizer state, any per-row buffer a
+Layout: one mesh axis, `data`. Every per-sequence array (the training, validation
+and test sets, the embedding table and its per-row optimizer state, any per-row buffer a
 method keeps) is sharded along its leading (sequence) axis with
 `NamedSharding(mesh, P("data"))`: with D devices, device d holds the contiguous
 rows `[d·N/D, (d+1)·N/D)`. Cell and readout parameters and their optimizer
@@ -70,16 +70,21 @@ def make_mesh(devices: int | str) -> Mesh:
     return Mesh(np.asarray(available[:n]), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def resolve(devices: int | str, strata: int | None, n_train: int, n_test: int, batch: int) -> tuple[Mesh, int]:
-    """The mesh and the number of sampling strata of a spec (`devices: all` is checked here)."""
+def resolve(devices: int | str, strata: int | None, n_train: int, n_held_out: tuple[int, int], batch: int) -> tuple[Mesh, int]:
+    """The mesh and the number of sampling strata of a spec (`devices: all` is checked here).
+
+    `n_held_out` is (validation, test) sequences: both are row-sharded too."""
     mesh = make_mesh(devices)
     d = mesh.shape[AXIS]
     s = strata or d
     for key, n in (("task.train_sequences", n_train), ("train.batch_size", batch)):
         if n % s:
             raise ValueError(f"train.sample_strata={s} must divide {key}={n}")
-    if s % d or n_test % d:
-        raise ValueError(f"train.devices={d} must divide train.sample_strata={s} and task.test_sequences={n_test}")
+    n_val, n_test = n_held_out
+    if s % d or n_val % d or n_test % d:
+        raise ValueError(
+            f"train.devices={d} must divide train.sample_strata={s}, task.val_sequences={n_val} and task.test_sequences={n_test}"
+        )
     return mesh, s
 
 

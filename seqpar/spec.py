@@ -60,7 +60,7 @@ class TrainConfig(Config):
     batch_size: int = Field(gt=0, description="sequences per minibatch")
     eval_every: int = Field(50, gt=0, description="rollout evaluation interval (steps)")
     log_every: int | None = Field(None, gt=0, description="training-metric logging interval (default: eval_every)")
-    target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="held-out rollout loss to reach")
+    target_loss: float | None = Field(None, gt=0, allow_inf_nan=False, description="validation rollout loss to reach")
     checkpoint_every: int | None = Field(
         None, gt=0, description="save a resumable checkpoint every N steps (default: only on SIGINT/SIGTERM)"
     )
@@ -121,8 +121,9 @@ class Spec(Config):
         if devices is not None:
             if tr.sample_strata and tr.sample_strata % devices:
                 raise KeyedError("train.sample_strata", f"must be a multiple of train.devices={devices} (got {tr.sample_strata})")
-            if task.test_sequences % devices:
-                raise KeyedError("train.devices", f"must divide task.test_sequences={task.test_sequences} (got {devices})")
+            for key, n in (("task.val_sequences", task.val_sequences), ("task.test_sequences", task.test_sequences)):
+                if n % devices:
+                    raise KeyedError("train.devices", f"must divide {key}={n} (got {devices})")
 
     @property
     def log_every(self) -> int:

@@ -23,7 +23,14 @@ def test_run_end_to_end_writes_the_run_record(tiny_spec, write_spec, tmp_path):
     assert [r["label"] for r in summary["runs"]] == ["bptt", "parallel"]
     for r in summary["runs"]:
         assert r["status"] == "completed" and r["steps_done"] == 4
-        assert set(r["final"]) == {"rollout_loss_test", "rollout_loss_train", "rollout_acc_test", "objective"}
+        assert set(r["final"]) == {
+            "rollout_loss_test",
+            "rollout_loss_val",
+            "rollout_loss_train",
+            "rollout_acc_test",
+            "rollout_acc_val",
+            "objective",
+        }
         assert r["step_time_ms"] > 0 and r["compile_s"] > 0
     assert summary["runs"][0]["state_table_bytes"] == 0
     assert summary["runs"][1]["state_table_bytes"] == 16 * 8 * 8 * 4  # N x T x H float32

@@ -210,3 +210,16 @@ def test_bad_arguments_exit_2_naming_them(three_seeds, args, named):
 def test_nothing_to_compare_exits_2(tmp_path):
     res = runner.invoke(app, ["compare", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "missing" in res.stderr
+
+
+def test_val_and_test_are_both_shown(tmp_path):
+    for seed, (test, val) in enumerate([(1.0, 1.5), (3.0, 2.5)]):
+        rec = method_record("bptt", test)
+        rec["final"]["rollout_loss_val"] = val
+        make_run(tmp_path, f"run{seed}", seed, [rec])
+    rows, keys, _ = cmp.compare([tmp_path])
+    assert (rows[0]["mean"], rows[0]["val_mean"]) == (pytest.approx(2.0), pytest.approx(2.0))
+    assert rows[0]["val_std"] == pytest.approx(math.sqrt(0.5))
+    md = cmp.markdown(rows, keys)
+    assert "| rollout_loss_test (mean ± std) | rollout_loss_val (mean ± std) |" in md and "2.0000 ± 0.7071" in md
+    assert "steps to target (val)" in md

@@ -104,12 +104,14 @@ def test_experiment_train_and_test_sets_differ():
     assert not np.array_equal(exp.train.x, exp.test.x)
 
 
-def test_experiment_test_set_comes_from_the_held_out_text():
+def test_experiment_val_and_test_sets_come_from_their_own_parts_of_the_text():
     exp = _char_lm_experiment()
-    text, cut = shipped_text_path().read_text(encoding="utf-8"), exp.task.num_train_chars
+    text, parts = shipped_text_path().read_text(encoding="utf-8"), exp.task.parts
+    assert parts["train"][1] == parts["val"][0] and parts["val"][1] == parts["test"][0] == len(text) - round(0.1 * len(text))
     for i in range(20):
-        assert _decode(exp.task, exp.train, i) in text[:cut]
-        assert _decode(exp.task, exp.test, i) in text[cut:]
+        for split, data in (("train", exp.train), ("val", exp.val), ("test", exp.test)):
+            lo, hi = parts[split]
+            assert _decode(exp.task, data, i) in text[lo:hi]
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -228,15 +230,16 @@ def test_char_lm_windows_and_held_out_part(tmp_path):
     text = "".join(f"line {i}: the quick brown fox {i * 7919 % 1000}\n" for i in range(200))
     f = tmp_path / "own.txt"
     f.write_text(text, encoding="utf-8")
-    task = CharLMConfig(path=str(f), length=20, test_fraction=0.25).build()
+    task = CharLMConfig(path=str(f), length=20, test_fraction=0.25, val_fraction=0.15).build()
     assert task.vocab == "".join(sorted(set(text)))
-    cut = task.num_train_chars
-    assert cut == len(text) - round(len(text) * 0.25)
-    tr, te = task.make_data(jax.random.key(0), 64, split="train"), task.make_data(jax.random.key(0), 64, split="test")
+    cut, val_end = task.num_train_chars, len(text) - round(len(text) * 0.25)
+    assert cut == val_end - round(len(text) * 0.15)
+    tr, va, te = (task.make_data(jax.random.key(0), 64, split=s) for s in ("train", "val", "test"))
     np.testing.assert_array_equal(np.argmax(tr.x[:, 1:], -1), tr.y[:, :-1])  # target = next character
     for i in range(64):
         assert _decode(task, tr, i) in text[:cut]
-        assert _decode(task, te, i) in text[cut:]
+        assert _decode(task, va, i) in text[cut:val_end]
+        assert _decode(task, te, i) in text[val_end:]
 
 
 @pytest.mark.parametrize(
@@ -247,6 +250,7 @@ def test_char_lm_windows_and_held_out_part(tmp_path):
         ({"type": "char_lm", "path": "BINARY"}, "task.path", "not UTF-8"),
         ({"type": "char_lm", "path": "SHORT"}, "task.path", "must hold a window"),
         ({"type": "char_lm", "length": 10**6}, "task.length", "must hold a window"),
+        ({"type": "char_lm", "val_fraction": 0.5, "test_fraction": 0.5}, "task.val_fraction", "must be below 1"),
         ({"type": "copy_memory", "length": 0}, "task.length", "greater than 0"),
         ({"type": "adding", "length": 2}, "task.length", "greater than or equal to 3"),
         ({"type": "parity", "length": 1}, "task.length", "greater than or equal to 2"),

@@ -28,8 +28,10 @@ ROW_NUMBERS = ("mean", "std", "n", "baseline_frac", "steps_to_target", "seconds_
 # Metrics every run record has (possibly as null, e.g. a run that failed before its first evaluation).
 STANDARD_METRICS = (
     "rollout_loss_test",
+    "rollout_loss_val",
     "rollout_loss_train",
     "rollout_acc_test",
+    "rollout_acc_val",
     "objective",
     "step_time_ms",
     "steps_per_s",
@@ -100,16 +102,26 @@ def known_metrics(rs: list[Result]) -> list[str]:
     return names
 
 
+def val_companion(metric: str) -> str | None:
+    """The validation counterpart of a test metric (`rollout_loss_test` -> `rollout_loss_val`), shown beside it."""
+    return metric.removesuffix("_test") + "_val" if metric.endswith("_test") else None
+
+
+def _mean_std_of(vals: list[float]) -> tuple[float | None, float | None]:
+    return (statistics.fmean(vals) if vals else None), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
 def aggregate(
     rs: list[Result],
     keys: list[str],
     metric: str = "rollout_loss_test",
 ) -> list[dict[str, Any]]:
-    """One row per (method label, values of `keys`): mean/std/n of `metric` over the group's runs.
+    """One row per (method label, values of `keys`): mean/std/n of `metric` over the group's runs,
+    and of its validation counterpart (`val_*`) when `metric` is a test metric.
 
     std is the sample standard deviation (n - 1), None for n = 1; runs without a
     finite value (failed, diverged before an evaluation) are not in n but are in
-    the status counts."""
+    the status counts. Steps and seconds to target are judged on validation (see the loop)."""
     if rs and metric not in STANDARD_METRICS and metric not in known_metrics(rs):
         raise CompareError(f"--metric {metric}: not recorded in these runs; known: {', '.join(known_metrics(rs))}")
     groups: dict[tuple, list[Result]] = {}
@@ -117,9 +129,11 @@ def aggregate(
         gid = (r.label, *(hashable(r.seed if k == "seed" else r.settings.get(k)) for k in keys))
         groups.setdefault(gid, []).append(r)
     loss_like = "loss" in metric or metric == "objective"
+    val_metric = val_companion(metric)
     rows = []
     for members in groups.values():
         vals = [v for v in (m.value(metric) for m in members) if v is not None]
+        val_mean, val_std = _mean_std_of([v for v in (m.value(val_metric) for m in members) if v is not None] if val_metric else [])
         frac_metric = metric if loss_like else "rollout_loss_test"
         fracs = [
             m.value(frac_metric) / m.value("baseline_loss")
@@ -140,6 +154,9 @@ def aggregate(
                 "mean": statistics.fmean(vals) if vals else None,
                 "std": statistics.stdev(vals) if len(vals) > 1 else None,
                 "n": len(vals),
+                "val_metric": val_metric,
+                "val_mean": val_mean,
+                "val_std": val_std,
                 "runs": len(members),
                 "baseline_frac": statistics.fmean(fracs) if fracs else None,
                 "baseline_frac_of": frac_metric,
@@ -242,10 +259,11 @@ def _num(v: Any, spec: str = ".4g") -> str:
     return str(v)
 
 
-def _mean_std(r: dict[str, Any]) -> str:
-    if r["mean"] is None:
+def _mean_std(r: dict[str, Any], prefix: str = "") -> str:
+    mean, std = r[prefix + "mean"], r[prefix + "std"]
+    if mean is None:
         return "—"
-    return f"{r['mean']:.4f} ± {r['std']:.4f}" if r["std"] is not None else f"{r['mean']:.4f}"
+    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
 
 
 def _to_target(r: dict[str, Any], field_: str, spec: str) -> str:
@@ -268,15 +286,18 @@ def short_names(keys: list[str]) -> dict[str, str]:
 def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], list[list[str]]]:
     metric = rows[0]["metric"] if rows else "rollout_loss_test"
     frac_of = rows[0]["baseline_frac_of"] if rows else metric
+    # Records written before the validation split have no val numbers: no empty column for them.
+    val_metric = rows[0].get("val_metric") if rows and any(r.get("val_mean") is not None for r in rows) else None
     names = short_names(keys)
     header = [
         "method",
         *(names[k] for k in keys),
         f"{metric} (mean ± std)",
+        *([f"{val_metric} (mean ± std)"] if val_metric else []),
         "n",
         {"rollout_loss_test": "test loss", "rollout_loss_train": "train loss"}.get(frac_of, frac_of) + " / baseline",
-        "steps to target",
-        "s to target",
+        "steps to target (val)",
+        "s to target (val)",
         "step ms",
         "peak MB",
         "status",
@@ -286,6 +307,7 @@ def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], l
             r["method"],
             *(_num(r["settings"].get(k), "g") for k in keys),
             _mean_std(r),
+            *([_mean_std(r, "val_")] if val_metric else []),
             str(r["n"]),
             _num(r["baseline_frac"], ".3f"),
             _to_target(r, "steps_to_target", "g"),
@@ -324,6 +346,7 @@ def _flat_row(r: dict[str, Any], keys: list[str]) -> dict[str, Any]:
         **{k: r["settings"].get(k) for k in keys},
         f"{m}_mean": r["mean"],
         f"{m}_std": r["std"],
+        **({f"{r['val_metric']}_mean": r["val_mean"], f"{r['val_metric']}_std": r["val_std"]} if r.get("val_metric") else {}),
         "n": r["n"],
         "runs": r["runs"],
         f"{r['baseline_frac_of']}_over_baseline": r["baseline_frac"],

@@ -41,12 +41,13 @@ def progress_bars(console: Console) -> Progress:
 
 
 class RichProgress:
-    """One bar per method with the live training objective and last held-out rollout loss."""
+    """One bar per method with the live training objective and last validation rollout loss
+    (training shows validation only: the test split is for the final table)."""
 
     def __init__(self, console: Console):
         self._p = progress_bars(console)
         self._tasks: dict[str, Any] = {}
-        self._test: dict[str, float] = {}
+        self._val: dict[str, float] = {}
 
     def __enter__(self):
         self._p.__enter__()
@@ -59,9 +60,9 @@ class RichProgress:
         self._tasks[label] = self._p.add_task(label, total=total, info="compiled, starting")
 
     def update(self, label, step, record):
-        if "rollout_loss_test" in record:
-            self._test[label] = record["rollout_loss_test"]
-        info = f"objective {fmt(record.get('train_objective'))}  rollout(test) {fmt(self._test.get(label))}"
+        if "rollout_loss_val" in record:
+            self._val[label] = record["rollout_loss_val"]
+        info = f"objective {fmt(record.get('train_objective'))}  rollout(val) {fmt(self._val.get(label))}"
         self._p.update(self._tasks[label], completed=step, info=info)
 
     def finish(self, label, status):
@@ -74,11 +75,12 @@ def results_table(summary: dict[str, Any]) -> Table:
     for col in (
         "method",
         "status",
+        "rollout val",
         "rollout test",
         "acc test",
         "baseline",
         "objective",
-        "to target",
+        "to target (val)",
         "steps/s",
         "compile s",
         "peak MB",
@@ -92,6 +94,7 @@ def results_table(summary: dict[str, Any]) -> Table:
         t.add_row(
             r["label"],
             f"[{style}]{status}",
+            fmt(final.get("rollout_loss_val")),
             fmt(final.get("rollout_loss_test")),
             fmt(final.get("rollout_acc_test"), ".3f"),
             fmt(r.get("baseline_loss")),

@@ -70,7 +70,7 @@ SCHEMA = "seqpar-bench/1"
 DEFAULT_SPEC: dict[str, Any] = {
     "name": "bench",
     "seed": 0,
-    "task": {"type": "delayed_recall", "length": 256, "lag": 2, "vocab": 8, "train_sequences": 1, "test_sequences": 1},
+    "task": {"type": "delayed_recall", "length": 256, "lag": 2, "vocab": 8, "train_sequences": 1, "val_sequences": 1, "test_sequences": 1},
     "model": {"cell": "gru", "hidden": 64},
     "train": {"steps": 1, "batch_size": 1},
     "methods": [
@@ -151,7 +151,7 @@ def _dump(spec: Spec) -> dict[str, Any]:
 
 def point_spec(spec: Spec, cell: str, length: int, batch: int, hidden: int, sequences: int) -> Spec:
     raw = _dump(spec)
-    raw["task"].update(length=length, train_sequences=sequences, test_sequences=1)
+    raw["task"].update(length=length, train_sequences=sequences, val_sequences=1, test_sequences=1)
     raw.setdefault("model", {}).update(cell=cell, hidden=hidden)
     raw["train"].update(batch_size=batch)
     try:

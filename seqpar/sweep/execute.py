@@ -307,7 +307,7 @@ class SweepProgress:
         self._p = progress_bars(console)
         self._points = self._p.add_task("points", total=total_points, info="")
         self._tasks: dict[str, Any] = {}
-        self._test: dict[str, float] = {}
+        self._val: dict[str, float] = {}
         self._failed = 0
 
     def __enter__(self):
@@ -319,7 +319,7 @@ class SweepProgress:
 
     def on_point(self, point: Point, phase: str, summary: dict[str, Any] | None) -> None:
         if phase == "start":
-            self._test.clear()
+            self._val.clear()
             self._p.update(self._points, info=f"[cyan]{point.describe}")
             return
         status = summary["status"] if summary else "failed"
@@ -335,12 +335,12 @@ class SweepProgress:
             self._tasks[label] = self._p.add_task(label, total=total, info="compiled, starting")
 
     def update(self, label, step, record):
-        if "rollout_loss_test" in record and record["rollout_loss_test"] is not None:
-            self._test[label] = record["rollout_loss_test"]
-        test = self._test.get(label)
+        if record.get("rollout_loss_val") is not None:
+            self._val[label] = record["rollout_loss_val"]
+        val = self._val.get(label)
         obj = record.get("train_objective")
         info = f"objective {obj:.4f}  " if isinstance(obj, float) else ""
-        info += f"rollout(test) {test:.4f}" if test is not None else ""
+        info += f"rollout(val) {val:.4f}" if val is not None else ""
         self._p.update(self._tasks[label], completed=step, info=info)
 
     def finish(self, label, status):

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from seqpar.config import Config
 
-Split = Literal["train", "test"]
+Split = Literal["train", "val", "test"]
 
 
 class Dataset(NamedTuple):
@@ -53,8 +53,8 @@ class Task(abc.ABC):
     def make_data(self, key: jax.Array, num_sequences: int, split: Split = "train") -> Dataset:
         """`num_sequences` sequences, a deterministic function of `key`.
 
-        Generated tasks ignore `split` (train and test differ by key); a task over a
-        fixed corpus (`char_lm`) draws the test set from a part the training set never sees.
+        Generated tasks ignore `split` (the train, validation and test sets differ by key); a
+        task over a fixed corpus (`char_lm`, `dataset`) draws each split from its own part.
         """
 
     @property
@@ -95,7 +95,8 @@ class TaskConfig(Config):
     """Fields every task has; each task adds its own and a `type:` literal."""
 
     train_sequences: int = Field(256, gt=0, description="sequences in the training set")
-    test_sequences: int = Field(256, gt=0, description="held-out sequences for rollout evaluation")
+    val_sequences: int = Field(256, gt=0, description="held-out validation sequences: target_loss, steps to target, any choice")
+    test_sequences: int = Field(256, gt=0, description="held-out test sequences: reported only, never used to choose")
 
     def build(self) -> Task:  # pragma: no cover - interface
         raise NotImplementedError

@@ -5,9 +5,13 @@ in the README there); `path:` takes the user's own UTF-8 file (relative to the
 working directory). The vocabulary is every character of the file, one-hot in
 and a class each out.
 
-The first `1 - test_fraction` of the text is the training part, the rest the
-held-out part; `make_data(split=...)` draws random windows of `length + 1`
-characters from one part only, so held-out rollouts never see training text.
+The text is cut in three consecutive parts: training, validation (`val_fraction`)
+and test (the final `test_fraction`); `make_data(split=...)` draws random windows
+of `length + 1` characters from one part only, so held-out rollouts never see
+training text and choices made on validation never see test text. (Adding the
+validation part shrank the training part from 90% to 80% of the text at the
+defaults, so char_lm's training windows differ from those of earlier versions;
+the test part is unchanged.)
 Input at t is character t of the window, target is character t + 1; every step
 is scored.
 
@@ -57,6 +61,9 @@ class CharLMConfig(TaskConfig):
     path: str | None = Field(None, min_length=1, description="UTF-8 text file (default: the shipped Hamlet, about 178 KB)")
     length: int = Field(128, gt=0, description="characters per sequence")
     test_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False, description="final part of the text held out for the test set")
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, allow_inf_nan=False, description="part of the text just before the test part, held out for validation"
+    )
 
     @property
     def text_path(self) -> Path:
@@ -76,13 +83,18 @@ class CharLMConfig(TaskConfig):
             raise KeyedError("path", f"not UTF-8 text: {str(p)!r} ({e.reason} at byte {e.start})") from None
         except OSError as e:
             raise KeyedError("path", f"cannot read {str(p)!r} ({e.strerror or e})") from None
-        train_chars, test_chars = split_sizes(len(text), self.test_fraction)
+        if self.val_fraction + self.test_fraction >= 1:
+            raise KeyedError(
+                "val_fraction", f"val_fraction + test_fraction must be below 1 (got {self.val_fraction} + {self.test_fraction})"
+            )
+        train_chars, val_chars, test_chars = split_sizes(len(text), self.test_fraction, self.val_fraction)
         need = self.length + 1
-        if min(train_chars, test_chars) < need:
+        if min(train_chars, val_chars, test_chars) < need:
             raise KeyedError(
                 key,
                 f"each part of the text must hold a window of length + 1 = {need} characters, but {str(p)!r} has "
-                f"{len(text)} characters: {train_chars} for training, {test_chars} held out (test_fraction={self.test_fraction})",
+                f"{len(text)} characters: {train_chars} for training, {val_chars} for validation, {test_chars} for test "
+                f"(val_fraction={self.val_fraction}, test_fraction={self.test_fraction})",
             )
         return self
 
@@ -90,9 +102,11 @@ class CharLMConfig(TaskConfig):
         return CharLM(self)
 
 
-def split_sizes(num_chars: int, test_fraction: float) -> tuple[int, int]:
+def split_sizes(num_chars: int, test_fraction: float, val_fraction: float) -> tuple[int, int, int]:
+    """Characters in the training, validation and test parts (in that order in the text)."""
     test = int(round(num_chars * test_fraction))
-    return num_chars - test, test
+    val = int(round(num_chars * val_fraction))
+    return num_chars - val - test, val, test
 
 
 class CharLM(ClassificationTask):
@@ -105,7 +119,10 @@ class CharLM(ClassificationTask):
         chars, ids = np.unique(codes, return_inverse=True)
         self.vocab = "".join(map(chr, chars))
         self.ids = ids.astype(np.int32)
-        self.num_train_chars, _ = split_sizes(len(self.ids), cfg.test_fraction)
+        train, val, _ = split_sizes(len(self.ids), cfg.test_fraction, cfg.val_fraction)
+        self.num_train_chars = train
+        # [start, end) of each part in `ids`
+        self.parts = {"train": (0, train), "val": (train, train + val), "test": (train + val, len(self.ids))}
         self.input_dim = self.output_dim = len(self.vocab)
         self.seq_len = cfg.length
 
@@ -116,9 +133,9 @@ class CharLM(ClassificationTask):
         return float(-np.sum(p * np.log(p)))
 
     def make_data(self, key, num_sequences, split="train"):
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test' (got {split!r})")
-        lo, hi = (0, self.num_train_chars) if split == "train" else (self.num_train_chars, len(self.ids))
+        if split not in self.parts:
+            raise ValueError(f"split must be one of {', '.join(self.parts)} (got {split!r})")
+        lo, hi = self.parts[split]
         window = self.cfg.length + 1
         starts = jax.random.randint(key, (num_sequences,), lo, hi - window + 1)
         tokens = jnp.asarray(self.ids)[starts[:, None] + jnp.arange(window)]

@@ -60,7 +60,8 @@ class Experiment:
     model: Model
     init_params: Params
     train: Dataset
-    test: Dataset
+    val: Dataset  # validation: target_loss, steps to target and every choice are made on it
+    test: Dataset  # test: reported only
     train_key: jax.Array
     mesh: Mesh
     strata: int  # minibatch sampling strata (train.sample_strata, default the device count)
@@ -70,21 +71,26 @@ def build_experiment(spec: Spec) -> Experiment:
     # Split the root key once by purpose, so changing one use never shifts another.
     data_key, init_key, train_key = jax.random.split(jax.random.key(spec.seed), 3)
     tr = spec.train
-    mesh, strata = sharding.resolve(tr.devices, tr.sample_strata, spec.task.train_sequences, spec.task.test_sequences, tr.batch_size)
-    task = spec.task.build()
-    train = task.make_data(jax.random.fold_in(data_key, 0), spec.task.train_sequences)
-    test = task.make_data(jax.random.fold_in(data_key, 1), spec.task.test_sequences, split="test")
+    t = spec.task
+    mesh, strata = sharding.resolve(tr.devices, tr.sample_strata, t.train_sequences, (t.val_sequences, t.test_sequences), tr.batch_size)
+    task = t.build()
+    # Each split has its own fold of the data key (the validation split came last: fold 2), so
+    # the size of one split never changes another's data.
+    train = task.make_data(jax.random.fold_in(data_key, 0), t.train_sequences)
+    test = task.make_data(jax.random.fold_in(data_key, 1), t.test_sequences, split="test")
+    val = task.make_data(jax.random.fold_in(data_key, 2), t.val_sequences, split="val")
     model, params = build_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, init_key)
     return Experiment(
-        spec,
-        task,
-        model,
-        sharding.replicate(params, mesh),
-        sharding.shard_rows(train, mesh),
-        sharding.shard_rows(test, mesh),
-        train_key,
-        mesh,
-        strata,
+        spec=spec,
+        task=task,
+        model=model,
+        init_params=sharding.replicate(params, mesh),
+        train=sharding.shard_rows(train, mesh),
+        val=sharding.shard_rows(val, mesh),
+        test=sharding.shard_rows(test, mesh),
+        train_key=train_key,
+        mesh=mesh,
+        strata=strata,
     )
 
 
@@ -131,16 +137,11 @@ def watch_divergence(train_step: Callable) -> Callable:
 
 
 def make_eval(method: Method, model: Model, task: Task) -> Callable:
-    def eval_fn(state, train: Dataset, test: Dataset):
+    def eval_fn(state, train: Dataset, val: Dataset, test: Dataset):
         params = method.params(state)
-        tr = evaluate(model, task, params, train)
-        te = evaluate(model, task, params, test)
-        out = {
-            "rollout_loss_train": tr.loss,
-            "rollout_acc_train": tr.acc,
-            "rollout_loss_test": te.loss,
-            "rollout_acc_test": te.acc,
-        }
+        res = {split: evaluate(model, task, params, data) for split, data in (("train", train), ("val", val), ("test", test))}
+        out = {f"rollout_{m}_{split}": getattr(r, m) for split, r in res.items() for m in ("loss", "acc")}
+        tr = res["train"]
         out.update(method.eval_metrics(state, train, tr.states, tr.loss))
         out["gap"] = out["rollout_loss_test"] - out["objective"]  # held-out rollout loss minus training objective
         return out
@@ -252,7 +253,7 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
     compiled = step_fn.lower(state, no_divergence, exp.train, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled_eval = eval_fn.lower(state, exp.train, exp.test).compile()
+    compiled_eval = eval_fn.lower(state, exp.train, exp.val, exp.test).compile()
     eval_compile_s = time.perf_counter() - t0
 
     record: dict[str, Any] = {
@@ -283,8 +284,9 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
     loop = LoopState.from_dict(resume_from.loop) if resume_from is not None else LoopState()
 
     def do_eval(step: int) -> dict[str, float]:
-        ev = _host(compiled_eval(state, exp.train, exp.test))
-        if target is not None and loop.steps_to_target is None and ev["rollout_loss_test"] <= target:
+        ev = _host(compiled_eval(state, exp.train, exp.val, exp.test))
+        # The target is judged on validation; the test split is only ever reported.
+        if target is not None and loop.steps_to_target is None and ev["rollout_loss_val"] <= target:
             loop.steps_to_target, loop.seconds_to_target = step, loop.wall_s
         return ev
 
@@ -352,8 +354,10 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
         last_eval = loop.last_eval
         record["final"] = {
             "rollout_loss_test": last_eval.get("rollout_loss_test"),
+            "rollout_loss_val": last_eval.get("rollout_loss_val"),
             "rollout_loss_train": last_eval.get("rollout_loss_train"),
             "rollout_acc_test": last_eval.get("rollout_acc_test"),
+            "rollout_acc_val": last_eval.get("rollout_acc_val"),
             "objective": last_eval.get("objective"),
         }
         record["diagnostics"] = {**loop.last_train, **last_eval}

@@ -1,6 +1,6 @@
 """Memory estimate of a spec, checked against the machine before anything is allocated.
 
-The estimate adds what one run holds at its peak: the training and test sets, the
+The estimate adds what one run holds at its peak: the training, validation and test sets, the
 model parameters and, for the method with the largest footprint, its state (the
 parameters' optimizer state, the embedding table and the table's optimizer state)
 twice (a step's new state and the gradients exist beside the old one), plus the
@@ -81,6 +81,7 @@ def estimate(spec: Spec) -> Estimate:
     key = jax.random.key(0)
     train = jax.eval_shape(lambda k: task.make_data(k, spec.task.train_sequences), key)
     test = jax.eval_shape(lambda k: task.make_data(k, spec.task.test_sequences), key)
+    val = jax.eval_shape(lambda k: task.make_data(k, spec.task.val_sequences), key)
     model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim)
     state, label = 0, spec.methods[0].display_label
     for cfg in spec.methods:
@@ -90,13 +91,13 @@ def estimate(spec: Spec) -> Estimate:
             state, label = _nbytes(shapes), cfg.display_label
     # One "unit" is a float per (sequence, step, state or output feature): a step holds a few
     # per row of its minibatch (states, gates, their gradients, gathered table rows and their
-    # optimizer state), an evaluation a few per row of the train and test sets (rollout states,
+    # optimizer state), an evaluation a few per row of the three data sets (rollout states,
     # logits, the parallel method's residuals over the whole table).
     length = train.x.shape[1]
     units = model.state_dim + task.output_dim
     step = STEP_FLOATS_PER_UNIT * spec.train.batch_size * length * units
-    evaluation = EVAL_FLOATS_PER_UNIT * (spec.task.train_sequences + spec.task.test_sequences) * length * units
-    return Estimate(_nbytes((train, test)), _nbytes(params), state, label, 4 * max(step, evaluation))
+    evaluation = EVAL_FLOATS_PER_UNIT * (spec.task.train_sequences + spec.task.val_sequences + spec.task.test_sequences) * length * units
+    return Estimate(_nbytes((train, val, test)), _nbytes(params), state, label, 4 * max(step, evaluation))
 
 
 # ----------------------------------------------------------------------------- the limit
