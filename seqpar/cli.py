@@ -175,6 +175,20 @@ def _load_plan(spec_path: Path, overrides: list[str] | None):
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="YAML experiment spec")], set_: SetOpt = None) -> None:
     """Check a spec without running it (exit 2 with a one-line error if it is invalid)."""
+    from seqpar.spec import SpecError, read_yaml, with_yaml_line
+
+    try:
+        if "tune" in read_yaml(spec):
+            from seqpar.tune.space import load_tune
+
+            study = load_tune(spec, set_ or [])
+            console.print(
+                f"[green]ok[/] {spec}: {study.spec.name}, study of {len(study.labels)} method(s) x {study.tune.trials} trials, "
+                f"every corner of every search space valid"
+            )
+            return
+    except SpecError as e:
+        _fail(with_yaml_line(e, spec, set_ or []))
     plan = _load_plan(spec, set_)
     s = plan.points[0].spec
     if plan.is_sweep:
@@ -305,6 +319,99 @@ def _log_shard_memory(summary: dict) -> None:
         per_device = r.get("row_state_bytes_per_device") or {}
         shown = ", ".join(f"{d} {human_bytes(b)}" for d, b in per_device.items()) or "none"
         err_console.print(f"process {jax.process_index()}: {r['label']}: row-sharded state per local device: {shown}", highlight=False)
+
+
+@app.command()
+@_one_line_errors
+def tune(
+    spec: Annotated[Path, typer.Argument(help="YAML experiment spec with a tune: block")],
+    out: Annotated[
+        Path | None, typer.Option(help="study directory (default results/<name>/tune-<run-id>); run again to continue it")
+    ] = None,
+    set_: SetOpt = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL shared by several hosts (default: a journal file in the study directory)")
+    ] = None,
+    results_root: Annotated[Path, typer.Option(help="root of default study directories")] = Path("results"),
+    quiet: Annotated[bool, typer.Option(help="no progress lines")] = False,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="live TensorBoard event files for every trial (needs seqpar[tb])")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
+    workers: WorkersOpt = 1,
+    devices_per_worker: DevicesPerWorkerOpt = None,
+    launcher: LauncherOpt = "local",
+    partition: PartitionOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 0,
+    time_min: TimeOpt = 60,
+    array_parallelism: ArrayParallelismOpt = None,
+) -> None:
+    """Tune every method at the same budget (Optuna, on validation), re-run each best with the tune seeds on test."""
+    import time as _time
+
+    from seqpar.spec import SpecError, with_yaml_line
+    from seqpar.sweep.execute import follow_workers, new_session
+    from seqpar.sweep.launch import WorkerJob
+    from seqpar.tune import study as S
+    from seqpar.tune.report import study_table, verdict_lines
+    from seqpar.tune.space import load_tune
+
+    wopts = _worker_options(workers, devices_per_worker, launcher, None, partition, gpus_per_task, time_min, array_parallelism)
+    try:
+        plan = load_tune(spec, set_ or [])
+    except SpecError as e:
+        _fail(with_yaml_line(e, spec, set_ or []))
+    if tensorboard:
+        from seqpar.analysis.tensorboard import INSTALL_HINT, available
+
+        if not available():
+            _fail(INSTALL_HINT)
+    _check_memory([plan.spec], force, spec)
+    if out is None:
+        out = results_root / plan.spec.name / f"tune-{_time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        continuing = S.prepare_study_dir(plan, out)
+        store = S.storage_for(out, storage)
+    except S.StudyDirMismatch as e:
+        _fail(str(e))
+    t = plan.tune
+    console.print(
+        f"[bold]{plan.spec.name}[/]: {'continuing' if continuing else 'tuning'} {len(plan.labels)} method(s) "
+        f"({', '.join(plan.labels)}), {t.trials} trials each, {plan.spec.train.steps} steps per trial, "
+        f"objective: {t.objective} validation rollout loss; best re-run with seeds {t.seeds} on test -> {out}",
+        highlight=False,
+    )
+    job = WorkerJob("tune", str(out), new_session(), _time.time(), True, 0, workers, None, tensorboard, {"storage": storage})
+    launch = wopts.launcher_for(out)
+
+    def say(label, trial, outcome):
+        if not quiet:
+            value = outcome.get("value")
+            shown = f"val {value:.4f}" if isinstance(value, float) else outcome.get("state", "")
+            params = ", ".join(f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in trial.params.items())
+            console.print(f"  {label} #{trial.number}: {shown} [{outcome.get('status')}]  {params}", highlight=False, markup=False)
+
+    if launch is None:
+        code = S.tune_worker(job, on_trial=say)
+    else:
+        import dataclasses
+
+        jobs = [dataclasses.replace(job, worker=i) for i in range(workers)]
+        printer = S.TrialPrinter(plan, store, say)
+        codes = follow_workers(launch, jobs, console, True, lambda: {}, 0, on_poll=printer.poll)
+        printer.poll()
+        code = 130 if 130 in codes else (0 if all(c == 0 for c in codes) else 1)
+    index = S.report(plan, out, store)
+    console.print(study_table(index))
+    for line in verdict_lines(index):
+        console.print(line, highlight=False)
+    console.print(f"study: {out} (best.yaml reproduces the winners: seqpar run {out / 'best.yaml'}; summary tune.json)", highlight=False)
+    if storage is None:
+        console.print(f"dashboard: optuna-dashboard {out / 'study.journal'}", highlight=False)
+    if code == 130:
+        err_console.print(f"[yellow]interrupted[/]: the study is saved; continue it with the same command (--out {out})")
+    raise typer.Exit(code)
 
 
 @app.command()

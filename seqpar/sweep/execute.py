@@ -472,8 +472,11 @@ def follow_workers(
     index: Callable[[], dict[str, Any]],
     total: int,
     poll_s: float = 1.0,
+    on_poll: Callable[[], None] = lambda: None,
 ) -> list[int]:
-    """Start the workers, show the index's progress until they end, pass Ctrl-C on; their exit codes."""
+    """Start the workers, show the index's progress until they end, pass Ctrl-C on; their exit codes.
+
+    `on_poll` runs at every poll (a study prints the trials its workers finished)."""
     running = launcher.start(jobs)
     bars = None if quiet else progress_bars(console)
     task = bars.add_task("points", total=total, info=f"{len(jobs)} worker(s)") if bars else None
@@ -483,6 +486,7 @@ def follow_workers(
         while True:
             try:
                 while not running.done():
+                    on_poll()
                     if bars is not None and task is not None:
                         counts = status_counts(index())
                         done = sum(n for s, n in counts.items() if s not in ("pending", "running"))
