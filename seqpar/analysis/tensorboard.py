@@ -94,7 +94,7 @@ class LiveWriter:
     def _writer(self, label: str) -> Any:
         if label not in self._writers:
             from tensorboardX.event_file_writer import EventsWriter
-            from tensorboardX.proto.event_pb2 import Event, SessionLog
+            from tensorboardX.proto.event_pb2 import Event, SessionLog  # pyright: ignore[reportAttributeAccessIssue] - generated
             from tensorboardX.summary import text
 
             logdir = tensorboard_dir(self.run_dir, self.labels.index(label), label)
@@ -109,7 +109,7 @@ class LiveWriter:
         return self._writers[label]
 
     def write(self, record: dict[str, Any]) -> None:
-        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.event_pb2 import Event  # pyright: ignore[reportAttributeAccessIssue] - generated protobuf
         from tensorboardX.summary import scalar
 
         label = record.get("method")

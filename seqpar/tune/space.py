@@ -53,12 +53,12 @@ _KINDS = ("float", "log", "int", "choice")
 class Param(Config):
     """One searched key: exactly one of `float`, `log`, `int` (a [low, high] range) or `choice` (a list)."""
 
-    float_: list[float] | None = Field(None, alias="float", description="[low, high]: uniform")
-    log: list[float] | None = Field(None, description="[low, high], low > 0: log-uniform")
-    int_: list[int] | None = Field(None, alias="int", description="[low, high]: integers, both ends included")
-    choice: list[Any] | None = Field(None, description="values to choose from (any YAML values)")
-    step: float | None = Field(None, gt=0, description="grid step of a float or int range")
-    when: dict[str, list[Any]] | None = Field(None, description="sample this key only when these choice keys take these values")
+    float_: list[float] | None = Field(default=None, alias="float", description="[low, high]: uniform")
+    log: list[float] | None = Field(default=None, description="[low, high], low > 0: log-uniform")
+    int_: list[int] | None = Field(default=None, alias="int", description="[low, high]: integers, both ends included")
+    choice: list[Any] | None = Field(default=None, description="values to choose from (any YAML values)")
+    step: float | None = Field(default=None, gt=0, description="grid step of a float or int range")
+    when: dict[str, list[Any]] | None = Field(default=None, description="sample this key only when these choice keys take these values")
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -123,23 +123,23 @@ def choice_labels(choices: list[Any]) -> list[Any]:
 
 
 class SamplerConfig(Config):
-    type: Literal["tpe", "random"] = Field("tpe", description="tpe (Optuna's default Bayesian sampler) or random")
-    seed: int | None = Field(None, ge=0, description="sampler seed (default: the spec's seed)")
-    startup_trials: int | None = Field(None, ge=0, description="tpe: random trials before the model (Optuna's default 10)")
+    type: Literal["tpe", "random"] = Field(default="tpe", description="tpe (Optuna's default Bayesian sampler) or random")
+    seed: int | None = Field(default=None, ge=0, description="sampler seed (default: the spec's seed)")
+    startup_trials: int | None = Field(default=None, ge=0, description="tpe: random trials before the model (Optuna's default 10)")
 
 
 class PrunerConfig(Config):
-    type: Literal["none", "median", "hyperband"] = Field("none", description="stop unpromising trials at eval points")
-    startup_trials: int = Field(2, ge=0, description="median: trials that are never pruned")
-    warmup_steps: int = Field(0, ge=0, description="median: training steps before a trial may be pruned")
+    type: Literal["none", "median", "hyperband"] = Field(default="none", description="stop unpromising trials at eval points")
+    startup_trials: int = Field(default=2, ge=0, description="median: trials that are never pruned")
+    warmup_steps: int = Field(default=0, ge=0, description="median: training steps before a trial may be pruned")
 
 
 class TuneConfig(Config):
     trials: int = Field(gt=0, description="trials per method (the same for every method)")
-    objective: Literal["final", "best"] = Field("final", description="validation rollout loss: at the end, or the best eval")
-    seeds: list[int] = Field([0], min_length=1, description="seeds of the final re-runs of each method's best, judged on test")
-    sampler: SamplerConfig = SamplerConfig()
-    pruner: PrunerConfig = PrunerConfig()
+    objective: Literal["final", "best"] = Field(default="final", description="validation rollout loss: at the end, or the best eval")
+    seeds: list[int] = Field(default=[0], min_length=1, description="seeds of the final re-runs of each method's best, judged on test")
+    sampler: SamplerConfig = Field(default=SamplerConfig(), description="how trials are proposed")
+    pruner: PrunerConfig = Field(default=PrunerConfig(), description="which trials stop early")
     space: dict[str, dict[str, Param]] = Field(min_length=1, description="per method label: dotted key -> range or choice")
 
     @field_validator("seeds")

@@ -54,6 +54,7 @@ from seqpar.records.writer import atomic_write_json, atomic_write_text
 from seqpar.spec import SpecError, validate_spec
 from seqpar.sweep.claim import Owner, _lock, is_live, read_claim, try_claim
 from seqpar.sweep.launch import WorkerJob
+from seqpar.train.runner import StopRequest
 from seqpar.tune.space import TunePlan, load_tune, spec_yaml
 
 POLL_S = 2.0
@@ -90,8 +91,9 @@ def _sampler(plan: TunePlan, salt: int) -> Any:
     seed = (plan.spec.seed if cfg.seed is None else cfg.seed) + salt
     if cfg.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    kwargs = {"n_startup_trials": cfg.startup_trials} if cfg.startup_trials is not None else {}
-    return optuna.samplers.TPESampler(seed=seed, **kwargs)
+    # constant_liar: trials still running elsewhere count as bad guesses, so parallel workers spread out.
+    startup = 10 if cfg.startup_trials is None else cfg.startup_trials  # Optuna's default
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
 
 
 def _pruner(plan: TunePlan) -> Any:
@@ -113,10 +115,14 @@ def open_studies(plan: TunePlan, study_dir: Path, storage: Any, salt: int = 0) -
     with _lock(Path(study_dir) / STUDY_LOCK):
         studies = []
         for i in range(len(plan.labels)):
+            try:  # a continued study draws a fresh stream, not the first trials again
+                done = len(storage.get_all_trials(storage.get_study_id_from_name(study_name(plan, i)), deepcopy=False))
+            except KeyError:
+                done = 0
             study = optuna.create_study(
                 study_name=study_name(plan, i),
                 storage=storage,
-                sampler=_sampler(plan, salt + 7919 * i),
+                sampler=_sampler(plan, salt + 7919 * i + 104_729 * done),
                 pruner=_pruner(plan),
                 direction="minimize",
                 load_if_exists=True,
@@ -162,10 +168,11 @@ def fail_dead_trials(study: Any, study_dir: Path) -> list[int]:
 # ----------------------------------------------------------------------------- one trial
 
 
-class _TrialStop:
+class _TrialStop(StopRequest):
     """The stop flag a trial's run polls: the worker's signal handler, or the pruner."""
 
     def __init__(self, signals: Callable[[], bool]):
+        super().__init__()
         self.signals = signals
         self.pruned_at: int | None = None
 
@@ -413,7 +420,7 @@ def tune_worker(job: WorkerJob, on_trial: Callable[[str, Any, dict[str, Any]], N
     plan = load_tune(study_dir / TUNE_SPEC)
     storage = storage_for(study_dir, job.options.get("storage"))
     owner = Owner.me(job.session)
-    salt = 1000 * job.worker + int(job.since) % 100_000  # workers (and later re-runs) draw different random trials
+    salt = 1000 * job.worker  # workers draw different trials; one worker on a fresh study is reproducible
 
     def say(label: str, trial: Any, outcome: dict[str, Any]) -> None:
         print(f"{label} trial {trial.number}: {outcome.get('state')} {outcome.get('value', '')} {_params(trial.params)}", flush=True)
