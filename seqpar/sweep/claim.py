@@ -92,7 +92,7 @@ def is_live(info: dict[str, Any], now: float | None = None, stale_after: float =
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive `flock` on `path` (created if missing); NFS clients forward it to the server."""
     try:
         import fcntl
@@ -148,7 +148,7 @@ def try_claim(
     path = directory / CLAIM
     body = {"host": owner.host, "pid": owner.pid, "session": owner.session, "started": time.time()}
     if not _create(path, body):
-        with _lock(lock_file or directory.parent / f".{directory.name}.lock"):
+        with file_lock(lock_file or directory.parent / f".{directory.name}.lock"):
             info = read_claim(directory)
             if info is not None and not may_take_over(info):
                 return None

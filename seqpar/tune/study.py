@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import socket
 import statistics
 import time
 import traceback
@@ -52,13 +53,12 @@ from seqpar.records.layout import (
 from seqpar.records.reader import BadRecord, read_summary
 from seqpar.records.writer import atomic_write_json, atomic_write_text
 from seqpar.spec import SpecError, validate_spec
-from seqpar.sweep.claim import Owner, _lock, is_live, read_claim, try_claim
+from seqpar.sweep.claim import Owner, file_lock, is_live, pid_alive, read_claim, try_claim
 from seqpar.sweep.launch import WorkerJob
 from seqpar.train.runner import StopRequest
 from seqpar.tune.space import TunePlan, load_tune, spec_yaml
 
 POLL_S = 2.0
-STALE_UNCLAIMED_S = 120.0  # a RUNNING trial with no claim this old: its worker died between asking and claiming
 
 
 class StudyDirMismatch(Exception):
@@ -112,7 +112,7 @@ def open_studies(plan: TunePlan, study_dir: Path, storage: Any, salt: int = 0) -
     """One study per method (created by whichever worker comes first, under the study lock)."""
     import optuna
 
-    with _lock(Path(study_dir) / STUDY_LOCK):
+    with file_lock(Path(study_dir) / STUDY_LOCK):
         studies = []
         for i in range(len(plan.labels)):
             try:  # a continued study draws a fresh stream, not the first trials again
@@ -152,12 +152,15 @@ def fail_dead_trials(study: Any, study_dir: Path) -> list[int]:
     from optuna.trial import TrialState
 
     failed = []
-    now = time.time()
+    now, here = time.time(), socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         rel = t.user_attrs.get("dir")
         info = read_claim(Path(study_dir) / rel) if rel else None
-        started = t.datetime_start.timestamp() if t.datetime_start else now
-        dead = (info is None and now - started > STALE_UNCLAIMED_S) or (info is not None and not is_live(info, now))
+        if info is not None:
+            dead = not is_live(info, now)
+        else:  # asked but not yet claimed: judge by the asking process, if it ran here
+            host, _, pid = str(t.user_attrs.get("worker", "")).partition(":")
+            dead = host == here and pid.isdigit() and not pid_alive(int(pid))
         if dead:
             with contextlib.suppress(Exception):  # another worker marked it first
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
@@ -274,7 +277,7 @@ def _mark_pruned(trial_dir: Path, step: int) -> str:
 
 def next_trial(plan: TunePlan, index: int, study: Any, study_dir: Path, owner: Owner) -> Any | None:
     """Ask for a trial of method `index` if its budget allows one, under the study lock (never overshoots)."""
-    with _lock(Path(study_dir) / STUDY_LOCK):
+    with file_lock(Path(study_dir) / STUDY_LOCK):
         fail_dead_trials(study, study_dir)
         c = counts(study)
         if c["completed"] + c["pruned"] + c["running"] >= plan.tune.trials or c["failed"] >= plan.tune.trials:
@@ -317,7 +320,7 @@ def search(
                 on_trial(plan.labels[i], trial, outcome)
         if signals():
             return True
-        with _lock(Path(study_dir) / STUDY_LOCK):
+        with file_lock(Path(study_dir) / STUDY_LOCK):
             for study in studies:
                 fail_dead_trials(study, study_dir)
         if search_done(plan, studies):
@@ -396,7 +399,7 @@ def final_runs(plan: TunePlan, study_dir: Path, studies: list[Any], job: WorkerJ
         return False
     best_path = Path(study_dir) / BEST_SPEC
     text = header + spec_yaml(raw)
-    with _lock(Path(study_dir) / STUDY_LOCK):
+    with file_lock(Path(study_dir) / STUDY_LOCK):
         if not best_path.exists() or best_path.read_text() != text:
             atomic_write_text(best_path, text)
         final_plan = expand(raw, source=str(best_path))
