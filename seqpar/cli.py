@@ -335,7 +335,7 @@ def tune(
     results_root: Annotated[Path, typer.Option(help="root of default study directories")] = Path("results"),
     quiet: Annotated[bool, typer.Option(help="no progress lines")] = False,
     tensorboard: Annotated[
-        bool, typer.Option("--tensorboard", help="live TensorBoard event files for every trial (needs seqpar[tb])")
+        bool, typer.Option("--tensorboard", help="live TensorBoard event files for every trial (needs tensorboardX)")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
