@@ -25,6 +25,19 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a spec key: dotted.key=value (YAML value); repeatable")]
+_WORKERS = "Workers"
+WorkersOpt = Annotated[
+    int, typer.Option(help="worker processes (each claims points or trials until none is left)", rich_help_panel=_WORKERS)
+]
+DevicesPerWorkerOpt = Annotated[
+    int | None, typer.Option(help="GPUs per local worker (sets CUDA_VISIBLE_DEVICES)", rich_help_panel=_WORKERS)
+]
+LauncherOpt = Annotated[str, typer.Option(help="local (processes here) or slurm (a job array via submitit)", rich_help_panel=_WORKERS)]
+ShardOpt = Annotated[str | None, typer.Option(help="i/n: run only points with index % n == i", rich_help_panel=_WORKERS)]
+PartitionOpt = Annotated[str | None, typer.Option(help="SLURM partition", rich_help_panel=_WORKERS)]
+GpusPerTaskOpt = Annotated[int, typer.Option(help="GPUs per SLURM array task", rich_help_panel=_WORKERS)]
+TimeOpt = Annotated[int, typer.Option("--time", help="SLURM time limit per array task, minutes", rich_help_panel=_WORKERS)]
+ArrayParallelismOpt = Annotated[int | None, typer.Option(help="SLURM array tasks running at once", rich_help_panel=_WORKERS)]
 
 
 def _fail(msg: str, code: int = 2) -> NoReturn:
@@ -103,7 +116,19 @@ def _exit_code(summary: dict, run_dir: Path, debug: bool) -> int:
     return code
 
 
-def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
+def _worker_options(workers, devices_per_worker, launcher, shard, partition, gpus_per_task, time_min, array_parallelism):
+    """The launcher options, checked (exit 2 with one line if they make no sense)."""
+    from seqpar.sweep.launch import LaunchError, SlurmOptions, WorkerOptions
+
+    opts = WorkerOptions(workers, devices_per_worker, launcher, shard, SlurmOptions(partition, gpus_per_task, time_min, array_parallelism))
+    try:
+        opts.check()
+    except LaunchError as e:
+        _fail(str(e))
+    return opts
+
+
+def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=None) -> int:
     from seqpar.analysis.report import RichProgress, results_table
     from seqpar.records.layout import SPEC, SWEEP_SPEC, is_sweep_dir
     from seqpar.records.writer import RunDirBusy
@@ -116,8 +141,20 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
         plan = _load_plan(run_dir / SWEEP_SPEC, [], max_points=None)  # its size was accepted when it started
         _check_machine([p.spec for p in plan.points], force, run_dir / SWEEP_SPEC)
         try:
-            code = sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=False, tensorboard=False, resume=True)
-        except (ResumeError, RunDirBusy) as e:
+            code = sweeps.execute_sweep(
+                plan,
+                run_dir,
+                console,
+                err_console,
+                quiet=quiet,
+                plot=False,
+                tensorboard=False,
+                resume=True,
+                workers=workers.workers if workers else 1,
+                launcher=workers.launcher_for(run_dir) if workers else None,
+                shard=workers.shard_tuple() if workers else None,
+            )
+        except (ResumeError, RunDirBusy, sweeps.SweepDirMismatch) as e:
             _fail(str(e))
         for point in plan.points:
             _resume_warnings(run_dir / point.dirname)
@@ -179,10 +216,24 @@ def validate(
     max_points: MaxPointsOpt = MAX_POINTS,
     force: Annotated[bool, typer.Option("--force", help="pass even if the estimated memory exceeds the machine's")] = False,
 ) -> None:
-    """Check a spec without running it: the spec, every sweep point, and that this machine can run it
-    (devices, estimated memory). Exit 2 with a one-line error if not."""
+    """Check a spec without running it: the spec, every sweep point (or every corner of a `tune:`
+    block's search spaces), and that this machine can run it (devices, estimated memory).
+    Exit 2 with a one-line error if not."""
     from seqpar.sharding import launched_multiprocess
+    from seqpar.spec import SpecError, read_yaml, with_yaml_line
 
+    try:
+        if "tune" in read_yaml(spec):
+            from seqpar.tune.space import load_tune
+
+            study = load_tune(spec, set_ or [])
+            console.print(
+                f"[green]ok[/] {spec}: {study.spec.name}, study of {len(study.labels)} method(s) x {study.tune.trials} trials, "
+                f"every corner of every search space valid"
+            )
+            return
+    except SpecError as e:
+        _fail(with_yaml_line(e, spec, set_ or []))
     plan = _load_plan(spec, set_, max_points)
     # Under a multi-process launch the devices of the other processes count too; `run` joins
     # them before it counts, `validate` does not join a cluster to check a file.
@@ -217,19 +268,32 @@ def run(
     force: ForceOpt = False,
     max_points: MaxPointsOpt = MAX_POINTS,
     debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
+    workers: WorkersOpt = 1,
+    devices_per_worker: DevicesPerWorkerOpt = None,
+    launcher: LauncherOpt = "local",
+    shard: ShardOpt = None,
+    partition: PartitionOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 0,
+    time_min: TimeOpt = 60,
+    array_parallelism: ArrayParallelismOpt = None,
 ) -> None:
     """Train every method of SPEC (every point of its `sweep:`), judge each by held-out rollout, write the run record."""
     from seqpar.sharding import is_writer, maybe_initialize_distributed
     from seqpar.sweep import execute as sweeps
 
-    maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
+    wopts = _worker_options(workers, devices_per_worker, launcher, shard, partition, gpus_per_task, time_min, array_parallelism)
+    many = workers > 1 or launcher != "local" or shard is not None
+    if not many:
+        maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
     if resume is not None:
         if spec is not None or out is not None or set_:
             _fail("--resume RUN_DIR continues a run with the spec it started with; give no SPEC, --out or --set with it")
-        raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force))
+        raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force, workers=wopts))
     if spec is None:
         _fail("missing SPEC: give a YAML experiment spec, or --resume RUN_DIR")
     plan = _load_plan(spec, set_, max_points)
+    if many and not plan.is_sweep:
+        _fail(f"--workers, --launcher and --shard spread a sweep's points; {spec} has no sweep: (one run record, one worker)")
     if dry_run:
         console.print(sweeps.plan_table(plan))
         raise typer.Exit(0)
@@ -241,29 +305,52 @@ def run(
     s = plan.points[0].spec
     _check_machine([p.spec for p in plan.points], force, spec, set_)
     from seqpar.analysis.report import RichProgress, results_table
+    from seqpar.records.layout import SWEEP_SPEC
     from seqpar.records.writer import OutputError, RunDirBusy, new_run_dir
     from seqpar.train.loop import NullProgress
     from seqpar.train.runner import run_experiment
 
     try:
+        if plan.is_sweep and out is not None and (out / SWEEP_SPEC).exists():
+            run_dir = out  # a sweep another command (host, worker pool) already started: join it
         # Multi-process runs: only process 0 writes the run record; the others write a scratch copy.
-        run_dir = new_run_dir(results_root, s.name, out) if is_writer() else Path(tempfile.mkdtemp(prefix="seqpar-worker-"))
+        elif is_writer():
+            run_dir = new_run_dir(results_root, s.name, out)
+        else:
+            run_dir = Path(tempfile.mkdtemp(prefix="seqpar-worker-"))
     except OutputError as e:
         _fail(str(e))
     if plan.is_sweep:
-        raise typer.Exit(sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=plot, tensorboard=tensorboard))
+        try:
+            code = sweeps.execute_sweep(
+                plan,
+                run_dir,
+                console,
+                err_console,
+                quiet=quiet,
+                plot=plot,
+                tensorboard=tensorboard,
+                workers=workers,
+                launcher=wopts.launcher_for(run_dir),
+                shard=wopts.shard_tuple(),
+            )
+        except sweeps.SweepDirMismatch as e:
+            _fail(str(e))
+        raise typer.Exit(code)
     console.print(f"[bold]{s.name}[/]: {len(s.methods)} method(s), {s.train.steps} steps each -> {escape(str(run_dir))}")
+    if tensorboard:
+        console.print(f"TensorBoard (live): tensorboard --logdir {run_dir}", highlight=False, markup=False)
     try:
         if quiet:
-            summary = run_experiment(s, run_dir, NullProgress())
+            summary = run_experiment(s, run_dir, NullProgress(), tensorboard=tensorboard)
         else:
             with RichProgress(console) as progress:
-                summary = run_experiment(s, run_dir, progress)
+                summary = run_experiment(s, run_dir, progress, tensorboard=tensorboard)
     except RunDirBusy as e:  # another run raced us to the same --out
         _fail(str(e))
     console.print(results_table(summary))
     _log_shard_memory(summary)
-    notes, warnings = sweeps.export_run(run_dir, plot=plot, tensorboard=tensorboard)
+    notes, warnings = sweeps.export_run(run_dir, plot=plot, tensorboard=False)
     for w in warnings:
         _warn(w)
     for n in notes:
@@ -284,6 +371,99 @@ def _log_shard_memory(summary: dict) -> None:
         per_device = r.get("row_state_bytes_per_device") or {}
         shown = ", ".join(f"{d} {human_bytes(b)}" for d, b in per_device.items()) or "none"
         err_console.print(f"process {jax.process_index()}: {r['label']}: row-sharded state per local device: {shown}", highlight=False)
+
+
+@app.command()
+@_one_line_errors
+def tune(
+    spec: Annotated[Path, typer.Argument(help="YAML experiment spec with a tune: block")],
+    out: Annotated[
+        Path | None, typer.Option(help="study directory (default results/<name>/tune-<run-id>); run again to continue it")
+    ] = None,
+    set_: SetOpt = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL shared by several hosts (default: a journal file in the study directory)")
+    ] = None,
+    results_root: Annotated[Path, typer.Option(help="root of default study directories")] = Path("results"),
+    quiet: Annotated[bool, typer.Option(help="no progress lines")] = False,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="live TensorBoard event files for every trial (needs tensorboardX)")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
+    workers: WorkersOpt = 1,
+    devices_per_worker: DevicesPerWorkerOpt = None,
+    launcher: LauncherOpt = "local",
+    partition: PartitionOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 0,
+    time_min: TimeOpt = 60,
+    array_parallelism: ArrayParallelismOpt = None,
+) -> None:
+    """Tune every method at the same budget (Optuna, on validation), re-run each best with the tune seeds on test."""
+    import time as _time
+
+    from seqpar.spec import SpecError, with_yaml_line
+    from seqpar.sweep.execute import follow_workers, new_session
+    from seqpar.sweep.launch import WorkerJob
+    from seqpar.tune import study as S
+    from seqpar.tune.report import study_table, verdict_lines
+    from seqpar.tune.space import load_tune
+
+    wopts = _worker_options(workers, devices_per_worker, launcher, None, partition, gpus_per_task, time_min, array_parallelism)
+    try:
+        plan = load_tune(spec, set_ or [])
+    except SpecError as e:
+        _fail(with_yaml_line(e, spec, set_ or []))
+    if tensorboard:
+        from seqpar.analysis.tensorboard import INSTALL_HINT, available
+
+        if not available():
+            _fail(INSTALL_HINT)
+    _check_machine([plan.spec], force, spec, set_)
+    if out is None:
+        out = results_root / plan.spec.name / f"tune-{_time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        continuing = S.prepare_study_dir(plan, out)
+        store = S.storage_for(out, storage)
+    except S.StudyDirMismatch as e:
+        _fail(str(e))
+    t = plan.tune
+    console.print(
+        f"[bold]{plan.spec.name}[/]: {'continuing' if continuing else 'tuning'} {len(plan.labels)} method(s) "
+        f"({', '.join(plan.labels)}), {t.trials} trials each, {plan.spec.train.steps} steps per trial, "
+        f"objective: {t.objective} validation rollout loss; best re-run with seeds {t.seeds} on test -> {out}",
+        highlight=False,
+    )
+    job = WorkerJob(S.TUNE_WORKER, str(out), new_session(), _time.time(), True, 0, workers, None, tensorboard, {"storage": storage})
+    launch = wopts.launcher_for(out)
+
+    def say(label, trial, outcome):
+        if not quiet:
+            value = outcome.get("value")
+            shown = f"val {value:.4f}" if isinstance(value, float) else outcome.get("state", "")
+            params = ", ".join(f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in trial.params.items())
+            console.print(f"  {label} #{trial.number}: {shown} [{outcome.get('status')}]  {params}", highlight=False, markup=False)
+
+    if launch is None:
+        code = S.tune_worker(job, on_trial=say)
+    else:
+        import dataclasses
+
+        jobs = [dataclasses.replace(job, worker=i) for i in range(workers)]
+        printer = S.TrialPrinter(plan, store, say)
+        codes = follow_workers(launch, jobs, console, True, lambda: {}, 0, on_poll=printer.poll)
+        printer.poll()
+        code = 130 if 130 in codes else (0 if all(c == 0 for c in codes) else 1)
+    index = S.report(plan, out, store)
+    console.print(study_table(index))
+    for line in verdict_lines(index):
+        console.print(line, highlight=False)
+    console.print(f"study: {out} (best.yaml reproduces the winners: seqpar run {out / 'best.yaml'}; summary tune.json)", highlight=False)
+    if storage is None:
+        console.print(f"dashboard: optuna-dashboard {out / 'study.journal'}", highlight=False)
+    if code == 130:
+        err_console.print(f"[yellow]interrupted[/]: the study is saved; continue it with the same command (--out {out})")
+    raise typer.Exit(code)
 
 
 @app.command()

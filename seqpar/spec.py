@@ -401,10 +401,11 @@ def ordered_errors(err: ValidationError) -> list[Any]:  # pydantic's ErrorDetail
     return sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
 
 
-def format_validation_error(err: ValidationError, raw: Any) -> str:
+def format_validation_error(err: ValidationError, raw: Any, root: type[BaseModel] | None = None) -> str:
+    """One line for a pydantic error of `raw` validated as `root` (default: the whole `Spec`)."""
     errors = ordered_errors(err)
     first = errors[0]
-    msg = _describe(first, raw)
+    msg = _describe(first, raw, root)
     more = len(errors) - 1
     return msg + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
 
@@ -420,14 +421,14 @@ def error_key(e: dict[str, Any], raw: Any) -> str:
     return key
 
 
-def _describe(e: dict[str, Any], raw: Any) -> str:
+def _describe(e: dict[str, Any], raw: Any, root: type[BaseModel] | None = None) -> str:
     key = _dotted(e["loc"], raw)
     kind = e["type"]
     if kind == "value_error" and isinstance(e.get("ctx", {}).get("error"), KeyedError):
         ke = e["ctx"]["error"]
         return f"{key + '.' if key else ''}{ke.key}: {ke.msg}"
     if kind == "extra_forbidden":
-        valid = _valid_keys(e["loc"], raw)
+        valid = _valid_keys(e["loc"], raw, root)
         leaf = key.rsplit(".", 1)[-1]
         close = difflib.get_close_matches(leaf, valid, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -435,9 +436,9 @@ def _describe(e: dict[str, Any], raw: Any) -> str:
     if kind == "missing":
         return f"{key}: required key is missing"
     if kind == "union_tag_not_found":
-        return f"{key}.type: missing; expected one of: {', '.join(_union_tags(e['loc'], raw))}"
+        return f"{key}.type: missing; expected one of: {', '.join(_union_tags(e['loc'], raw, root))}"
     if kind == "union_tag_invalid":
-        return f"{key}.type: unknown type {e['input'].get('type')!r}; expected one of: {', '.join(_union_tags(e['loc'], raw))}"
+        return f"{key}.type: unknown type {e['input'].get('type')!r}; expected one of: {', '.join(_union_tags(e['loc'], raw, root))}"
     msg = e["msg"].removeprefix("Value error, ")
     got = e.get("input")
     shown = "" if isinstance(got, (dict, list)) or "got " in msg or (isinstance(got, str) and repr(got) in msg) else f" (got {got!r})"
@@ -462,15 +463,19 @@ def _dotted(loc: tuple, raw: Any) -> str:
     return ".".join(parts)
 
 
-def _annotation_at(loc: tuple, raw: Any) -> Any:
+def _annotation_at(loc: tuple, raw: Any, root: type[BaseModel] | None = None) -> Any:
     """The (unresolved) type annotation that validates the value at `loc`."""
-    ann: Any = Spec
+    ann: Any = root or Spec
     node = raw
     for item in loc:
         if isinstance(node, list) and isinstance(item, int):
             node = node[item] if item < len(node) else None
             args = typing.get_args(_pick(ann, None))
             ann = args[0] if args else ann
+            continue
+        if typing.get_origin(_pick(ann, None)) is dict and isinstance(node, dict):  # a mapping of configs by name
+            ann = typing.get_args(_pick(ann, None))[1]
+            node = node.get(item)
             continue
         cls = _pick(ann, node)
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or item not in cls.model_fields:
@@ -480,18 +485,18 @@ def _annotation_at(loc: tuple, raw: Any) -> Any:
     return ann
 
 
-def _valid_keys(loc: tuple, raw: Any) -> list[str]:
+def _valid_keys(loc: tuple, raw: Any, root: type[BaseModel] | None = None) -> list[str]:
     """Field names of the config class that owns the unknown key at `loc`."""
     node = raw
     for item in loc[:-1]:
         if _has(node, item):  # anything else is a union tag or validator label: stay on this node
             node = node[item]
-    cls = _pick(_annotation_at(loc[:-1], raw), node)
-    return list(cls.model_fields) if isinstance(cls, type) and issubclass(cls, BaseModel) else []
+    cls = _pick(_annotation_at(loc[:-1], raw, root), node)
+    return [f.alias or k for k, f in cls.model_fields.items()] if isinstance(cls, type) and issubclass(cls, BaseModel) else []
 
 
-def _union_tags(loc: tuple, raw: Any) -> list[str]:
-    ann = _annotation_at(loc, raw)
+def _union_tags(loc: tuple, raw: Any, root: type[BaseModel] | None = None) -> list[str]:
+    ann = _annotation_at(loc, raw, root)
     if typing.get_origin(ann) in (typing.Union, types.UnionType):  # an optional block, `Union | None`: look inside
         inner = [a for a in typing.get_args(ann) if a is not type(None)]
         ann = inner[0] if len(inner) == 1 else ann

@@ -30,8 +30,9 @@ LAYERS = {
     "train": 5,
     "sweep": 6,
     "bench": 6,
-    "cli": 7,
-    "__main__": 8,
+    "tune": 7,  # studies run their trials as sweep points
+    "cli": 8,
+    "__main__": 9,
 }
 # Imported by `seqpar compare`, `seqpar plot` and the records: none may pull in JAX.
 NO_JAX = ["seqpar.cli", "seqpar.analysis.compare", "seqpar.analysis.plots", "seqpar.analysis.tensorboard", "seqpar.analysis.report"]

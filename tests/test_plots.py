@@ -102,8 +102,8 @@ def test_tensorboard_event_files_hold_the_metrics(tiny_sweep):
     pytest.importorskip("tensorboardX")
     point = tiny_sweep / "000_task.length=8"
     lines = [json.loads(x) for x in (point / "metrics.jsonl").read_text().splitlines()]
-    for label in ("bptt", "parallel"):
-        (events_file,) = (point / "tensorboard" / label).glob("events.out.tfevents.*")
+    for index, label in enumerate(("bptt", "parallel")):
+        (events_file,) = (point / "tensorboard" / f"{index}-{label}").glob("events.out.tfevents.*")
         scalars = {(v.tag, e.step): v.simple_value for e in _events(events_file) for v in e.summary.value if v.HasField("simple_value")}
         want = {(line["step"], line["rollout_loss_test"]) for line in lines if line["method"] == label and "rollout_loss_test" in line}
         assert {(step, round(v, 5)) for (tag, step), v in scalars.items() if tag == "rollout/loss_test"} == {

@@ -1,22 +1,32 @@
-"""Executing a sweep plan (`seqpar.sweep.plan`): each point run into its own record, an index kept.
+"""Executing a sweep plan (`seqpar.sweep.plan`): each point run into its own record, by one or many workers.
 
 A sweep directory holds
     sweep.yaml       the spec as run: the base after --set plus `sweep:` as flat axes;
-                     `seqpar run sweep.yaml` reproduces exactly these points
-    sweep.json       the index, rewritten atomically before and after every point:
+                     `seqpar run sweep.yaml` reproduces exactly these points, and every
+                     worker (a local process, a SLURM array task, another host) reads it
+    sweep.json       the index, rebuilt from the points' own files after every point:
                      {"schema_version", "kind": "sweep", "name", "source", "status",
                       "started", "finished", "axes": {key: [values]}, "pinned": {key: value},
                       "points": [{"index", "dir", "values": {key: value}, "status",
-                                  "methods": {label: status}, "error", "traceback"}]}
+                                  "methods": {label: status}, "error", "traceback", "worker"}]}
                      point status: pending, running, completed, failed, interrupted
-    000_task.length=64_seed=0/  one ordinary run record per point (spec.yaml, metrics.jsonl, summary.json)
-A point that fails (an exception) or whose methods diverge is recorded with its
-status and the sweep goes on; Ctrl-C stops after the current point's record is saved.
+    000_task.length=64_seed=0/  one ordinary run record per point, plus its `claim.json`
+    workers/         logs of worker processes (and submitit's files under workers/slurm)
+
+Workers never coordinate: each walks the points in order and runs those it can claim
+(`seqpar.sweep.claim`: an atomic create of the point's claim.json), so a point runs
+exactly once however many workers, processes or hosts share the directory. The claim
+then records the point's outcome, and the index is rebuilt from claims and records, so
+concurrent workers never overwrite each other's news. A point that fails (an exception)
+or whose methods diverge is recorded with its status and the sweep goes on; Ctrl-C
+stops after the current point's record is saved. `--resume` retakes every point that is
+not completed and not live: interrupted, failed, or claimed by a worker that died.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import traceback
 from collections.abc import Callable
@@ -28,91 +38,234 @@ from rich.console import Console
 from rich.table import Table
 
 from seqpar.analysis.report import progress_bars
-from seqpar.records.layout import PLOTS, SCHEMA_VERSION, SUMMARY, SWEEP_INDEX, SWEEP_SPEC
+from seqpar.records.layout import CLAIMS_LOCK, PLOTS, SCHEMA_VERSION, SUMMARY, SWEEP_INDEX, SWEEP_SPEC, WORKER_LOGS
 from seqpar.records.writer import atomic_write_json, atomic_write_text
 from seqpar.spec import Spec
-from seqpar.sweep.plan import Plan, Point, short_value
+from seqpar.sweep.claim import Owner, is_live, read_claim, try_claim
+from seqpar.sweep.launch import Launcher, WorkerJob
+from seqpar.sweep.plan import Plan, Point, load_plan, short_value
 
-# ----------------------------------------------------------------------------- running
+RunPoint = Callable[[Spec, Path], dict[str, Any]]
+
+
+class SweepDirMismatch(Exception):
+    """A directory that already holds a different sweep; the message is one line (exit 2)."""
+
+
+def new_session() -> str:
+    """The id shared by the workers of one launching command."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+# ----------------------------------------------------------------------------- the directory and its index
+
+
+def prepare_sweep_dir(plan: Plan, sweep_dir: Path) -> bool:
+    """Write `sweep.yaml`, or check that the one there is this plan's; True when joining a sweep already started."""
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / SWEEP_SPEC
+    as_run = plan.as_run()
+    if path.exists():
+        try:
+            there = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise SweepDirMismatch(f"{path}: unreadable ({e}); give another --out") from None
+        if there != yaml.safe_load(yaml.safe_dump(as_run, sort_keys=False)):
+            raise SweepDirMismatch(f"{sweep_dir}: holds another sweep (its {SWEEP_SPEC} differs from this one); give another --out")
+        return True
+    atomic_write_text(path, yaml.safe_dump(as_run, sort_keys=False))  # same bytes from every host that races here
+    return False
+
+
+def point_entry(point: Point, sweep_dir: Path, now: float | None = None) -> dict[str, Any]:
+    """One point's index entry, from its claim (the outcome its worker recorded) or its run record."""
+    d = Path(sweep_dir) / point.dirname
+    entry: dict[str, Any] = {"index": point.index, "dir": point.dirname, "values": point.values, "status": "pending"}
+    info = read_claim(d)
+    if info is not None:
+        entry["worker"] = f"{info.get('host')}:{info.get('pid')}"
+        if info.get("finished") is not None:
+            entry["status"] = info.get("status", "failed")
+            entry.update({k: info[k] for k in ("methods", "error", "traceback") if info.get(k) is not None})
+        elif is_live(info, now):
+            entry["status"] = "running"
+        else:
+            entry["status"] = "interrupted"
+            entry["error"] = f"its worker {entry['worker']} stopped without finishing it (killed?); seqpar run --resume continues it"
+        return entry
+    try:  # a record from before claims existed, or written by hand
+        summary = json.loads((d / SUMMARY).read_text())
+        status = summary.get("status", "failed")
+        entry["status"] = "interrupted" if status == "running" else status
+        entry["methods"] = {r["label"]: r["status"] for r in summary.get("runs", []) if isinstance(r, dict) and "label" in r}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return entry
+
+
+def rebuild_index(plan: Plan, sweep_dir: Path, *, final: bool = False) -> dict[str, Any]:
+    """Rebuild `sweep.json` from the points' claims and records and write it atomically.
+
+    Any worker may do this at any time: every writer writes the whole truth as it reads it.
+    `final`: the caller has nothing left to run, so points still pending were not run."""
+    sweep_dir = Path(sweep_dir)
+    previous: dict[str, Any] = {}
+    try:
+        previous = json.loads((sweep_dir / SWEEP_INDEX).read_text())
+    except (OSError, ValueError):
+        pass
+    previous = previous if isinstance(previous, dict) else {}
+    now = time.time()
+    points = [point_entry(p, sweep_dir, now) for p in plan.points]
+    statuses = [e["status"] for e in points]
+    if "running" in statuses or ("pending" in statuses and not final):
+        status = "running"
+    elif "pending" in statuses or "interrupted" in statuses:
+        status = "interrupted"
+    else:
+        status = "failed" if "failed" in statuses else "completed"
+    index = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "sweep",
+        "name": plan.name,
+        "source": previous.get("source", plan.source),  # the first writer's; workers read sweep.yaml
+        "status": status,
+        "started": previous.get("started") or _stamp(now),
+        "axes": plan.axes,
+        "pinned": previous.get("pinned", plan.pinned),
+        "points": points,
+    }
+    if status != "running":
+        index["finished"] = _stamp(now)
+    atomic_write_json(sweep_dir / SWEEP_INDEX, index)
+    return index
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+# ----------------------------------------------------------------------------- one worker
+
+
+def work_points(
+    plan: Plan,
+    sweep_dir: Path,
+    run_point: RunPoint,
+    on_point: Callable[[Point, str, dict[str, Any] | None], None] = lambda p, phase, summary: None,
+    after_point: Callable[[Point, Path], None] = lambda p, d: None,
+    *,
+    owner: Owner,
+    resume: bool = False,
+    since: float | None = None,
+    shard: tuple[int, int] | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Run every point of `plan` this worker can claim; True if it was interrupted.
+
+    Without `resume`, only unclaimed points are taken. With it, so is any point that is
+    not completed and not live, unless this command's own workers (`owner.session`)
+    already ran it or it finished after `since` (another resume got there first)."""
+    since = time.time() if since is None else since
+
+    def may_take_over(info: dict[str, Any]) -> bool:
+        if not resume or is_live(info) or info.get("status") == "completed":
+            return False
+        if info.get("finished") is None:
+            return True  # its worker died mid-point
+        return info.get("session") != owner.session and float(info["finished"]) < since
+
+    for point in plan.points:
+        if shard is not None and point.index % shard[1] != shard[0]:
+            continue
+        if stop():
+            return True
+        point_dir = Path(sweep_dir) / point.dirname
+        info = read_claim(point_dir)
+        if info is not None and not may_take_over(info):
+            continue
+        claim = try_claim(point_dir, owner, may_take_over, lock_file=Path(sweep_dir) / CLAIMS_LOCK)
+        if claim is None:
+            continue
+        on_point(point, "start", None)
+        summary, outcome, interrupted = None, {}, False
+        try:
+            summary = run_point(point.spec, point_dir)
+            status = summary["status"]
+            outcome["methods"] = {r["label"]: r["status"] for r in summary.get("runs", [])}
+        except KeyboardInterrupt:
+            status, interrupted = "interrupted", True
+        except Exception as e:  # noqa: BLE001 - one point's crash must not stop the sweep
+            status = "failed"
+            outcome.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        claim.finish(status, **outcome)
+        rebuild_index(plan, sweep_dir)
+        on_point(point, "end", summary or {"status": status})
+        if interrupted or status == "interrupted":
+            return True
+        try:
+            after_point(point, point_dir)
+        except KeyboardInterrupt:
+            return True
+    return False
 
 
 def run_sweep(
     plan: Plan,
     sweep_dir: Path,
-    run_point: Callable[[Spec, Path], dict[str, Any]],
+    run_point: RunPoint,
     on_point: Callable[[Point, str, dict[str, Any] | None], None] = lambda p, phase, summary: None,
     after_point: Callable[[Point, Path], None] = lambda p, d: None,
     *,
     resume: bool = False,
+    owner: Owner | None = None,
+    since: float | None = None,
+    shard: tuple[int, int] | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """Run every point into `sweep_dir/<point.dirname>`, keeping `sweep.json` current; returns the index.
+    """Run the points this process can claim into `sweep_dir/<point.dirname>`; returns the rebuilt index.
 
     `run_point(spec, dir)` is `seqpar.train.runner.run_experiment` with its progress bound;
     `on_point(point, "start"|"end", summary)` drives a progress display; `after_point`
-    exports (plots, TensorBoard) and must not raise. With `resume`, points the existing
-    index records as completed are kept as they are and the others run again (bind
-    `run_experiment(..., resume=True)` into `run_point` to continue their checkpoints).
+    exports and must not raise. With `resume`, completed points are kept and the others run
+    again (bind `run_experiment(..., resume=True)` into `run_point` to continue their checkpoints).
     """
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(sweep_dir / SWEEP_SPEC, yaml.safe_dump(plan.as_run(), sort_keys=False))
-    index: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "sweep",
-        "name": plan.name,
-        "source": plan.source,
-        "status": "running",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "axes": plan.axes,
-        "pinned": plan.pinned,
-        "points": [{"index": p.index, "dir": p.dirname, "values": p.values, "status": "pending"} for p in plan.points],
-    }
-    done: dict[str, dict[str, Any]] = {}
-    if resume and (sweep_dir / SWEEP_INDEX).exists():
-        previous = json.loads((sweep_dir / SWEEP_INDEX).read_text())
-        index["started"] = previous.get("started", index["started"])
-        done = {e["dir"]: e for e in previous.get("points", []) if e.get("status") == "completed"}
-        index["points"] = [done[e["dir"]] if e["dir"] in done else e for e in index["points"]]
-    atomic_write_json(sweep_dir / SWEEP_INDEX, index)
-    interrupted = False
-    try:
-        for point, entry in zip(plan.points, index["points"], strict=True):
-            if point.dirname in done:
-                on_point(point, "start", None)
-                on_point(point, "end", {"status": "completed"})
-                continue
-            point_dir = sweep_dir / point.dirname
-            point_dir.mkdir(parents=True, exist_ok=True)
-            entry["status"] = "running"
-            atomic_write_json(sweep_dir / SWEEP_INDEX, index)
-            on_point(point, "start", None)
-            summary = None
-            try:
-                summary = run_point(point.spec, point_dir)
-                entry["status"] = summary["status"]
-                entry["methods"] = {r["label"]: r["status"] for r in summary.get("runs", [])}
-            except KeyboardInterrupt:
-                entry["status"] = "interrupted"
-                interrupted = True
-            except Exception as e:  # noqa: BLE001 - one point's crash must not stop the sweep
-                entry["status"] = "failed"
-                entry["error"] = f"{type(e).__name__}: {e}"
-                entry["traceback"] = traceback.format_exc()
-            atomic_write_json(sweep_dir / SWEEP_INDEX, index)
-            on_point(point, "end", summary)
-            if not interrupted:
-                after_point(point, point_dir)
-            if interrupted or entry["status"] == "interrupted":
-                interrupted = True
-                break
-    except KeyboardInterrupt:  # between points (e.g. during an export)
-        interrupted = True
-    finally:
-        statuses = [e["status"] for e in index["points"]]
-        index["status"] = "interrupted" if interrupted or "pending" in statuses else "failed" if "failed" in statuses else "completed"
-        index["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_json(sweep_dir / SWEEP_INDEX, index)
-    return index
+    prepare_sweep_dir(plan, sweep_dir)
+    owner = owner or Owner.me(new_session())
+    rebuild_index(plan, sweep_dir)
+    work_points(plan, sweep_dir, run_point, on_point, after_point, owner=owner, resume=resume, since=since, shard=shard, stop=stop)
+    return rebuild_index(plan, sweep_dir, final=True)
+
+
+SWEEP_WORKER = f"{__name__}:sweep_worker"  # the entry point a launched sweep worker runs
+
+
+def sweep_worker(job: WorkerJob) -> int:
+    """A worker process's whole life (`seqpar.sweep.launch.run_job`): claim and run points until none is left."""
+    from seqpar.train.loop import NullProgress
+    from seqpar.train.runner import run_experiment, stop_on_signals
+
+    sweep_dir = Path(job.directory)
+    plan = load_plan(sweep_dir / SWEEP_SPEC)
+    owner = Owner.me(job.session)
+    print(f"worker {job.worker + 1}/{job.workers} ({owner.host}:{owner.pid}) on {sweep_dir}", flush=True)
+
+    def on_point(point: Point, phase: str, summary: dict[str, Any] | None) -> None:
+        print(f"{phase} {point.dirname}" + (f": {summary['status']}" if summary else ""), flush=True)
+
+    with stop_on_signals() as stop:
+
+        def run_point(spec: Spec, d: Path) -> dict[str, Any]:
+            return run_experiment(spec, d, NullProgress(), resume=job.resume, stop=stop, tensorboard=job.tensorboard)
+
+        interrupted = work_points(
+            plan, sweep_dir, run_point, on_point, owner=owner, resume=job.resume, since=job.since, shard=job.shard, stop=stop
+        )
+    index = rebuild_index(plan, sweep_dir, final=True)
+    if interrupted:
+        return 130
+    return 1 if any(e["status"] == "failed" and e.get("worker") == f"{owner.host}:{owner.pid}" for e in index["points"]) else 0
 
 
 def status_counts(index: dict[str, Any]) -> dict[str, int]:
@@ -239,37 +392,59 @@ def execute_sweep(
     plot: bool,
     tensorboard: bool,
     resume: bool = False,
+    workers: int = 1,
+    launcher: Launcher | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> int:
     """Run a sweep with progress, print its comparison table; returns the exit code (0, 1 failed, 130 interrupted).
 
-    With `resume`, completed points are kept and every other point continues from its own
-    checkpoints (`seqpar run --resume SWEEP_DIR`). One signal handler spans the whole sweep,
-    so Ctrl-C between points stops it as cleanly as Ctrl-C inside one.
+    One worker runs in this process. With `workers` > 1 or a `launcher`, this process
+    starts the workers (local processes or a SLURM array) and follows their progress in
+    the index. With `resume`, completed points are kept and every other point continues
+    from its own checkpoints (`seqpar run --resume SWEEP_DIR`). One signal handler spans
+    the whole sweep, so Ctrl-C between points stops it as cleanly as Ctrl-C inside one.
     """
     from seqpar.analysis.compare import compare, rich_table
     from seqpar.train.loop import NullProgress
     from seqpar.train.runner import run_experiment, stop_on_signals
 
+    joined = prepare_sweep_dir(plan, sweep_dir)
+    session, since = new_session(), time.time()
     s0 = plan.points[0].spec
+    where = f"{workers} worker(s), {launcher.description}" if launcher is not None else "in this process"
     console.print(
         f"[bold]{plan.name}[/]: sweep of {len(plan.points)} point(s) over {', '.join(plan.axes) or '(no axes)'}, "
-        f"{len(s0.methods)} method(s), {s0.train.steps} steps each -> {sweep_dir}"
+        f"{len(s0.methods)} method(s), {s0.train.steps} steps each -> {sweep_dir} ({where}"
+        f"{'; joining the workers already there' if joined and not resume else ''}"
+        f"{f'; shard {shard[0]}/{shard[1]}' if shard else ''})"
     )
     for key, value in plan.pinned.items():
         console.print(f"  {key} pinned to {short_value(value)} by --set (not swept)")
+    rebuild_index(plan, sweep_dir)
 
-    def after(point: Point, point_dir: Path) -> None:
-        for w in export_run(point_dir, plot=False, tensorboard=tensorboard)[1]:
-            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
-
-    with stop_on_signals() as stop:
-        if quiet:
-            run_point = lambda spec, d: run_experiment(spec, d, NullProgress(), resume=resume, stop=stop)  # noqa: E731
-            index = run_sweep(plan, sweep_dir, run_point, after_point=after, resume=resume)
-        else:
-            with SweepProgress(console, len(plan.points)) as progress:
-                run_point = lambda spec, d: run_experiment(spec, d, progress, resume=resume, stop=stop)  # noqa: E731
-                index = run_sweep(plan, sweep_dir, run_point, progress.on_point, after, resume=resume)
+    if launcher is not None:
+        jobs = [WorkerJob(SWEEP_WORKER, str(sweep_dir), session, since, resume, i, workers, shard, tensorboard) for i in range(workers)]
+        codes = follow_workers(launcher, jobs, console, quiet, lambda: rebuild_index(plan, sweep_dir), len(plan.points))
+        interrupted = 130 in codes
+        if any(c not in (0, 1, 130) for c in codes):
+            err_console.print(
+                f"[yellow]warning:[/] {sum(c not in (0, 1, 130) for c in codes)} worker(s) crashed; "
+                f"their logs are in {Path(sweep_dir) / WORKER_LOGS}",
+                highlight=False,
+            )
+    else:
+        owner = Owner.me(session)
+        with stop_on_signals() as stop:
+            if quiet:
+                run_point = lambda spec, d: run_experiment(spec, d, NullProgress(), resume=resume, stop=stop, tensorboard=tensorboard)  # noqa: E731
+                interrupted = work_points(plan, sweep_dir, run_point, owner=owner, resume=resume, since=since, shard=shard, stop=stop)
+            else:
+                with SweepProgress(console, len(plan.points)) as progress:
+                    run_point = lambda spec, d: run_experiment(spec, d, progress, resume=resume, stop=stop, tensorboard=tensorboard)  # noqa: E731
+                    interrupted = work_points(
+                        plan, sweep_dir, run_point, progress.on_point, owner=owner, resume=resume, since=since, shard=shard, stop=stop
+                    )
+    index = rebuild_index(plan, sweep_dir, final=True)
     try:
         rows, keys, warnings = compare([sweep_dir])
         console.print(rich_table(rows, keys, title=f"{plan.name}: held-out sequential rollout, mean ± std over seeds"))
@@ -284,7 +459,47 @@ def execute_sweep(
         console.print(n, highlight=False)
     counts = status_counts(index)
     console.print(f"sweep record: {sweep_dir} ({', '.join(f'{n} {s}' for s, n in counts.items())}; index {SWEEP_INDEX})", highlight=False)
-    if index["status"] == "interrupted":
-        err_console.print("[yellow]interrupted[/]: finished points are saved")
+    if index["status"] == "running":
+        console.print("other workers are still running points; the index is complete when the last one ends", highlight=False)
+    if interrupted or index["status"] == "interrupted":
+        err_console.print(f"[yellow]interrupted[/]: finished points are saved; continue with: seqpar run --resume {sweep_dir}")
         return 130
     return 1 if index["status"] == "failed" else 0
+
+
+def follow_workers(
+    launcher: Launcher,
+    jobs: list[WorkerJob],
+    console: Console,
+    quiet: bool,
+    index: Callable[[], dict[str, Any]],
+    total: int,
+    poll_s: float = 1.0,
+    on_poll: Callable[[], None] = lambda: None,
+) -> list[int]:
+    """Start the workers, show the index's progress until they end, pass Ctrl-C on; their exit codes.
+
+    `on_poll` runs at every poll (a study prints the trials its workers finished)."""
+    running = launcher.start(jobs)
+    bars = None if quiet else progress_bars(console)
+    task = bars.add_task("points", total=total, info=f"{len(jobs)} worker(s)") if bars else None
+    try:
+        if bars is not None:
+            bars.__enter__()
+        while True:
+            try:
+                while not running.done():
+                    on_poll()
+                    if bars is not None and task is not None:
+                        counts = status_counts(index())
+                        done = sum(n for s, n in counts.items() if s not in ("pending", "running"))
+                        info = ", ".join(f"{n} {s}" for s, n in counts.items() if s != "pending")
+                        bars.update(task, completed=done, info=info)
+                    time.sleep(poll_s)
+                return running.wait()
+            except KeyboardInterrupt:
+                console.print("stopping the workers (they save what they have)...", highlight=False)
+                running.stop()
+    finally:
+        if bars is not None:
+            bars.__exit__(None, None, None)

@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from seqpar.methods.memoryless import BASELINE_LABEL, MemorylessConfig
 from seqpar.records.layout import METRICS, SCHEMA_VERSION, SPEC, SUMMARY, checkpoint_dir
 from seqpar.records.reader import BadRecord
 from seqpar.records.reader import read_summary as read_record
+from seqpar.records.tracker import Tracker, Trackers
 from seqpar.records.writer import (
     MetricsLog,
     RunDirBusy,
@@ -210,15 +211,22 @@ def run_experiment(
     *,
     resume: bool = False,
     stop: StopRequest | None = None,
+    tensorboard: bool = False,
+    trackers: Sequence[Tracker] = (),
 ) -> dict[str, Any]:
-    """Train all methods of `spec` into `run_dir` (continuing what is there if `resume`); returns the summary."""
+    """Train all methods of `spec` into `run_dir` (continuing what is there if `resume`); returns the summary.
+
+    Metric lines go to metrics.jsonl, to live TensorBoard event files with `tensorboard`, and
+    to any other `trackers` (a study's pruning callback), in that order."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with lock_run_dir(run_dir), stop_on_signals(stop) as stop_requested:
-        return _run(spec, run_dir, progress or NullProgress(), resume, stop_requested)
+        return _run(spec, run_dir, progress or NullProgress(), resume, stop_requested, tensorboard, trackers)
 
 
-def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: StopRequest) -> dict[str, Any]:
+def _run(
+    spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: StopRequest, tensorboard: bool, trackers: Sequence[Tracker]
+) -> dict[str, Any]:
     if not resume and any((run_dir / f).exists() for f in (SPEC, SUMMARY)):
         # Two runs raced for one empty --out: the first holds (or held) the lock and wrote first.
         raise RunDirBusy(f"{run_dir}: another seqpar run has started in this directory; runs are never overwritten")
@@ -288,7 +296,14 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
     assert exp is not None  # built, or `error` says why not
     atomic_write_json(run_dir / SUMMARY, summary)
 
-    log = MetricsLog(run_dir / METRICS)
+    backends: list[Tracker] = [MetricsLog(run_dir / METRICS)]
+    if tensorboard:
+        from seqpar.analysis.tensorboard import LiveWriter, start_epoch
+
+        # A resumed method logs again from the step after its checkpoint (from 0 without one).
+        purge = {labels[i]: (c.step + 1 if c else 0) for i, c in resume_from.items()} if resume else {}
+        backends.append(LiveWriter(run_dir, labels, summary["spec"], start_epoch(summary), purge))
+    log = Trackers(*backends, *trackers)
     try:
         summary["task"] = {
             "baseline_loss": exp.task.baseline_loss,

@@ -1,0 +1,166 @@
+"""Sweeps over many workers: one claim per point, real worker processes, a SIGKILLed worker, submitit's array path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from seqpar.cli import app
+from seqpar.records.layout import CLAIM, METRICS, SUMMARY, SWEEP_INDEX
+from seqpar.sweep.claim import Owner, is_live, read_claim, try_claim
+from seqpar.sweep.execute import SWEEP_WORKER, new_session, prepare_sweep_dir, rebuild_index
+from seqpar.sweep.launch import WorkerJob
+from seqpar.sweep.plan import load_plan
+
+runner = CliRunner()
+
+
+def _sweep(tiny_spec, seeds: int, steps: int = 2) -> dict:
+    tiny_spec["methods"] = tiny_spec["methods"][:1]
+    tiny_spec["train"].update(steps=steps, eval_every=steps)
+    tiny_spec["sweep"] = {"seed": list(range(seeds))}
+    return tiny_spec
+
+
+def _records(out: Path) -> dict[str, list[int]]:
+    """Per point directory: the steps of its metrics lines (a point run twice would repeat them)."""
+    index = json.loads((out / SWEEP_INDEX).read_text())
+    return {p["dir"]: [json.loads(x)["step"] for x in (out / p["dir"] / METRICS).read_text().splitlines()] for p in index["points"]}
+
+
+def _claim(directory: Path) -> dict:
+    info = read_claim(directory)
+    assert info is not None, f"no claim in {directory}"
+    return info
+
+
+def test_racing_claims_have_one_winner(tmp_path):
+    """Eight threads race for one directory: exactly one claim is granted, and it records its owner."""
+    wins, barrier = [], threading.Barrier(8)
+
+    def race(i):
+        barrier.wait()
+        c = try_claim(tmp_path / "p", Owner("h", 1000 + i, "s"), heartbeat_s=0.05)
+        if c is not None:
+            wins.append((i, c))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+    (i, claim), info = wins[0], read_claim(tmp_path / "p")
+    assert info is not None and info["pid"] == 1000 + i and info.get("finished") is None
+    time.sleep(0.15)
+    assert (tmp_path / "p" / CLAIM).stat().st_mtime > claim.info["started"]  # the heartbeat touches it
+    claim.finish("completed", methods={"bptt": "completed"})
+    assert _claim(tmp_path / "p")["status"] == "completed" and not is_live(_claim(tmp_path / "p"))
+
+
+def test_a_dead_owners_claim_is_stale_and_taken_over_only_when_allowed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    me = Owner.me("s1")
+    assert try_claim(tmp_path / "p", Owner(me.host, dead.pid, "s0")) is not None
+    info = read_claim(tmp_path / "p")
+    assert info is not None and not is_live(info)  # same host, pid gone
+    assert try_claim(tmp_path / "p", me) is None  # by default nobody takes over
+    assert try_claim(tmp_path / "p", me, lambda info: not is_live(info)) is not None
+    assert _claim(tmp_path / "p")["pid"] == os.getpid()
+    other_host = {"host": "elsewhere", "pid": 1, "mtime": time.time()}
+    assert is_live(other_host) and not is_live({**other_host, "mtime": time.time() - 3600})  # heartbeat timeout
+
+
+def test_three_worker_processes_run_every_point_exactly_once(tiny_spec, write_spec, tmp_path):
+    out = tmp_path / "sw"
+    res = runner.invoke(app, ["run", str(write_spec(_sweep(tiny_spec, 4))), "--out", str(out), "--workers", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    index = json.loads((out / SWEEP_INDEX).read_text())
+    assert index["status"] == "completed" and [p["status"] for p in index["points"]] == ["completed"] * 4
+    assert _records(out) == {p["dir"]: [0, 2] for p in index["points"]}  # one run each: no repeated lines
+    owners = {p["dir"]: _claim(out / p["dir"])["pid"] for p in index["points"]}
+    assert os.getpid() not in owners.values()  # the workers ran them, not this process
+    assert len(list((out / "workers").glob("*.log"))) == 3
+    # A second command joining the finished sweep finds nothing to do and leaves every record as it was.
+    before = {d: (out / d / SUMMARY).read_bytes() for d in owners}
+    res = runner.invoke(app, ["run", str(tmp_path / "spec.yaml"), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert {d: (out / d / SUMMARY).read_bytes() for d in owners} == before
+
+
+def test_a_sigkilled_worker_leaves_a_point_that_resume_finishes(tiny_spec, write_spec, tmp_path):
+    spec = _sweep(tiny_spec, 2, steps=1000)  # point 0 runs long enough to be killed inside
+    spec["train"]["eval_every"] = 500
+    out = tmp_path / "sw"
+    plan = load_plan(write_spec(spec))
+    prepare_sweep_dir(plan, out)
+    job = WorkerJob(SWEEP_WORKER, str(out), new_session(), time.time())
+    worker = subprocess.Popen([sys.executable, "-m", "seqpar.sweep.launch", job.to_json()], stdout=subprocess.DEVNULL)
+    first = out / plan.points[0].dirname
+    deadline = time.time() + 120
+    while not ((first / METRICS).exists() and (first / METRICS).read_text()):  # step 0 evaluated: training has begun
+        assert time.time() < deadline and worker.poll() is None, "the worker never started its first point"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    index = rebuild_index(plan, out)
+    assert index["points"][0]["status"] == "interrupted" and "killed" in index["points"][0]["error"]
+    # A plain run joining the sweep does not touch the dead worker's point; --resume finishes it.
+    res = runner.invoke(app, ["run", str(tmp_path / "spec.yaml"), "--out", str(out), "--quiet"])
+    assert res.exit_code == 130 and "--resume" in res.stderr
+    assert json.loads((out / SWEEP_INDEX).read_text())["points"][1]["status"] == "completed"
+    res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    index = json.loads((out / SWEEP_INDEX).read_text())
+    assert [p["status"] for p in index["points"]] == ["completed", "completed"]
+    assert _records(out) == {p.dirname: [0, 500, 1000] for p in plan.points}
+
+
+def test_slurm_launcher_runs_a_sweep_as_a_submitit_job_array(tiny_spec, write_spec, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("SEQPAR_SUBMITIT_CLUSTER", "local")  # submitit's local executor: the same array path, no cluster
+    out = tmp_path / "sw"
+    args = ["run", str(write_spec(_sweep(tiny_spec, 4))), "--out", str(out), "--quiet", "--launcher", "slurm", "--workers", "2"]
+    res = runner.invoke(app, args + ["--time", "10", "--partition", "gpu"])
+    assert res.exit_code == 0, res.output
+    assert "submitit (local) job array on partition gpu" in " ".join(res.stdout.split())
+    index = json.loads((out / SWEEP_INDEX).read_text())
+    assert [p["status"] for p in index["points"]] == ["completed"] * 4
+    assert _records(out) == {p["dir"]: [0, 2] for p in index["points"]}
+    assert list((out / "workers" / "slurm").glob("*_result.pkl"))  # submitit's own records of the array tasks
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--workers", "0"], "--workers 0"),
+        (["--shard", "2/2"], "--shard 2/2"),
+        (["--partition", "gpu"], "go with --launcher slurm"),
+        (["--launcher", "pbs"], "--launcher pbs"),
+    ],
+)
+def test_bad_worker_options_exit_2_and_write_nothing(tiny_spec, write_spec, tmp_path, args, named):
+    res = runner.invoke(app, ["run", str(write_spec(_sweep(tiny_spec, 2))), "--out", str(tmp_path / "sw"), *args])
+    assert res.exit_code == 2 and named in res.stderr and not (tmp_path / "sw").exists()
+
+
+def test_workers_need_a_sweep_and_a_foreign_sweep_dir_is_refused(tiny_spec, write_spec, tmp_path):
+    plain = write_spec({k: v for k, v in _sweep(tiny_spec, 2).items() if k != "sweep"}, "plain.yaml")
+    res = runner.invoke(app, ["run", str(plain), "--out", str(tmp_path / "one"), "--workers", "2"])
+    assert res.exit_code == 2 and "has no sweep" in res.stderr and not (tmp_path / "one").exists()
+    spec = _sweep(tiny_spec, 2)
+    out = tmp_path / "sw"
+    prepare_sweep_dir(load_plan(write_spec(spec)), out)
+    spec["sweep"]["seed"] = [5, 6]
+    res = runner.invoke(app, ["run", str(write_spec(spec, "other.yaml")), "--out", str(out)])
+    assert res.exit_code == 2 and "holds another sweep" in res.stderr
