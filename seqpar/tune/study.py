@@ -407,7 +407,8 @@ def final_runs(plan: TunePlan, study_dir: Path, studies: list[Any], job: WorkerJ
     owner = Owner.me(job.session)
 
     def run_point(spec, d):
-        return run_experiment(spec, d, stop=signals, tensorboard=job.tensorboard)  # type: ignore[arg-type]
+        # resume: a point taken over from a dead worker continues its checkpoints; a fresh one simply starts.
+        return run_experiment(spec, d, stop=signals, resume=True, tensorboard=job.tensorboard)  # type: ignore[arg-type]
 
     # A re-run of the command retakes points a dead worker left (resume), never a completed one.
     stopped = work_points(final_plan, Path(study_dir) / FINAL, run_point, owner=owner, resume=True, since=job.since, stop=signals)
