@@ -6,10 +6,13 @@ import functools
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from seqpar.sweep import MAX_POINTS
 
 app = typer.Typer(
     add_completion=False,
@@ -24,9 +27,14 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a spec key: dotted.key=value (YAML value); repeatable")]
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+def _fail(msg: str, code: int = 2) -> NoReturn:
+    # The message is text, not markup: a path or hint with brackets (seqpar[tb]) must print as is.
+    err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _warn(msg: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
 def _one_line_errors(command):
@@ -34,10 +42,16 @@ def _one_line_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from seqpar.records.writer import WriteError
+
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
+        except WriteError as e:  # a full disk: say which file; the summary records the failure where it could be written
+            if kwargs.get("debug"):
+                raise
+            _fail(str(e), code=1)
         except Exception as e:
             if kwargs.get("debug"):
                 raise
@@ -46,47 +60,47 @@ def _one_line_errors(command):
     return wrapper
 
 
-def _check_memory(specs, force: bool, source: Path) -> None:
-    """Refuse (exit 2) a spec whose estimated memory exceeds the machine's, before anything is allocated."""
-    from seqpar.train.memory import MemoryLimitError, check
+def _check_machine(specs, force: bool, source: Path, overrides: list[str] | None = None, count_devices: bool = True) -> None:
+    """Refuse (exit 2) what this machine cannot run, before anything is written or allocated:
+    more devices than are visible (unless `count_devices` is False), or an estimated memory
+    above the machine's (or an estimate that cannot be made; `--force` overrides the memory
+    check only)."""
+    from seqpar.spec import SpecError, with_yaml_line
+    from seqpar.train.memory import MemoryLimitError, check_all
 
-    seen, notes = set(), []
-    for s in specs:
-        shape = s.model_dump_json(exclude={"seed", "name"})  # sweep points differing only by seed need one estimate
-        if shape in seen:
-            continue
-        seen.add(shape)
-        try:
-            notes.append(check(s, force))
-        except MemoryLimitError as e:
-            _fail(f"{source}: {e}")
-    if force and any("over the limit" in n for n in notes):
-        err_console.print(f"[yellow]warning:[/] {next(n for n in notes if 'over the limit' in n)}", highlight=False)
+    # Counting devices starts the backend, so only specs that ask for more than one do it.
+    wanted = max((s.train.devices for s in specs if isinstance(s.train.devices, int)), default=1)
+    if wanted > 1 and count_devices:
+        import jax
+
+        if wanted > jax.device_count():
+            devices = jax.devices()
+            err = SpecError(
+                f"{source}: train.devices: {wanted} requested, but only {len(devices)} device(s) are visible "
+                f"({devices[0].platform}); use at most {len(devices)}, or 'all'",
+                key="train.devices",
+                source=str(source),
+            )
+            _fail(with_yaml_line(err, source, overrides or []))
+    try:
+        warnings = check_all(specs, force)
+    except MemoryLimitError as e:
+        _fail(f"{source}: {e}")
+    for w in warnings:
+        _warn(w)
 
 
 def _exit_code(summary: dict, run_dir: Path, debug: bool) -> int:
-    """Say what failed or was interrupted; 0 completed/diverged, 1 any failed, 130 interrupted."""
-    for r in summary["runs"]:
-        if r["status"] == "failed":
-            err_console.print(
-                f"[red]failed[/] {r['label']}: {r.get('error')} (traceback in {run_dir / 'summary.json'})", highlight=False, soft_wrap=True
-            )
-            if debug and r.get("traceback"):
-                err_console.print(r["traceback"], highlight=False, markup=False)
-        elif r["status"] == "diverged":
-            err_console.print(f"[yellow]diverged[/] {r['label']}: {r.get('error')}", highlight=False, soft_wrap=True)
-    if summary.get("error"):
-        err_console.print(f"[red]failed[/]: {summary['error']}", highlight=False, soft_wrap=True)
-        if debug and summary.get("traceback"):
-            err_console.print(summary["traceback"], highlight=False, markup=False)
-    if summary["status"] == "interrupted":
-        err_console.print(
-            f"[yellow]interrupted[/]: results so far are saved; continue with: seqpar run --resume {run_dir}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 130
-    return 1 if summary["status"] == "failed" else 0
+    """Say what failed, diverged or was interrupted (the runner's `outcome`); return its exit code."""
+    from seqpar.train.runner import outcome
+
+    code, lines = outcome(summary, run_dir, with_tracebacks=debug)
+    for kind, text in lines:
+        if kind == "traceback":
+            err_console.print(text, highlight=False, markup=False)
+        else:
+            err_console.print(f"[{'red' if kind == 'failed' else 'yellow'}]{kind}[/]{escape(text)}", highlight=False, soft_wrap=True)
+    return code
 
 
 def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
@@ -99,18 +113,21 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
     if is_sweep_dir(run_dir):
         from seqpar.sweep import execute as sweeps
 
-        plan = _load_plan(run_dir / SWEEP_SPEC, [])
-        _check_memory([p.spec for p in plan.points], force, run_dir / SWEEP_SPEC)
+        plan = _load_plan(run_dir / SWEEP_SPEC, [], max_points=None)  # its size was accepted when it started
+        _check_machine([p.spec for p in plan.points], force, run_dir / SWEEP_SPEC)
         try:
-            return sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=False, tensorboard=False, resume=True)
+            code = sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=False, tensorboard=False, resume=True)
         except (ResumeError, RunDirBusy) as e:
             _fail(str(e))
+        for point in plan.points:
+            _resume_warnings(run_dir / point.dirname)
+        return code
     try:
         s = load_run_spec(run_dir)
     except ResumeError as e:
         _fail(str(e))
-    _check_memory([s], force, run_dir / SPEC)
-    console.print(f"[bold]{s.name}[/]: resuming {run_dir}")
+    _check_machine([s], force, run_dir / SPEC)
+    console.print(f"[bold]{s.name}[/]: resuming {escape(str(run_dir))}")
     try:
         if quiet:
             summary = run_experiment(s, run_dir, NullProgress(), resume=True)
@@ -119,26 +136,57 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool) -> int:
                 summary = run_experiment(s, run_dir, progress, resume=True)
     except (ResumeError, RunDirBusy) as e:
         _fail(str(e))
+    _resume_warnings(run_dir)
     console.print(results_table(summary))
-    console.print(f"run record: {run_dir}")
+    console.print(f"run record: {run_dir}", markup=False)
     return _exit_code(summary, run_dir, debug)
 
 
-def _load_plan(spec_path: Path, overrides: list[str] | None):
+def _resume_warnings(run_dir: Path) -> None:
+    """Say which checkpoints this resume passed over and why (also kept in the summary's `resumes`)."""
+    from seqpar.records.reader import BadRecord, read_summary
+
+    try:
+        summary = read_summary(run_dir, missing_ok=True)
+    except BadRecord:
+        return
+    resumes = (summary or {}).get("resumes") or [{}]
+    for w in resumes[-1].get("warnings", []) if isinstance(resumes[-1], dict) else []:
+        _warn(str(w))
+
+
+def _load_plan(spec_path: Path, overrides: list[str] | None, max_points: int | None = MAX_POINTS):
     """The spec's points: one for a plain spec, the validated grid for a spec with `sweep:`."""
     from seqpar.spec import SpecError, with_yaml_line
     from seqpar.sweep.plan import load_plan
 
     try:
-        return load_plan(spec_path, overrides or [])
+        return load_plan(spec_path, overrides or [], max_points=max_points)
     except SpecError as e:
         _fail(with_yaml_line(e, spec_path, overrides or []))
 
 
+MaxPointsOpt = Annotated[
+    int, typer.Option("--max-points", min=1, help="refuse a sweep of more points than this (every point is validated up front)")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")]
+
+
 @app.command()
-def validate(spec: Annotated[Path, typer.Argument(help="YAML experiment spec")], set_: SetOpt = None) -> None:
-    """Check a spec without running it (exit 2 with a one-line error if it is invalid)."""
-    plan = _load_plan(spec, set_)
+def validate(
+    spec: Annotated[Path, typer.Argument(help="YAML experiment spec")],
+    set_: SetOpt = None,
+    max_points: MaxPointsOpt = MAX_POINTS,
+    force: Annotated[bool, typer.Option("--force", help="pass even if the estimated memory exceeds the machine's")] = False,
+) -> None:
+    """Check a spec without running it: the spec, every sweep point, and that this machine can run it
+    (devices, estimated memory). Exit 2 with a one-line error if not."""
+    from seqpar.sharding import launched_multiprocess
+
+    plan = _load_plan(spec, set_, max_points)
+    # Under a multi-process launch the devices of the other processes count too; `run` joins
+    # them before it counts, `validate` does not join a cluster to check a file.
+    _check_machine([p.spec for p in plan.points], force, spec, set_, count_devices=not launched_multiprocess())
     s = plan.points[0].spec
     if plan.is_sweep:
         console.print(
@@ -160,13 +208,14 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and list the runs (sweep points) without running anything")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="write PNG figures to RUN_DIR/plots at the end")] = False,
     tensorboard: Annotated[
-        bool, typer.Option("--tensorboard", help="write TensorBoard event files to RUN_DIR/tensorboard (needs seqpar[tb])")
+        bool, typer.Option("--tensorboard", help="write TensorBoard event files to RUN_DIR/tensorboard (needs seqpar\\[tb])")
     ] = False,
     resume: Annotated[
         Path | None,
         typer.Option("--resume", help="continue the interrupted or crashed run in RUN_DIR (with its own spec)", metavar="RUN_DIR"),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")] = False,
+    force: ForceOpt = False,
+    max_points: MaxPointsOpt = MAX_POINTS,
     debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
 ) -> None:
     """Train every method of SPEC (every point of its `sweep:`), judge each by held-out rollout, write the run record."""
@@ -180,7 +229,7 @@ def run(
         raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force))
     if spec is None:
         _fail("missing SPEC: give a YAML experiment spec, or --resume RUN_DIR")
-    plan = _load_plan(spec, set_)
+    plan = _load_plan(spec, set_, max_points)
     if dry_run:
         console.print(sweeps.plan_table(plan))
         raise typer.Exit(0)
@@ -190,9 +239,9 @@ def run(
         if not available():
             _fail(INSTALL_HINT)
     s = plan.points[0].spec
-    _check_memory([p.spec for p in plan.points], force, spec)
+    _check_machine([p.spec for p in plan.points], force, spec, set_)
     from seqpar.analysis.report import RichProgress, results_table
-    from seqpar.records.writer import OutputError, new_run_dir
+    from seqpar.records.writer import OutputError, RunDirBusy, new_run_dir
     from seqpar.train.loop import NullProgress
     from seqpar.train.runner import run_experiment
 
@@ -203,20 +252,23 @@ def run(
         _fail(str(e))
     if plan.is_sweep:
         raise typer.Exit(sweeps.execute_sweep(plan, run_dir, console, err_console, quiet=quiet, plot=plot, tensorboard=tensorboard))
-    console.print(f"[bold]{s.name}[/]: {len(s.methods)} method(s), {s.train.steps} steps each -> {run_dir}")
-    if quiet:
-        summary = run_experiment(s, run_dir, NullProgress())
-    else:
-        with RichProgress(console) as progress:
-            summary = run_experiment(s, run_dir, progress)
+    console.print(f"[bold]{s.name}[/]: {len(s.methods)} method(s), {s.train.steps} steps each -> {escape(str(run_dir))}")
+    try:
+        if quiet:
+            summary = run_experiment(s, run_dir, NullProgress())
+        else:
+            with RichProgress(console) as progress:
+                summary = run_experiment(s, run_dir, progress)
+    except RunDirBusy as e:  # another run raced us to the same --out
+        _fail(str(e))
     console.print(results_table(summary))
     _log_shard_memory(summary)
     notes, warnings = sweeps.export_run(run_dir, plot=plot, tensorboard=tensorboard)
     for w in warnings:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        _warn(w)
     for n in notes:
-        console.print(n, highlight=False)
-    console.print(f"run record: {run_dir}")
+        console.print(n, highlight=False, markup=False)
+    console.print(f"run record: {run_dir}", markup=False)
     raise typer.Exit(_exit_code(summary, run_dir, debug))
 
 
@@ -279,7 +331,7 @@ def compare(
     except cmp.CompareError as e:
         _fail(str(e))
     for w in warnings:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        _warn(w)
     if format_ == "table":
         console.print(cmp.rich_table(rows, keys))
     else:
@@ -298,16 +350,14 @@ def plot(
     from seqpar.analysis.compare import CompareError
     from seqpar.analysis.plots import plot_records
 
-    if out.exists() and not out.is_dir():
-        _fail(f"--out {out}: is a file, expected a directory")
     try:
         files, warnings = plot_records(paths, out, by, metric)
     except CompareError as e:
         _fail(str(e))
     for w in warnings:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        _warn(w)
     for f in files:
-        console.print(str(f), highlight=False)
+        console.print(str(f), highlight=False, markup=False)
     if not files:
         err_console.print("[yellow]warning:[/] nothing to plot (no evaluation points in these records)")
 
@@ -328,10 +378,13 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="output directory (default results/bench/<run-id>)")] = None,
     results_root: Annotated[Path, typer.Option(help="root of default output directories")] = Path("results"),
     set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="measure even points whose estimated memory exceeds the machine's")] = False,
 ) -> None:
     """Step time, memory and FLOP/s of every method against length and batch; writes bench.json and bench.png."""
-    from seqpar.bench import measure as B
+    from seqpar.bench import grid as B
+    from seqpar.bench.machine import machine
     from seqpar.bench.report import bench_table, overhead_table
+    from seqpar.bench.run import bench_to_dir
     from seqpar.records.writer import OutputError, new_run_dir
     from seqpar.spec import SpecError
 
@@ -349,18 +402,19 @@ def bench(
             min_time_s=min_time,
         )
         B.check_overhead_args(overhead_steps, overhead_rounds)
-        B.check_points(s, grid)
+        for note in B.check_points(s, grid, force):
+            _warn(note)
         run_dir = new_run_dir(results_root, "bench", out)
     except (B.BenchError, SpecError, OutputError) as e:
         _fail(str(e))
-    console.print(f"[bold]bench[/] {s.name}: {B.machine()['summary']} -> {run_dir}")
+    console.print(f"[bold]bench[/] {s.name}: {machine()['summary']} -> {run_dir}")
 
     def on_point(r):
         line = f"  {r['label']:<14} {r['cell']:<6} T={r['length']:<6} B={r['batch']:<4} {r['step_ms']['median']:9.3f} ms/step"
         console.print(line, highlight=False)
 
     try:
-        result = B.bench_to_dir(s, grid, run_dir, on_point, overhead_steps, overhead_rounds)
+        result = bench_to_dir(s, grid, run_dir, on_point, overhead_steps, overhead_rounds)
     except B.BenchError as e:
         _fail(str(e))
     console.print(bench_table(result))

@@ -43,6 +43,8 @@ def maybe_initialize_distributed() -> bool:
     or SLURM with more than one task (`SLURM_NTASKS` > 1), which JAX auto-detects.
     """
     env = os.environ
+    if not launched_multiprocess():
+        return False
     if env.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
@@ -50,10 +52,14 @@ def maybe_initialize_distributed() -> bool:
             process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None,
         )
         return True
-    if int(env.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
-        return True
-    return False
+    jax.distributed.initialize()  # SLURM: JAX reads the rest from its environment
+    return True
+
+
+def launched_multiprocess() -> bool:
+    """True when a cluster launcher started this process as one of several (see above)."""
+    env = os.environ
+    return bool(env.get("JAX_COORDINATOR_ADDRESS")) or int(env.get("SLURM_NTASKS", "1")) > 1
 
 
 def is_writer() -> bool:
@@ -149,7 +155,7 @@ def take_rows(tree: Any, idx: jax.Array | None) -> Any:
 
     `idx=None` means every row in order (a full batch): nothing to gather.
     """
-    if idx is None:
+    if idx is None or not jax.tree.leaves(tree):  # a stateless optimizer's state (sgd): no rows at all
         return tree
     if not _row_parallel():
         return jax.tree.map(lambda a: a[idx], tree)
@@ -164,7 +170,7 @@ def take_rows(tree: Any, idx: jax.Array | None) -> Any:
 def put_rows(tree: Any, idx: jax.Array | None, rows: Any) -> Any:
     """`leaf.at[idx].set(rows)` for every leaf; a local scatter on each device under a mesh
     (`idx=None`: the rows are the whole of every leaf)."""
-    if idx is None:
+    if idx is None or not jax.tree.leaves(tree):
         return rows
     if not _row_parallel():
         return jax.tree.map(lambda a, r: a.at[idx].set(r), tree, rows)

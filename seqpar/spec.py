@@ -11,7 +11,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_validator
@@ -20,12 +20,17 @@ from seqpar.config import Config, KeyedError
 from seqpar.config.registry import tagged_union
 from seqpar.methods import METHODS
 from seqpar.methods.memoryless import BASELINE_LABEL
-from seqpar.model.cells import CELLS, CellConfig
+from seqpar.model.cells import CELLS
 from seqpar.tasks import TASKS
 
-TaskSpec = tagged_union(TASKS)
-CellSpec = tagged_union(CELLS)
-MethodSpec = tagged_union(METHODS)
+if TYPE_CHECKING:  # a union built at import time from a registry: opaque to the type checker
+    TaskSpec = Any
+    CellSpec = Any
+    MethodSpec = Any
+else:
+    TaskSpec = tagged_union(TASKS)
+    CellSpec = tagged_union(CELLS)
+    MethodSpec = tagged_union(METHODS)
 
 
 class SpecError(Exception):
@@ -42,8 +47,8 @@ class SpecError(Exception):
 
 
 class ModelConfig(Config):
-    cell: CellSpec = Field("gru", description="recurrent cell: a type name, or {type: NAME, ...its options}")
-    hidden: int = Field(64, gt=0, description="hidden size")
+    cell: CellSpec = Field(default="gru", description="recurrent cell: a type name, or {type: NAME, ...its options}")
+    hidden: int = Field(default=64, gt=0, description="hidden size")
 
     @field_validator("cell", mode="before")
     @classmethod
@@ -51,7 +56,7 @@ class ModelConfig(Config):
         return {"type": v} if isinstance(v, str) else v
 
     @field_serializer("cell")
-    def _record_bare_name(self, v: CellConfig) -> Any:
+    def _record_bare_name(self, v: Any) -> Any:  # a registered CellConfig
         # A cell with default options is recorded as its bare name, as written before cells had options.
         return v.type if v.is_default() else v.model_dump()
 
@@ -183,9 +188,16 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return validate_spec(raw, source=str(path))
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few KB; reading stops here (a device such as /dev/zero never ends)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES >> 20} MiB; a spec is a few KB of YAML")
+        text = data.decode()
     except FileNotFoundError:
         raise SpecError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -193,7 +205,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot read ({e})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, source=str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -205,17 +217,95 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
+# A spec, sweep lists included, holds a few hundred values and nests a few levels. Everything
+# downstream (validation, the key-line walk, deep copies per sweep point) walks the document with
+# its aliases expanded, so a document is refused when that expansion is large (a "billion laughs":
+# 9 aliases of 9 aliases of ... is a few lines of YAML and 10^9 values), deep, or recursive.
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+def load_yaml(text: str, source: str = "spec") -> Any:
+    """YAML text -> Python values (safe types only), refusing documents that expand too far.
+
+    Raises `yaml.YAMLError` for malformed YAML and `SpecError` for a document too large once
+    its aliases are expanded, nested too deeply, or containing itself."""
+    root = _compose(text, source)
+    if root is None:
+        return None
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _compose(text: str, source: str) -> yaml.Node | None:
+    # PyYAML's scanner takes time quadratic in the depth of flow nesting ([[[[...) and its composer
+    # recurses per level: count brackets first (an overcount at worst, from brackets in strings).
+    if text.count("[") + text.count("{") > MAX_YAML_DEPTH:
+        depth = 0
+        for c in text:
+            if c in "[{":
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise SpecError(f"{source}: invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep; a spec is a few levels deep")
+            elif c in "]}":
+                depth = max(depth - 1, 0)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SpecError(f"{source}: invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep; a spec is a few levels deep") from None
+    if root is not None:
+        _check_expansion(root, source)
+    return root
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Count the values of the document as if every alias were copied out; each distinct node is
+    visited once (its expanded size is remembered), so a bomb is refused in microseconds."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            raise SpecError(f"{source}: invalid YAML: an alias refers to a value that contains it (a recursive structure)")
+        if depth > MAX_YAML_DEPTH:
+            raise SpecError(f"{source}: invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep; a spec is a few levels deep")
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [x for pair in node.value for x in pair]
+        else:
+            children = []
+        open_.add(id(node))
+        n = 1
+        for child in children:
+            n += size(child, depth + 1)
+            if n > MAX_YAML_VALUES:
+                raise SpecError(
+                    f"{source}: YAML aliases expand this document to more than {MAX_YAML_VALUES} values; "
+                    "a spec holds a few hundred (is an alias repeated inside aliases?)"
+                )
+        open_.discard(id(node))
+        sizes[id(node)] = n
+        return n
+
+    size(root, 0)
+
+
 def yaml_key_lines(text: str, source: str = "spec") -> dict[str, int]:
     """1-based line of every dotted key (`train.steps`, `methods.1.optimizer.lr`) in a YAML text.
 
-    Walks the composed node tree, whose nodes keep their marks. A key given twice in one
-    mapping is a `SpecError`: YAML loaders keep only the last, silently.
+    Walks the composed node tree, whose nodes keep their marks (its size is bounded by
+    `_compose`). A key given twice in one mapping is a `SpecError`: YAML loaders keep only
+    the last, silently.
     """
     lines: dict[str, int] = {}
 
-    def walk(node: yaml.Node, prefix: str, depth: int) -> None:
-        if depth > 64:  # aliases can make a cycle
-            return
+    def walk(node: yaml.Node, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
             seen: dict[str, int] = {}
             for k, v in node.value:
@@ -227,15 +317,15 @@ def yaml_key_lines(text: str, source: str = "spec") -> dict[str, int]:
                         f"{source}: line {line}: {key}: duplicate key (first given on line {seen[k.value]}); give each key once", key=key
                     )
                 seen[k.value] = lines[key] = line
-                walk(v, key + ".", depth + 1)
+                walk(v, key + ".")
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
                 lines[f"{prefix}{i}"] = v.start_mark.line + 1
-                walk(v, f"{prefix}{i}.", depth + 1)
+                walk(v, f"{prefix}{i}.")
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    root = _compose(text, source)
     if root is not None:
-        walk(root, "", 0)
+        walk(root, "")
     return lines
 
 
@@ -267,7 +357,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SpecError(f"--set {item}: expected dotted.key=value")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), load_yaml(value, source=f"--set {item}")
     except yaml.YAMLError:
         raise SpecError(f"--set {item}: the value is not valid YAML") from None
 
@@ -305,7 +395,7 @@ def validate_spec(raw: dict[str, Any], source: str = "spec") -> Spec:
 # ----------------------------------------------------------------------------- error messages
 
 
-def ordered_errors(err: ValidationError) -> list[dict[str, Any]]:
+def ordered_errors(err: ValidationError) -> list[Any]:  # pydantic's ErrorDetails dicts
     """Unknown keys first: a misspelt key also makes the real one "missing", and the
     misspelling (with its "did you mean") is the message that helps."""
     return sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")

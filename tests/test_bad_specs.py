@@ -53,7 +53,7 @@ CASES = [
     ("unknown cell", edit("cell: gru", "cell: transformer"), ["model.cell", "line 11", "gru", "lstm"]),
     ("unknown optimizer", edit(BPTT_OPT, BPTT_OPT.replace("adam", "rmsprop")), ["methods.0.optimizer.type", "line 19", "adam", "sgd"]),
     ("negative lr", edit(BPTT_OPT, BPTT_OPT.replace("1.0e-2", "-0.1")), ["methods.0.optimizer.lr", "line 19", "positive finite"]),
-    ("nan lr", edit(BPTT_OPT, BPTT_OPT.replace("1.0e-2", ".nan")), ["methods.0.optimizer.lr", "positive finite"]),
+    ("nan lr", edit(BPTT_OPT, BPTT_OPT.replace("1.0e-2", ".nan")), ["methods.0.optimizer.lr", "line 19", "finite number"]),
     ("infinite weight", edit(PAR, PAR + "    consistency_weight: .inf\n"), ["methods.1.consistency_weight", "line 21", "finite"]),
     ("duplicate labels", edit(PAR, PAR.replace("- type", "- label: bptt\n    type")), ["methods.1.label", "duplicate method label"]),
     ("batch above train set", edit("batch_size: 8", "batch_size: 32"), ["train.batch_size", "line 15", "train_sequences=16"]),

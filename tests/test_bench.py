@@ -8,7 +8,8 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from seqpar.bench import measure as B
+from seqpar.bench import grid as B
+from seqpar.bench.measure import run_bench
 from seqpar.cli import app
 
 TINY = ["--lengths", "8", "--batch", "2", "--unrolls", "1,2", "--min-time", "0", "--repeats", "2", "--overhead-rounds", "1"]
@@ -63,7 +64,7 @@ def test_spec_methods_are_measured_with_a_bptt_baseline_added(tmp_path):
     s = B.load_bench_spec(spec)
     assert [m.type for m in B.with_baseline(s)] == ["bptt", "parallel"]
     grid = B.Grid(lengths=(8,), batches=(1,), hidden=8, unrolls=(1,), min_repeats=1, min_time_s=0, warmup=1)
-    rec = B.run_bench(s, grid)
+    rec = run_bench(s, grid)
     assert [(p["label"], p["cell"], p["hidden"]) for p in rec["points"]] == [("bptt", "elman", 8), ("par", "elman", 8)]
 
 

@@ -16,6 +16,7 @@ from seqpar.methods import METHODS
 from seqpar.methods.bptt import BPTTConfig
 from seqpar.methods.parallel import ParallelConfig
 from seqpar.model.cells import CELLS
+from seqpar.model.cells.lstm import LSTMConfig
 from seqpar.model.model import build_model
 from seqpar.model.rollout import rollout_states
 from seqpar.spec import validate_spec
@@ -74,7 +75,7 @@ def test_vmap_and_scan_match_a_python_loop(cell):
 
 @pytest.mark.parametrize("forget_bias", [None, 2.5])
 def test_lstm_forget_gate_bias_is_its_option_in_the_trained_params(forget_bias):
-    cell = "lstm" if forget_bias is None else CELLS.get("lstm")(type="lstm", forget_bias=forget_bias)
+    cell = "lstm" if forget_bias is None else LSTMConfig.model_validate({"forget_bias": forget_bias})
     model, params = _model(cell)
     bias = np.asarray(params["cell"]["wx"]["bias"][...])  # gate order i, f, g, o
     np.testing.assert_array_equal(bias[HIDDEN : 2 * HIDDEN], 1.0 if forget_bias is None else forget_bias)

@@ -88,7 +88,7 @@ def test_plot_command_on_one_run_and_a_corrupt_one(tiny_sweep, tmp_path):
 
 
 def _events(path: Path) -> list:
-    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.event_pb2 import Event  # pyright: ignore[reportAttributeAccessIssue] - generated protobuf module
 
     data, out, i = path.read_bytes(), [], 0
     while i < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc

@@ -14,6 +14,7 @@ import difflib
 import io
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +143,8 @@ def aggregate(
         vals = [v for v in (m.value(metric) for m in members) if v is not None]
         val_mean, val_std = _mean_std_of([v for v in (m.value(val_metric) for m in members) if v is not None] if val_metric else [])
         frac_metric = metric if loss_like else "rollout_loss_test"
-        fracs = [
-            m.value(frac_metric) / m.value("baseline_loss")
-            for m in members
-            if m.value(frac_metric) is not None and (m.value("baseline_loss") or 0) > 0
-        ]
+        pairs = [(m.value(frac_metric), m.value("baseline_loss")) for m in members]
+        fracs = [v / b for v, b in pairs if v is not None and b is not None and b > 0]
         with_target = [m for m in members if any(m.settings.get(f"train.target_{k}") is not None for k in ("loss", "fraction"))]
         reached = [m for m in with_target if m.value("steps_to_target") is not None]
         statuses: dict[str, int] = {}
@@ -182,8 +180,8 @@ def aggregate(
 
 
 def _median(vals: list[float | None]) -> float | None:
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
+    present = [v for v in vals if v is not None]
+    return statistics.median(present) if present else None
 
 
 def natural_key(v: Any) -> tuple:
@@ -235,7 +233,7 @@ def drop_constant(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
 
 
 def compare(
-    paths: list[str | Path],
+    paths: Sequence[str | Path],
     by: list[str] | None = None,
     metric: str = "rollout_loss_test",
     sort: str | None = None,

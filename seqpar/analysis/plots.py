@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from seqpar.analysis.compare import CompareError, aggregate, group_keys, hashable, natural_key, short_names
-from seqpar.records.reader import Result, load, read_metrics, results
+from seqpar.records.layout import METRICS
+from seqpar.records.reader import Result, load, read_metrics, read_metrics_checked, results
 
 DPI = 100
 PANEL_W, PANEL_H = 5.0, 3.6  # inches per panel
@@ -179,7 +181,7 @@ def _finish_loss_panel(ax, members: list[Result], ys: list[float], handles: dict
     b = _baseline(ax, members)
     if b is not None:
         handles.setdefault(_baseline_label(members), b)
-        ys.append(b.get_ydata()[0])
+        ys.append(float(np.asarray(b.get_ydata())[0]))
     _maybe_log(ax, ys)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
@@ -276,8 +278,8 @@ def _numeric(vals: list[Any]) -> bool:
 
 
 def plot_scaling(rs: list[Result], keys: list[str], path: Path, length_key: str = "task.length") -> Path | None:
-    lengths = {r.settings.get(length_key) for r in rs}
-    if length_key not in keys or len(lengths) < 2 or not _numeric(list(lengths)):
+    lengths = list({hashable(v): v for v in (r.settings.get(length_key) for r in rs)}.values())  # values may be lists
+    if length_key not in keys or len(lengths) < 2 or not _numeric(lengths):
         return None
     rows = aggregate(rs, [k for k in keys if k != "seed"], "rollout_loss_test")
     series = _series(rows, length_key, [k for k in keys if k != "seed"])
@@ -297,7 +299,7 @@ def plot_scaling(rs: list[Result], keys: list[str], path: Path, length_key: str 
             handles.setdefault(name, line)
             any_data = True
         ax.set_xscale("log")
-        _plain_log_ticks(ax, "x", sorted(lengths))
+        _plain_log_ticks(ax, "x", sorted(float(v) for v in lengths if v is not None))
         if any_data:
             ax.set_yscale("log")
             _plain_log_ticks(ax, "y")
@@ -317,7 +319,7 @@ def plot_final_vs(rs: list[Result], keys: list[str], x_key: str, metric: str, pa
     # Rows without the key (BPTT in a consistency-weight sweep) become horizontal reference lines.
     refs = [r for r in rows if r["settings"].get(x_key) is None]
     rows = [r for r in rows if r["settings"].get(x_key) is not None]
-    xs_all = list(dict.fromkeys(r["settings"].get(x_key) for r in rows))
+    xs_all = list({hashable(v): v for v in (r["settings"].get(x_key) for r in rows)}.values())  # values may be lists
     if len(xs_all) < 2:
         return None
     numeric = _numeric(xs_all)
@@ -429,7 +431,7 @@ def plot_final_by_method(rs: list[Result], keys: list[str], metric: str, path: P
 
 
 def plot_records(
-    paths: list[str | Path], out_dir: Path, by: list[str] | None = None, metric: str = "rollout_loss_test"
+    paths: Sequence[str | Path], out_dir: Path, by: list[str] | None = None, metric: str = "rollout_loss_test"
 ) -> tuple[list[Path], list[str]]:
     """Write every applicable figure for the records under `paths` into `out_dir`: (files, warnings)."""
     loaded = load(paths)
@@ -439,12 +441,21 @@ def plot_records(
     keys = [k for k in group_keys(rs, loaded.swept, by) if k != "seed"]
     aggregate(rs, keys, metric)  # validates --metric before any figure is drawn
     warnings = list(loaded.warnings)
+    for run_dir in dict.fromkeys(r.run_dir for r in rs):
+        bad = read_metrics_checked(run_dir)[1]
+        if bad:
+            warnings.append(f"{run_dir / METRICS}: skipped {bad} corrupt line(s) (not JSON, or no method name or integer step)")
     panels = _panels(rs, keys)
     if len(panels) > MAX_PANELS:
         warnings.append(f"{len(panels)} settings combinations; the curve figures show the first {MAX_PANELS} (use --by to choose fewer)")
         panels = panels[:MAX_PANELS]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompareError(f"--out {out_dir}: is a file, expected a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file where a parent directory should be, or a read-only filesystem
+        raise CompareError(f"--out {out_dir}: cannot create the directory ({e.strerror or e})") from None
     name = rs[0].settings.get("name") or "run"
     written = [
         plot_curves(rs, panels, "step", out_dir / "rollout_vs_steps.png", f"{name}: held-out sequential rollout loss vs optimizer steps"),

@@ -14,7 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from seqpar.bench.measure import Grid, _dump, point_spec, run_step
+from seqpar.bench.grid import Grid, point_spec, spec_dict
+from seqpar.bench.measure import run_step
 from seqpar.spec import Spec, validate_spec
 from seqpar.train.loop import build_experiment, init_state, run_method
 
@@ -27,7 +28,7 @@ def loop_overhead(
     Both time chunks of `chunk` steps with one sync per chunk; `run_method` logs
     (and fetches metrics) once per chunk, as a user's `log_every` would. The
     two alternate `rounds` times so drift on a shared machine hits both."""
-    raw = _dump(point_spec(spec, cell, length, batch, hidden, batch))
+    raw = spec_dict(point_spec(spec, cell, length, batch, hidden, batch))
     raw["train"].update(steps=steps, eval_every=steps, log_every=chunk, target_loss=None)
     pspec = validate_spec(raw, source="bench overhead point")
     exp = build_experiment(pspec)

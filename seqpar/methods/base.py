@@ -9,10 +9,10 @@ pytrees, so one jitted step serves every method.
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from seqpar.config import Config
 from seqpar.config.registry import Registry, tagged_union
@@ -25,7 +25,10 @@ METHODS: Registry[type] = Registry("method")
 State = Any  # a pytree (dict) owned by the method
 Metrics = dict[str, jax.Array]
 
-OptimizerSpec = tagged_union(OPTIMIZERS)
+if TYPE_CHECKING:  # a union built at import time from a registry: opaque to the type checker
+    OptimizerSpec = Any
+else:
+    OptimizerSpec = tagged_union(OPTIMIZERS)
 
 
 class Batch(NamedTuple):
@@ -79,8 +82,23 @@ class Method(abc.ABC):
 
 
 class MethodConfig(Config):
-    label: str | None = Field(None, description="name shown in tables (default: the type)", min_length=1)
+    label: str | None = Field(None, description="name shown in tables (default: the type)", min_length=1, max_length=100)
     optimizer: OptimizerSpec = Field(description="optimizer of the model parameters")
+
+    @field_validator("label")
+    @classmethod
+    def _usable_as_a_name(cls, v: str | None) -> str | None:
+        # A label names the method in tables, checkpoint folders and exports: it must read as a
+        # name there, not as a path, and two labels must not look alike.
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("must not be blank")
+        if v != v.strip():
+            raise ValueError(f"must not begin or end with whitespace (got {v!r})")
+        if v in (".", "..") or any(c in v for c in "/\\") or not v.isprintable():
+            raise ValueError(f"must be usable as a name: no '/', '\\', control characters, and not '.' or '..' (got {v!r})")
+        return v
 
     @property
     def display_label(self) -> str:

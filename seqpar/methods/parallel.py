@@ -58,7 +58,7 @@ Stabilizers (all off by default, so the defaults are the plain method):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +71,7 @@ from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec
 from seqpar.model.model import Model, Params
 from seqpar.model.rollout import readout_all, rollout_states
 from seqpar.sharding import put_rows, take_rows
+from seqpar.tasks.base import Task
 
 # ----------------------------------------------------------------------------- consistency schedules
 
@@ -126,7 +127,10 @@ class CosineSchedule(RampSchedule):
         return 0.5 * (1.0 - jnp.cos(jnp.pi * frac))
 
 
-ScheduleSpec = tagged_union(SCHEDULES)
+if TYPE_CHECKING:  # a union built at import time from a registry: opaque to the type checker
+    ScheduleSpec = Any
+else:
+    ScheduleSpec = tagged_union(SCHEDULES)
 
 # ----------------------------------------------------------------------------- config
 
@@ -217,7 +221,7 @@ class EmbeddingParallel(Method):
     cfg: ParallelConfig
     row_state_keys = ("table", "table_opt_state", "grad_sum", "grad_count")
 
-    def __init__(self, cfg, model, task):
+    def __init__(self, cfg: ParallelConfig, model: Model, task: Task):
         super().__init__(cfg, model, task)
         self.table_tx = (cfg.table_optimizer or cfg.optimizer).build()
         self.weight_multiplier = cfg.consistency_schedule.build()

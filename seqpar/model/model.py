@@ -22,7 +22,7 @@ Params = Any
 
 def as_cell_config(cell: CellConfig | str) -> CellConfig:
     """A cell's config from itself or its bare registered name (`"gru"`)."""
-    return CELLS.get(cell)(type=cell) if isinstance(cell, str) else cell
+    return CELLS.get(cell)() if isinstance(cell, str) else cell
 
 
 class RNN(nnx.Module):

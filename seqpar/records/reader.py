@@ -16,6 +16,7 @@ import glob
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -66,7 +67,7 @@ class Loaded:
     swept: list[str] = field(default_factory=list)  # sweep axes (as result settings keys) of the sweeps given
 
 
-def load(paths: list[str | Path]) -> Loaded:
+def load(paths: Sequence[str | Path]) -> Loaded:
     """Run directories from run dirs, sweep dirs, parents of either, and glob patterns."""
     out = Loaded()
     seen: set[Path] = set()
@@ -121,7 +122,7 @@ def _sweep_points(sweep_dir: Path, out: Loaded) -> list[Path]:
         index = json.loads((sweep_dir / SWEEP_INDEX).read_text())
         if not isinstance(index.get("axes"), dict) or not isinstance(index.get("points"), list):
             raise TypeError("no 'axes' mapping or 'points' list")
-    except (OSError, ValueError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
         out.warnings.append(f"{sweep_dir / SWEEP_INDEX}: unreadable sweep index ({e}); using the run records found below it")
         return []
     for key in index["axes"]:
@@ -142,6 +143,23 @@ def _sweep_points(sweep_dir: Path, out: Loaded) -> list[Path]:
             f"sweep {sweep_dir}: {len(not_run)} point(s) have no record yet ({', '.join(not_run[:3])}{', ...' if len(not_run) > 3 else ''})"
         )
     return dirs
+
+
+# A summary nests a few levels (spec -> methods -> optimizer); everything that reads one recurses
+# through it (flattening settings, rendering), so a deeper one is refused as corrupt.
+MAX_DEPTH = 64
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """True if `obj` nests dicts/lists more than `limit` levels deep (checked without recursion)."""
+    stack = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth >= limit:
+                return True
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 class BadRecord(ValueError):
@@ -168,6 +186,10 @@ def read_summary(run_dir: Path, *, missing_ok: bool = False) -> dict[str, Any] |
         s = json.loads(text)
     except json.JSONDecodeError as e:
         raise BadRecord(f"{SUMMARY} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt or truncated") from None
+    except RecursionError:
+        raise BadRecord(f"{SUMMARY} nests too deeply to read; not a seqpar run summary") from None
+    if _depth_exceeds(s, MAX_DEPTH):
+        raise BadRecord(f"{SUMMARY} nests more than {MAX_DEPTH} levels deep; not a seqpar run summary")
     if not isinstance(s, dict) or not isinstance(s.get("runs"), list) or not isinstance(s.get("spec"), dict):
         raise BadRecord(f"{SUMMARY} is not a seqpar run summary (no 'runs' list or 'spec' mapping)")
     for r in s["runs"]:
@@ -192,7 +214,7 @@ def results(runs: list[RunDir]) -> list[Result]:
             settings.update(flatten(methods.get(r["label"], {}), "method."))
             seed = s.get("seed", spec.get("seed"))
             seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-            task = s.get("task") if isinstance(s.get("task"), dict) else {}
+            task = s["task"] if isinstance(s.get("task"), dict) else {}
             out.append(Result(rd.path, r["label"], str(r.get("method", r["label"])), r["status"], seed, r, settings, task))
     return out
 
@@ -219,16 +241,31 @@ def setting_key(key: str) -> str:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """A run's metrics.jsonl lines; a torn last line (crash mid-write) or any garbage line is skipped."""
-    lines = []
+    return read_metrics_checked(run_dir)[0]
+
+
+def read_metrics_checked(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
+    """(lines, how many lines were skipped as corrupt), not counting a torn last line, which a
+    process killed mid-write leaves. A line is kept when it is a JSON object with a string
+    `method` and a non-negative integer `step`: everything downstream sorts and groups by those."""
+    lines, bad = [], 0
     try:
-        with open(Path(run_dir) / METRICS) as f:
+        with open(Path(run_dir) / METRICS, errors="replace") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
+                    bad += line.endswith("\n")  # no newline: the torn last line of a kill, not corruption
                     continue
-                if isinstance(rec, dict) and "method" in rec and "step" in rec:
+                step = rec.get("step") if isinstance(rec, dict) else None
+                if isinstance(rec.get("method") if isinstance(rec, dict) else None, str) and _is_step(step):
                     lines.append(rec)
+                else:
+                    bad += 1
     except OSError:
         pass
-    return lines
+    return lines, bad
+
+
+def _is_step(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0

@@ -13,6 +13,7 @@ write fails, and a reader drops a torn last line (a process killed mid-write).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -35,6 +36,24 @@ class OutputError(Exception):
     """The output location is unusable (exists, is a file, not writable); the CLI exits 2."""
 
 
+class WriteError(OSError):
+    """A file of a record could not be written (the disk is full, the filesystem went read-only...).
+
+    Its message names the file: "cannot write RUN/metrics.jsonl: No space left on device"."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(err.errno, err.strerror or str(err), str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        full = "; the disk is full" if self.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return f"cannot write {self.path}: {self.strerror}{full}"
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    return e if isinstance(e, WriteError) else WriteError(path, e)
+
+
 def to_jsonable(obj: Any) -> Any:
     """Plain JSON types; non-finite floats become None (JSON has no NaN), arrays become lists."""
     if isinstance(obj, dict):
@@ -52,7 +71,10 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], mode: str = "w"
     """Write via `write(file)` into a temp file beside `path`, fsync, then rename over `path`:
     readers see the old file or the new one, never a torn one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, mode) as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would make shared result directories unreadable
@@ -60,6 +82,9 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], object], mode: str = "w"
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, most likely: the temp file goes, the old file stays
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, e) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -74,21 +99,28 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def new_run_dir(results_root: Path, name: str, out: Path | None = None) -> Path:
-    """Create a fresh run directory; never reuses an existing one."""
+    """Create a fresh, writable run directory; never reuses a non-empty one.
+
+    Every way the location can be unusable (a file in the way, a read-only filesystem, a name
+    too long, no permission) is an `OutputError` naming the path."""
     if out is not None:
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"--out {out}: is a file, expected a directory")
-        if out.is_dir() and any(out.iterdir()):
-            raise OutputError(f"--out {out}: directory exists and is not empty; runs are never overwritten")
-        target = out
+        target = Path(out)
+        where = f"--out {target}"
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         target = Path(results_root) / name / f"{stamp}-{secrets.token_hex(2)}"
+        where = str(target)
     try:
+        if out is not None:
+            if target.exists() and not target.is_dir():
+                raise OutputError(f"{where}: is a file, expected a directory")
+            if target.is_dir() and any(target.iterdir()):
+                raise OutputError(f"{where}: directory exists and is not empty; runs are never overwritten")
         target.mkdir(parents=True, exist_ok=out is not None)
-    except (FileExistsError, NotADirectoryError, PermissionError) as e:
-        raise OutputError(f"cannot create run directory {target}: {e.strerror or e}") from None
+    except OSError as e:
+        raise OutputError(f"{where}: cannot create the run directory ({e.strerror or e})") from None
+    if not os.access(target, os.W_OK | os.X_OK):  # e.g. an existing empty directory on a read-only filesystem
+        raise OutputError(f"{where}: the directory is not writable")
     return target
 
 
@@ -102,7 +134,10 @@ class MetricsLog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _write_error(self.path, e) from e
 
     def write(self, record: dict[str, Any]) -> None:
         data = (json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode()
@@ -111,8 +146,10 @@ class MetricsLog:
             written = os.write(self._fd, data)
             while written < len(data):  # short writes are legal; finish the line
                 written += os.write(self._fd, data[written:])
-        except BaseException:
+        except BaseException as e:
             os.ftruncate(self._fd, end)
+            if isinstance(e, OSError):
+                raise _write_error(self.path, e) from e
             raise
 
     def close(self) -> None:

@@ -72,7 +72,7 @@ def run_sweep(
         previous = json.loads((sweep_dir / SWEEP_INDEX).read_text())
         index["started"] = previous.get("started", index["started"])
         done = {e["dir"]: e for e in previous.get("points", []) if e.get("status") == "completed"}
-        index["points"] = [done.get(e["dir"], e) for e in index["points"]]
+        index["points"] = [done[e["dir"]] if e["dir"] in done else e for e in index["points"]]
     atomic_write_json(sweep_dir / SWEEP_INDEX, index)
     interrupted = False
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from seqpar.spec import Spec, SpecError, parse_override, read_yaml, set_dotted, validate_spec
+from seqpar.sweep import MAX_POINTS
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$")
 
@@ -86,8 +88,10 @@ def short_value(v: Any) -> str:
 # ----------------------------------------------------------------------------- loading and expansion
 
 
-def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
-    """Read a spec (with or without `sweep:`), apply `--set`, expand and validate every point."""
+def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = (), max_points: int | None = MAX_POINTS) -> Plan:
+    """Read a spec (with or without `sweep:`), apply `--set`, expand and validate every point.
+
+    A grid of more than `max_points` points is a `SpecError` before any point is built (None: no cap)."""
     path = Path(path)
     raw = read_yaml(path)
     pinned: dict[str, Any] = {}
@@ -104,15 +108,24 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         else:
             set_dotted(raw, key, value, source=f"--set {item}")
             pinned[key] = value
-    return expand(raw, source=str(path), pinned=pinned)
+    return expand(raw, source=str(path), pinned=pinned, max_points=max_points)
 
 
-def expand(raw: dict[str, Any], source: str = "spec", pinned: dict[str, Any] | None = None) -> Plan:
-    """Pure: the grid of `raw["sweep"]` over the rest of `raw`, every point validated."""
+def expand(raw: dict[str, Any], source: str = "spec", pinned: dict[str, Any] | None = None, max_points: int | None = MAX_POINTS) -> Plan:
+    """Pure: the grid of `raw["sweep"]` over the rest of `raw`, every point validated (at most `max_points`)."""
     base = {k: v for k, v in raw.items() if k != "sweep"}
     axes = sweep_axes(raw.get("sweep"), source) if "sweep" in raw else {}
     pinned_axes = {k: v for k, v in (pinned or {}).items() if k in axes}
     axes = {k: v for k, v in axes.items() if k not in pinned_axes}
+    count = math.prod(len(v) for v in axes.values())
+    if max_points is not None and count > max_points:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in axes.items())
+        raise SpecError(
+            f"{source}: sweep: {count} points ({sizes}) exceed the limit of {max_points}; "
+            f"sweep fewer values, or pass --max-points {count} to run them all",
+            key="sweep",
+            source=source,
+        )
     points = []
     for index, combo in enumerate(itertools.product(*axes.values())):
         values = dict(zip(axes, combo, strict=True))

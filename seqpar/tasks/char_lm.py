@@ -25,6 +25,7 @@ on the training part, with α chosen on the validation part from a small grid.
 from __future__ import annotations
 
 import functools
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,13 @@ from seqpar.tasks.registry import TASKS
 
 SHIPPED_TEXT = "hamlet.txt"
 BIGRAM_ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # add-α smoothing of the baseline's bigram, chosen on validation
+# The whole text is held in memory several times over (the string, its code points, the ids),
+# so a file is refused above this size; a device such as /dev/zero would never end.
+MAX_TEXT_BYTES = 16 << 20
+
+
+class TextFileError(ValueError):
+    """A `path:` that is not a regular file of at most `MAX_TEXT_BYTES`."""
 
 
 def shipped_text_path() -> Path:
@@ -49,12 +57,23 @@ def shipped_text_path() -> Path:
 @functools.lru_cache(maxsize=4)
 def _read_text(path: str, mtime_ns: int) -> str:
     del mtime_ns  # part of the cache key only: an edited file is read again
-    return Path(path).read_text(encoding="utf-8")
+    with open(path, "rb") as f:
+        data = f.read(MAX_TEXT_BYTES + 1)  # bounded even if the file grows after the size check
+    if len(data) > MAX_TEXT_BYTES:
+        raise TextFileError(f"larger than {MAX_TEXT_BYTES >> 20} MiB")
+    return data.decode("utf-8")
 
 
 def read_text(path: Path) -> str:
-    """The file's text; OSError or UnicodeDecodeError if it cannot be read as UTF-8."""
-    return _read_text(str(path), path.stat().st_mtime_ns)
+    """The file's text; OSError, UnicodeDecodeError, or TextFileError (not a regular file, too large)."""
+    st = path.stat()
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise TextFileError("not a regular file (a device, pipe or socket)")
+    if st.st_size > MAX_TEXT_BYTES:
+        raise TextFileError(f"{st.st_size / 2**20:.0f} MiB, larger than the {MAX_TEXT_BYTES >> 20} MiB a text may have")
+    return _read_text(str(path), st.st_mtime_ns)
 
 
 @TASKS.register("char_lm")
@@ -62,7 +81,9 @@ class CharLMConfig(TaskConfig):
     """Predict the next character of a text (default: Hamlet, shipped)."""
 
     type: Literal["char_lm"] = "char_lm"
-    path: str | None = Field(None, min_length=1, description="UTF-8 text file (default: the shipped Hamlet, about 178 KB)")
+    path: str | None = Field(
+        None, min_length=1, description="UTF-8 text file, a regular file of at most 16 MiB (default: the shipped Hamlet, about 178 KB)"
+    )
     length: int = Field(128, gt=0, description="characters per sequence")
     test_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False, description="final part of the text held out for the test set")
     val_fraction: float = Field(
@@ -83,6 +104,8 @@ class CharLMConfig(TaskConfig):
             raise KeyedError("path", f"file not found: {str(p)!r}") from None
         except IsADirectoryError:
             raise KeyedError("path", f"is a directory, expected a text file: {str(p)!r}") from None
+        except TextFileError as e:
+            raise KeyedError("path", f"{str(p)!r}: {e}") from None
         except UnicodeDecodeError as e:
             raise KeyedError("path", f"not UTF-8 text: {str(p)!r} ({e.reason} at byte {e.start})") from None
         except OSError as e:

@@ -32,6 +32,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,12 +87,16 @@ class MethodCheckpoints:
         return sorted(found)
 
     def latest(self) -> Checkpoint | None:
-        """The newest readable checkpoint; raises `CheckpointError` if it belongs to another run."""
+        """The newest intact checkpoint; raises `CheckpointError` if it belongs to another run.
+
+        Intact means every array is there, whole (zip CRCs) and as the metadata describes it:
+        a file truncated, emptied or bit-flipped on disk is skipped, with the reason recorded
+        in `skipped`, and the next older one is tried."""
         for step, path in reversed(self.paths()):
             try:
-                meta = read_meta(path)
-            except (OSError, ValueError, KeyError) as e:  # e.g. a disk error; an older one may do
-                self.skipped.append(f"{path}: unreadable ({e})")
+                meta = verify(path)
+            except CorruptCheckpoint as e:
+                self.skipped.append(f"skipped checkpoint {path}: {e}")
                 continue
             if meta.get("identity") != self.identity:
                 diff = [k for k in self.identity if meta.get("identity", {}).get(k) != self.identity[k]]
@@ -118,7 +124,7 @@ class MethodCheckpoints:
         if jax.process_index() != 0:  # one writer; every process reads the same file on restore
             return final
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(final, lambda f: np.savez(f, **arrays), mode="wb")
+        atomic_write(final, lambda f: np.savez(f, **arrays), mode="wb")  # pyright: ignore[reportArgumentType] - numpy's stub types **arrays as allow_pickle
         _fsync_dir(self.dir)
         self.prune()
         return final
@@ -157,16 +163,46 @@ class MethodCheckpoints:
                 self.dir.parent.rmdir()
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(z["__meta__"].tobytes().decode())
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that is not whole (truncated, emptied, bit-flipped); the message says how."""
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The checkpoint's metadata, after checking the whole file: every member's CRC (read in
+    chunks, nothing kept), and every array's header against the shape and dtype the metadata
+    records. Raises `CorruptCheckpoint` with the reason."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            if bad is not None:
+                raise CorruptCheckpoint(f"{bad} fails its CRC check (the file was altered on disk)")
+            meta = json.loads(np.lib.format.read_array(z.open("__meta__.npy"), allow_pickle=False).tobytes().decode())
+            leaves = meta["leaves"]
+            names = set(z.namelist())
+            for i, leaf in enumerate(leaves):
+                if f"a{i}.npy" not in names:
+                    raise CorruptCheckpoint(f"array a{i} ({leaf['path']}) is missing")
+                with z.open(f"a{i}.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(f)
+                stored = leaf["dtype"].rsplit(":", 1)[-1]  # typed PRNG keys are stored as their raw key data
+                if tuple(shape) != tuple(leaf["shape"]) or (dtype.kind != "V" and str(dtype) != stored):
+                    found, said = f"{dtype}{list(shape)}", f"{stored}{leaf['shape']}"
+                    raise CorruptCheckpoint(f"array a{i} ({leaf['path']}) is {found}, its metadata says {said}")
+    except CorruptCheckpoint:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as e:
+        what = "empty" if path.exists() and path.stat().st_size == 0 else "unreadable"
+        raise CorruptCheckpoint(f"{what} ({type(e).__name__}: {e})") from None
+    return meta
 
 
 # ----------------------------------------------------------------------------- leaves
 
 
 def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _leaf_kind(x: Any) -> tuple[tuple[int, ...], str]:

@@ -18,6 +18,7 @@ host's available memory (the smaller of `MemAvailable` and the cgroup limit).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -62,11 +63,12 @@ class Estimate:
 
 
 def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    for unit in units:
+        if abs(n) < 1024 or unit == units[-1]:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}" if abs(n) < 1e4 else f"{n:.3g} {unit}"
         n /= 1024
-    return f"{n:.1f} PiB"  # pragma: no cover
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _nbytes(tree) -> int:
@@ -143,12 +145,39 @@ def _cgroup_available() -> tuple[int, str] | None:
     return None
 
 
+def shape_key(spec: Spec) -> str:
+    """What the estimate depends on: the spec without its seed, name and float settings.
+
+    Shapes are made of integers (sizes, counts, intervals) and choices; a float (a learning
+    rate, a weight) never sizes an array. A sweep over 1000 learning rates and seeds is then one
+    estimate, not 1000 (each costs ~40 ms of abstract evaluation)."""
+
+    def mask(v):
+        if isinstance(v, dict):
+            return {k: mask(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [mask(x) for x in v]
+        return "<float>" if isinstance(v, float) else v
+
+    return json.dumps(mask(spec.model_dump(mode="json", exclude={"seed", "name"})), sort_keys=True)
+
+
 def check(spec: Spec, force: bool = False) -> str:
-    """One line 'estimated X of Y'; raises `MemoryLimitError` when the estimate exceeds the limit."""
+    """One line 'estimated X of Y'; raises `MemoryLimitError` when the estimate exceeds the limit.
+
+    An estimate that cannot be made (sizes beyond what JAX can shape, a method whose `init`
+    fails on abstract shapes) refuses the spec too: the run would fail the same way, later.
+    `force` turns both refusals into a returned line."""
     try:
         est = estimate(spec)
     except Exception as e:
-        return f"memory: not estimated ({type(e).__name__}: {e})"
+        reason = f"cannot estimate the memory of this spec ({type(e).__name__}: {e})"
+        if force:
+            return f"memory: {reason} (--force)"
+        raise MemoryLimitError(
+            f"{reason}; its sizes (task.train_sequences, task.length, model.hidden, train.batch_size) may be too large "
+            "to allocate. Pass --force to try anyway"
+        ) from None
     limit = available()
     if limit is None:
         return f"memory: estimated {fmt_bytes(est.total)} (the machine's limit is unknown)"
@@ -160,3 +189,16 @@ def check(spec: Spec, force: bool = False) -> str:
             "reduce task.train_sequences, task.length, model.hidden or train.batch_size, or pass --force to run anyway"
         )
     return line + (" (over the limit: --force)" if est.total > free else "")
+
+
+def check_all(specs: list[Spec], force: bool = False) -> list[str]:
+    """`check` every distinct shape among `specs` (`shape_key`: sweep points differing only by
+    seed or a learning rate share one estimate); returns the first warning to show (a check
+    that `--force` overrode), if any."""
+    seen, notes = set(), []
+    for s in specs:
+        shape = shape_key(s)
+        if shape not in seen:
+            seen.add(shape)
+            notes.append(check(s, force))
+    return [n for n in notes if n.endswith("(--force)") or n.endswith("(over the limit: --force)")][:1]

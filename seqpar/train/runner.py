@@ -42,6 +42,8 @@ from seqpar.records.reader import BadRecord
 from seqpar.records.reader import read_summary as read_record
 from seqpar.records.writer import (
     MetricsLog,
+    RunDirBusy,
+    WriteError,
     atomic_write_json,
     atomic_write_text,
     environment,
@@ -217,6 +219,9 @@ def run_experiment(
 
 
 def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: StopRequest) -> dict[str, Any]:
+    if not resume and any((run_dir / f).exists() for f in (SPEC, SUMMARY)):
+        # Two runs raced for one empty --out: the first holds (or held) the lock and wrote first.
+        raise RunDirBusy(f"{run_dir}: another seqpar run has started in this directory; runs are never overwritten")
     prior = read_summary(run_dir) if resume else None
     if resume and (run_dir / SPEC).exists() and load_run_spec(run_dir).model_dump() != spec.model_dump():
         raise ResumeError(f"{run_dir}: its {SPEC} differs from the spec given; a run resumes with the spec it started with")
@@ -280,6 +285,7 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
         summary.update(status="failed", error=error, traceback=tb, finished=now, runs=[kept[x] for x in labels if x in kept])
         atomic_write_json(run_dir / SUMMARY, summary)
         return summary
+    assert exp is not None  # built, or `error` says why not
     atomic_write_json(run_dir / SUMMARY, summary)
 
     log = MetricsLog(run_dir / METRICS)
@@ -305,30 +311,67 @@ def _run(spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: Stop
             stopping = stopping or stop()
             if stopping:
                 continue
+            write_error = None
             try:
                 record = run_method(
                     exp, cfg, log.write, progress, should_stop=stop, checkpoints=checkpoints[i], resume_from=resume_from.get(i)
                 )
             except Exception as e:  # one method's crash must not lose the others
+                write_error = e if isinstance(e, WriteError) else None
                 record = {
                     "method": cfg.type,  # type: ignore[attr-defined]
                     "label": cfg.display_label,
                     "status": "failed",
-                    "error": f"{type(e).__name__}: {e}",
+                    "error": str(e) if write_error else f"{type(e).__name__}: {e}",
                     "traceback": traceback.format_exc(),
                 }
             if with_baseline and i == 0 and record["status"] in DONE:
                 trained = baseline_done(record)
             add_trained_baseline(record, trained)
             summary["runs"].append(record)
+            if write_error is not None:
+                # The disk, not the method: the next method could not write either. The summary
+                # says so below (in `finally`), if the disk still takes it.
+                summary["error"] = str(write_error)
+                raise write_error
             atomic_write_json(run_dir / SUMMARY, summary)
             if record["status"] in DONE:
                 with contextlib.suppress(OSError):  # leftovers are harmless; losing the next method is not
                     checkpoints[i].clear()  # after the summary holds the result: they only serve resuming
             stopping = stopping or record["status"] == "interrupted"
+    except WriteError as e:
+        summary.setdefault("error", str(e))
+        raise
     finally:
         log.close()
-        summary["status"] = overall_status(summary["runs"], len(configs))
+        summary["status"] = overall_status(summary["runs"], len(configs), summary.get("error"))
         summary["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        atomic_write_json(run_dir / SUMMARY, summary)
+        try:
+            atomic_write_json(run_dir / SUMMARY, summary)
+        except WriteError:
+            if summary.get("error") is None:
+                raise
+            # Already failing for a write: that error (naming its file) is the one to report.
     return summary
+
+
+def outcome(summary: dict[str, Any], run_dir: Path, *, with_tracebacks: bool = False) -> tuple[int, list[tuple[str, str]]]:
+    """The exit-code policy: 0 when every method completed or diverged (divergence is a result),
+    1 when one failed, 130 when interrupted; with the lines that say why, as (kind, text) where
+    kind is failed, diverged, interrupted or traceback and the text follows the kind's word."""
+    lines: list[tuple[str, str]] = []
+    for r in summary["runs"]:
+        if r["status"] == "failed":
+            lines.append(("failed", f" {r['label']}: {r.get('error')} (traceback in {Path(run_dir) / SUMMARY})"))
+            if with_tracebacks and r.get("traceback"):
+                lines.append(("traceback", r["traceback"]))
+        elif r["status"] == "diverged":
+            lines.append(("diverged", f" {r['label']}: {r.get('error')}"))
+    if summary.get("error"):
+        lines.append(("failed", f": {summary['error']}"))
+        if with_tracebacks and summary.get("traceback"):
+            lines.append(("traceback", summary["traceback"]))
+    if summary["status"] == "interrupted":
+        lines.append(("interrupted", f": results so far are saved; continue with: seqpar run --resume {run_dir}"))
+        return 130, lines
+    return (1 if summary["status"] == "failed" else 0), lines

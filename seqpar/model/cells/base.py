@@ -15,8 +15,6 @@ name `model: {cell: gru}`), discovered by `seqpar.model.cells`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 from flax import nnx
 
@@ -46,16 +44,15 @@ class Cell(nnx.Module):
 class CellConfig(Config):
     """A cell's own hyperparameters (the hidden size is the model's: `model.hidden`)."""
 
-    type: Any
-
     def build(self, input_dim: int, hidden: int, *, rngs: nnx.Rngs) -> Cell:  # pragma: no cover - interface
         raise NotImplementedError
 
     def is_default(self) -> bool:
         """True when nothing but `type` is set: the spec then records the bare name."""
-        return self == type(self)(type=self.type)
+        return self == type(self)()  # every registered cell config has defaults for all its options
 
 
 def linear(n_in: int, n_out: int, rngs: nnx.Rngs, *, recurrent: bool = False, bias: bool = True) -> nnx.Linear:
-    kw = {"kernel_init": _recurrent_init} if recurrent else {}
-    return nnx.Linear(n_in, n_out, use_bias=bias, rngs=rngs, **kw)
+    if recurrent:
+        return nnx.Linear(n_in, n_out, use_bias=bias, rngs=rngs, kernel_init=_recurrent_init)
+    return nnx.Linear(n_in, n_out, use_bias=bias, rngs=rngs)

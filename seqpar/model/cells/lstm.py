@@ -30,6 +30,7 @@ class LSTM(Cell):
         self.state_dim = 2 * hidden
         self.wx = linear(input_dim, 4 * hidden, rngs)
         self.wh = linear(hidden, 4 * hidden, rngs, recurrent=True, bias=False)
+        assert self.wx.bias is not None  # built with a bias
         bias = self.wx.bias[...]
         self.wx.bias[...] = bias.at[hidden : 2 * hidden].set(forget_bias)
 
