@@ -355,13 +355,14 @@ class _FileData:
         n = s.x.shape[0]
         if num_sequences > n:
             raise ValueError(f"the {split} split has {n} sequences; cannot draw {num_sequences}")
-        # All rows in file order, or a key-chosen subset (kept in file order).
-        rows = np.arange(n) if num_sequences == n else np.sort(np.asarray(jax.random.permutation(key, n))[:num_sequences])
-        x = jnp.asarray(s.x[rows])
+        # All rows in file order, or a key-chosen subset (kept in file order; traceable, so
+        # the memory estimate can run it under `jax.eval_shape`).
+        rows = jnp.arange(n) if num_sequences == n else jnp.sort(jax.random.permutation(key, n)[:num_sequences])
+        x = jnp.asarray(s.x)[rows]
         return Dataset(
             x=jax.nn.one_hot(x, self.input_dim, dtype=jnp.float32) if self.parsed.tokens else x,
-            y=jnp.asarray(s.y[rows]),
-            mask=jnp.asarray(s.mask[rows]),
+            y=jnp.asarray(s.y)[rows],
+            mask=jnp.asarray(s.mask)[rows],
         )
 
 

@@ -82,8 +82,8 @@ def estimate(spec: Spec) -> Estimate:
     task = spec.task.build()
     key = jax.random.key(0)
     train = jax.eval_shape(lambda k: task.make_data(k, spec.task.train_sequences), key)
-    test = jax.eval_shape(lambda k: task.make_data(k, spec.task.test_sequences), key)
-    val = jax.eval_shape(lambda k: task.make_data(k, spec.task.val_sequences), key)
+    test = jax.eval_shape(lambda k: task.make_data(k, spec.task.test_sequences, split="test"), key)
+    val = jax.eval_shape(lambda k: task.make_data(k, spec.task.val_sequences, split="val"), key)
     model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim)
     state, label = 0, spec.methods[0].display_label
     for cfg in spec.methods:
