@@ -40,6 +40,7 @@ from seqpar.tasks.base import ClassificationTask, Dataset, TaskConfig
 from seqpar.tasks.registry import TASKS
 
 SHIPPED_TEXT = "hamlet.txt"
+BIGRAM_ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # add-α smoothing of the baseline's bigram, chosen on validation
 # The whole text is held in memory several times over (the string, its code points, the ids),
 # so a file is refused above this size; a device such as /dev/zero would never end.
 MAX_TEXT_BYTES = 16 << 20
@@ -47,9 +48,6 @@ MAX_TEXT_BYTES = 16 << 20
 
 class TextFileError(ValueError):
     """A `path:` that is not a regular file of at most `MAX_TEXT_BYTES`."""
-
-
-BIGRAM_ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # add-α smoothing of the baseline's bigram, chosen on validation
 
 
 def shipped_text_path() -> Path:

@@ -355,8 +355,8 @@ class _FileData:
         n = s.x.shape[0]
         if num_sequences > n:
             raise ValueError(f"the {split} split has {n} sequences; cannot draw {num_sequences}")
-        # All rows in file order, or a key-chosen subset (kept in file order). jnp throughout, so
-        # the memory estimate can take the shapes under `jax.eval_shape` without reading values.
+        # All rows in file order, or a key-chosen subset (kept in file order; traceable, so
+        # the memory estimate can run it under `jax.eval_shape`).
         rows = jnp.arange(n) if num_sequences == n else jnp.sort(jax.random.permutation(key, n)[:num_sequences])
         x = jnp.asarray(s.x)[rows]
         return Dataset(
