@@ -264,3 +264,50 @@ def test_bad_deer_options_name_the_key(options, message):
     with pytest.raises(SpecError) as e:
         _spec([{"type": "deer", "optimizer": SGD, **options}])
     assert message in str(e.value)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _memory_spec(method, batch=8, length=1024, hidden=64):
+    return validate_spec(
+        {
+            "name": "mem",
+            "seed": 0,
+            "task": {"type": "delayed_recall", "length": length, "lag": 2, "vocab": 8, "train_sequences": batch, "test_sequences": batch},
+            "model": {"cell": "gru", "hidden": hidden},
+            "train": {"steps": 1, "batch_size": batch},
+            "methods": [{"optimizer": SGD, **method}],
+        }
+    )
+
+
+def test_full_jacobians_enter_the_memory_estimate_and_an_impossible_spec_is_refused(monkeypatch):
+    from seqpar.train import memory
+
+    bptt = memory.estimate(_memory_spec({"type": "bptt"}))
+    full = memory.estimate(_memory_spec({"type": "deer"}))
+    quasi = memory.estimate(_memory_spec({"type": "deer", "jacobian": "diagonal", "gradient": "diagonal"}))
+    jacobians = 8 * 1024 * 64 * 64 * 4  # N·T·S² float32: one set of full Jacobians
+    assert full.method_buffers >= jacobians and full.total - bptt.total >= jacobians
+    assert quasi.method_buffers * 32 <= full.method_buffers  # diagonals: T·S floats per sequence, not T·S²
+    # A limit BPTT fits under and full DEER does not: refused before anything is allocated, naming the buffers.
+    monkeypatch.setattr(memory, "available", lambda: ((bptt.total + full.total) // 2, "test limit"))
+    assert memory.check(_memory_spec({"type": "bptt"})).startswith("memory: estimated")
+    with pytest.raises(memory.MemoryLimitError, match="method buffers"):
+        memory.check(_memory_spec({"type": "deer"}))
+
+
+@pytest.mark.parametrize("method", [{"type": "deer"}, {"type": "deer", "damping": 0.01}, {"type": "deer", "jacobian": "diagonal"}])
+def test_memory_estimate_covers_the_compiled_step(method):
+    """The estimate is an upper bound of XLA's own memory analysis of the step (never an underestimate)."""
+    from seqpar.train import memory
+    from seqpar.train.loop import compiled_memory_mb, init_state, make_train_step
+
+    spec = _memory_spec(method, batch=4, length=128, hidden=32)
+    exp = build_experiment(spec)
+    m = spec.methods[0].build(exp.model, exp.task)
+    state = init_state(exp, m)
+    compiled = jax.jit(make_train_step(m, exp.train_key, 4, 4)).lower(state, exp.train, jnp.int32(0)).compile()
+    est = memory.estimate(spec)
+    assert compiled_memory_mb(compiled) * 2**20 <= est.total - est.overhead

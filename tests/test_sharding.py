@@ -20,6 +20,8 @@ METHODS = [
     {"type": "truncated_bptt", "window": 3, "optimizer": {"type": "adam", "lr": 1e-2}},
     {"type": "parallel", "optimizer": {"type": "adam", "lr": 1e-2}},
     {"type": "parallel", "label": "freeze", "freeze_every": 2, "optimizer": {"type": "adam", "lr": 1e-2}},
+    # Its warm-start cache (one solution per training sequence) is row state, sharded like the table.
+    {"type": "deer", "label": "deer-warm", "jacobian": "diagonal", "warm_start": "previous", "optimizer": {"type": "adam", "lr": 1e-2}},
 ]
 
 
@@ -57,6 +59,9 @@ def test_each_device_holds_a_quarter_of_the_table(tiny_spec):
             assert all(s.data.shape[0] == leaf.shape[0] // 4 for s in shards)
     for leaf in jax.tree.leaves(state["params"]):  # parameters are replicated
         assert leaf.sharding.is_fully_replicated
+    deer = spec.methods[4].build(exp.model, exp.task)
+    guess = init_state(exp, deer)["guess"]
+    assert sorted(s.index[0].start for s in guess.addressable_shards) == [0, 4, 8, 12]
 
 
 def test_per_device_table_bytes_fall_as_devices_are_added(tiny_spec, tmp_path):

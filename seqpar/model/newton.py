@@ -270,8 +270,8 @@ CHUNK_BLOCK_FLOATS = 2**22
 # Jacobian, S for a diagonal): the blocks themselves, the associative scan's partial products
 # and its output, forward and adjoint. Damping's Kalman elements hold three blocks per step and
 # invert one per combination. Calibrated against XLA's memory analysis (tests/test_newton.py).
-BLOCKS_PER_TRANSITION = 6
-DAMPED_BLOCKS_PER_TRANSITION = 16
+BLOCKS_PER_TRANSITION = 4
+DAMPED_BLOCKS_PER_TRANSITION = 8
 
 
 def block_floats(jacobian: Jacobian, state_dim: int) -> int:
