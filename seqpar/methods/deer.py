@@ -22,8 +22,9 @@ BPTT's, so DEER is BPTT computed in log T depth per iteration instead of T steps
   paper's training trick); `zeros` starts every solve from zeros.
 
 Newton stops at `tol` or after `max_iters`; a row that hits `max_iters` unconverged is
-counted in `newton_hit_max` (never silent), and a non-finite state makes the loss
-non-finite, so the loop marks the run `diverged`.
+counted (never silent): `newton_hit_max` in the step, `newton_hit_max_total` over the
+run so far. A non-finite state makes the loss non-finite, so the loop marks the run
+`diverged`.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class DEER(Method):
         self.gradient = "full" if cfg.gradient == "exact" else "diagonal"
 
     def init(self, key, params, train):
-        state = {"params": params, "opt_state": self.tx.init(params)}
+        # Rows that ended a solve at max_iters unconverged, summed over every step so far.
+        state = {"params": params, "opt_state": self.tx.init(params), "hit_max_total": jnp.float32(0)}
         if self.cfg.warm_start == "previous":
             n, t = train.x.shape[:2]
             state["guess"] = jnp.zeros((n, t, self.model.state_dim), jnp.float32)
@@ -126,14 +128,17 @@ class DEER(Method):
         states, stats = solve_states(self.model, params, batch.x, self.guess(state, batch.idx, batch.x), self.opts)
         loss, grads = jax.value_and_grad(self.loss)(params, states, batch.x, batch.y, batch.mask)
         updates, opt_state = self.tx.update(grads, state["opt_state"], params)
-        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
+        newton = newton_metrics(stats, self.cfg.max_iters)
+        hit_max_total = state["hit_max_total"] + newton["newton_hit_max"]
+        new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "hit_max_total": hit_max_total}
         if self.cfg.warm_start == "previous":
             new_state["guess"] = put_rows(state["guess"], batch.idx, states.astype(jnp.float32))
         metrics = {
             "objective": loss,
             "task_loss": loss,
             "grad_norm_params": optax.tree.norm(grads),
-            **newton_metrics(stats, self.cfg.max_iters),
+            **newton,
+            "newton_hit_max_total": hit_max_total,
         }
         return new_state, metrics
 
