@@ -77,7 +77,8 @@ def test_newton_methods_report_iterations_and_a_point_over_memory_is_skipped(tmp
         "model: {cell: gru, hidden: 8}\n"
         "train: {steps: 1, batch_size: 1}\n"
         "methods:\n"
-        "  - {type: deer, label: quasi-warm, jacobian: diagonal, gradient: diagonal, warm_start: previous, optimizer: {type: sgd, lr: 0.1}}\n"
+        "  - {type: deer, label: quasi-warm, jacobian: diagonal, gradient: diagonal, warm_start: previous,"
+        " optimizer: {type: sgd, lr: 0.1}}\n"
         "  - {type: deer, label: full, optimizer: {type: sgd, lr: 0.1}}\n"
     )
     s = B.load_bench_spec(spec)

@@ -244,7 +244,10 @@ def test_newton_refresh_from_the_table_makes_the_leading_steps_exact_and_converg
         ({"refresh": "rollout", "refresh_every": 5, "sweeps": 2}, "methods.0.sweeps: only meaningful with refresh: jacobi"),
         ({"table_init_scale": 0.3}, "methods.0.table_init_scale: only meaningful with table_init: random"),
         ({"refresh": "newton", "refresh_every": 5}, "methods.0.iterations: required with refresh: newton"),
-        ({"refresh": "jacobi", "refresh_every": 5, "sweeps": 2, "iterations": 3}, "methods.0.iterations: only meaningful with refresh: newton"),
+        (
+            {"refresh": "jacobi", "refresh_every": 5, "sweeps": 2, "iterations": 3},
+            "methods.0.iterations: only meaningful with refresh: newton",
+        ),
         ({"newton_jacobian": "diagonal"}, "methods.0.newton_jacobian: only meaningful with refresh"),
         ({"refresh": "newton", "refresh_every": 5, "iterations": 2, "sweeps": 2}, "methods.0.sweeps: only meaningful with refresh: jacobi"),
         ({"freeze_every": 4, "refresh": "rollout", "refresh_every": 6}, "methods.0.refresh_every: must be a multiple of freeze_every=4"),

@@ -105,5 +105,7 @@ def results_table(summary: dict[str, Any]) -> Table:
             human_bytes(r.get("state_table_bytes")),
         )
     if newton:
-        t.caption = "Newton it: mean/max Newton iterations over the batch at the last logged step; (n at max): rows that hit max_iters so far"
+        t.caption = (
+            "Newton it: mean/max Newton iterations over the batch at the last logged step; (n at max): rows that hit max_iters so far"
+        )
     return t

@@ -24,7 +24,8 @@ def bench_table(result: dict[str, Any]) -> Table:
         title=f"seqpar bench on {m['summary']}: matmul peak {peak / 1e9:.0f} GFLOP/s (start {start / 1e9:.0f}, end {after / 1e9:.0f})",
         caption="ms: median±half the interquartile range of n timed steps; min: fastest step; k: the winning lax.scan unroll; "
         "GF/s and %pk: XLA cost-analysis FLOPs / median, / the matmul peak (≥: a scan, whose body XLA counts once); "
-        "speedup: tuned BPTT's median / this median; it: Newton iterations (mean over the batch, last timed step); prog MB: compiled step (args + outputs + temps - aliases); "
+        "speedup: tuned BPTT's median / this median; it: Newton iterations (mean over the batch, last timed step); "
+        "prog MB: compiled step (args + outputs + temps - aliases); "
         "faults: minor page faults per step (many: large buffers are faulted in afresh every step; "
         "try GLIBC_TUNABLES=glibc.malloc.hugetlb=1)",
     )

@@ -41,6 +41,7 @@ from seqpar.methods.base import METHODS, Method, MethodConfig
 from seqpar.model.newton import (
     BLOCKS_PER_TRANSITION,
     DAMPED_BLOCKS_PER_TRANSITION,
+    Jacobian,
     NewtonOptions,
     NewtonStats,
     block_floats,
@@ -102,8 +103,8 @@ class DEER(Method):
 
     def __init__(self, cfg, model, task):
         super().__init__(cfg, model, task)
-        self.opts = cfg.newton
-        self.gradient = "full" if cfg.gradient == "exact" else "diagonal"
+        self.opts = self.cfg.newton
+        self.gradient: Jacobian = "full" if self.cfg.gradient == "exact" else "diagonal"
 
     def init(self, key, params, train):
         # Rows that ended a solve at max_iters unconverged, summed over every step so far.

@@ -214,7 +214,7 @@ def newton_solve(
 # ----------------------------------------------------------------------------- gradient by the adjoint
 
 
-ParamStep = Callable  # (params, s_prev, x_t) -> s_t
+ParamStep = Callable[..., jax.Array]  # (params, s_prev, x_t) -> s_t
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
