@@ -590,7 +590,12 @@ def bench(
     console.print(f"[bold]bench[/] {s.name}: {machine()['summary']} -> {run_dir}")
 
     def on_point(r):
-        line = f"  {r['label']:<14} {r['cell']:<6} T={r['length']:<6} B={r['batch']:<4} {r['step_ms']['median']:9.3f} ms/step"
+        line = f"  {r['label']:<14} {r['cell']:<6} T={r['length']:<6} B={r['batch']:<4} "
+        if "reason" in r:
+            console.print(line + f"skipped: {r['reason']}", highlight=False)
+            return
+        iters = r["step_metrics"].get("newton_iters_mean")
+        line += f"{r['step_ms']['median']:9.3f} ms/step" + (f"  {iters:.1f} Newton iterations" if iters is not None else "")
         console.print(line, highlight=False)
 
     try:

@@ -68,6 +68,34 @@ def test_spec_methods_are_measured_with_a_bptt_baseline_added(tmp_path):
     assert [(p["label"], p["cell"], p["hidden"]) for p in rec["points"]] == [("bptt", "elman", 8), ("par", "elman", 8)]
 
 
+def test_newton_methods_report_iterations_and_a_point_over_memory_is_skipped(tmp_path, monkeypatch):
+    from seqpar.train import memory
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: newton\n"
+        "task: {type: delayed_recall, length: 8, lag: 2, vocab: 4}\n"
+        "model: {cell: gru, hidden: 8}\n"
+        "train: {steps: 1, batch_size: 1}\n"
+        "methods:\n"
+        "  - {type: deer, label: quasi-warm, jacobian: diagonal, gradient: diagonal, warm_start: previous,"
+        " optimizer: {type: sgd, lr: 0.1}}\n"
+        "  - {type: deer, label: full, optimizer: {type: sgd, lr: 0.1}}\n"
+    )
+    s = B.load_bench_spec(spec)
+    grid = B.Grid(lengths=(8,), batches=(2,), hidden=32, unrolls=(1,), min_repeats=1, min_time_s=0, warmup=1)
+    # A machine with room for the diagonal method, not for full Jacobians at this point.
+    point = B.point_spec(s, "gru", 8, 2, 32, 2)
+    quasi, full = (memory.estimate(point.model_copy(update={"methods": [m]})).total for m in s.methods)
+    assert quasi < full
+    monkeypatch.setattr(memory, "available", lambda: ((quasi + full) // 2, "test limit"))
+    rec = run_bench(s, grid)
+    assert [p["label"] for p in rec["points"]] == ["bptt", "quasi-warm"]
+    assert rec["points"][1]["step_metrics"]["newton_iters_mean"] >= 1
+    assert [(k["label"], k["length"], k["batch"]) for k in rec["skipped"]] == [("full", 8, 2)]
+    assert "exceeds" in rec["skipped"][0]["reason"] and "method buffers" in rec["skipped"][0]["reason"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

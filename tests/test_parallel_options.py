@@ -215,6 +215,23 @@ def test_jacobi_refresh_in_the_step_and_its_eval_distance(tiny_spec):
     assert {f"jacobi_rollout_dist_q{q}" for q in range(1, 5)} <= set(ev)
 
 
+def test_newton_refresh_from_the_table_makes_the_leading_steps_exact_and_converges(tiny_spec):
+    exp, method, _, _ = _setup(tiny_spec, refresh="newton", refresh_every=2, iterations=1, newton_jacobian="diagonal")
+    d, params = exp.train, exp.init_params
+    truth = rollout_states(exp.model, params, d.x)
+    table = jax.random.normal(jax.random.key(7), truth.shape)
+    # Newton from any table: iteration k makes at least the first k steps exact, like k Jacobi sweeps.
+    np.testing.assert_allclose(method.newton_refresh(params, table, d.x)[:, :1], truth[:, :1], atol=1e-5)
+    exp, method, state, step = _setup(tiny_spec, refresh="newton", refresh_every=2, iterations=8)
+    states, metrics = _run(step, state, exp.train, 3)
+    assert metrics[1]["residual_max"] > 1e-3  # not refreshed yet
+    assert metrics[2]["residual_max"] <= 1e-5  # DEER from the table within 8 iterations: the rollout
+    eval_fn = jax.jit(lambda s: method.eval_metrics(s, exp.train, rollout_states(exp.model, s["params"], exp.train.x), jnp.float32(0)))
+    ev = eval_fn(states[-1])
+    assert float(ev["newton_rollout_dist"]) <= 1e-5 and float(ev["table_rollout_dist"]) > 1e-3
+    assert {f"newton_rollout_dist_q{q}" for q in range(1, 5)} <= set(ev)
+
+
 # ----------------------------------------------------------------------------- spec validation and a full run
 
 
@@ -226,6 +243,13 @@ def test_jacobi_refresh_in_the_step_and_its_eval_distance(tiny_spec):
         ({"refresh": "jacobi", "refresh_every": 5}, "methods.0.sweeps: required with refresh: jacobi"),
         ({"refresh": "rollout", "refresh_every": 5, "sweeps": 2}, "methods.0.sweeps: only meaningful with refresh: jacobi"),
         ({"table_init_scale": 0.3}, "methods.0.table_init_scale: only meaningful with table_init: random"),
+        ({"refresh": "newton", "refresh_every": 5}, "methods.0.iterations: required with refresh: newton"),
+        (
+            {"refresh": "jacobi", "refresh_every": 5, "sweeps": 2, "iterations": 3},
+            "methods.0.iterations: only meaningful with refresh: newton",
+        ),
+        ({"newton_jacobian": "diagonal"}, "methods.0.newton_jacobian: only meaningful with refresh"),
+        ({"refresh": "newton", "refresh_every": 5, "iterations": 2, "sweeps": 2}, "methods.0.sweeps: only meaningful with refresh: jacobi"),
         ({"freeze_every": 4, "refresh": "rollout", "refresh_every": 6}, "methods.0.refresh_every: must be a multiple of freeze_every=4"),
         ({"freeze_every": 0}, "methods.0.freeze_every"),
         ({"accumulate": "max"}, "methods.0.accumulate"),

@@ -25,10 +25,15 @@ OPTIMIZER_SPECS = {name: {"type": name, "lr": 1e-2} for name in OPTIMIZERS.names
 
 
 def _methods(optimizer: dict) -> list[dict]:
-    """Every registered method (drawn from the registry: a new one is tested here unasked), plus a
-    parallel method with a frozen table, whose gradient buffers are row-sharded too."""
+    """Every registered method (drawn from the registry: a new one is tested here unasked), plus the
+    variants whose extra state is row-sharded too: a parallel method with a frozen table (its
+    gradient buffers) and DEER with a warm-start cache (one solution per training sequence)."""
     methods = [{"type": name, "optimizer": optimizer, **REQUIRED_METHOD_FIELDS.get(name, {})} for name in METHODS.names()]
-    return [*methods, {"type": "parallel", "label": "freeze", "freeze_every": 2, "optimizer": optimizer}]
+    return [
+        *methods,
+        {"type": "parallel", "label": "freeze", "freeze_every": 2, "optimizer": optimizer},
+        {"type": "deer", "label": "deer-warm", "jacobian": "diagonal", "warm_start": "previous", "optimizer": optimizer},
+    ]
 
 
 def _spec(tiny_spec, devices, strata=4, optimizer=OPTIMIZER_SPECS["adam"]):
@@ -123,6 +128,9 @@ def test_each_device_holds_a_quarter_of_the_table(tiny_spec):
             assert all(s.data.shape[0] == leaf.shape[0] // 4 for s in shards)
     for leaf in jax.tree.leaves(state["params"]):  # parameters are replicated
         assert leaf.sharding.is_fully_replicated
+    deer = spec.methods[4].build(exp.model, exp.task)
+    guess = init_state(exp, deer)["guess"]
+    assert sorted(s.index[0].start for s in guess.addressable_shards) == [0, 4, 8, 12]
 
 
 def test_per_device_table_bytes_fall_as_devices_are_added(tiny_spec, tmp_path):

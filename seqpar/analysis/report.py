@@ -70,22 +70,22 @@ class RichProgress:
             self._p.update(self._tasks[label], info=f"[red]{status}")
 
 
+def newton_cell(diagnostics: dict[str, Any]) -> str:
+    """`mean/max` Newton iterations of the last logged step, and the rows that hit max_iters so far."""
+    mean, top = diagnostics.get("train_newton_iters_mean"), diagnostics.get("train_newton_iters_max")
+    if mean is None:
+        return "—"
+    hit = diagnostics.get("train_newton_hit_max_total") or 0
+    return f"{fmt(mean, '.1f')}/{fmt(top, '.0f')}" + (f" [yellow]({hit:.0f} at max)" if hit else "")
+
+
 def results_table(summary: dict[str, Any]) -> Table:
     t = Table(title=f"{summary['name']} (seed {summary['seed']}): judged by held-out sequential rollout")
-    for col in (
-        "method",
-        "status",
-        "rollout val",
-        "rollout test",
-        "acc test",
-        "baseline",
-        "objective",
-        "to target (val)",
-        "steps/s",
-        "compile s",
-        "peak MB",
-        "table",
-    ):
+    # The Newton column only when a run has one (a Newton method): other tables stay as they were.
+    newton = any("train_newton_iters_mean" in (r.get("diagnostics") or {}) for r in summary["runs"])
+    cols = ["method", "status", "rollout val", "rollout test", "acc test", "baseline", "objective", "to target (val)", "steps/s"]
+    cols += ["Newton it"] if newton else []
+    for col in (*cols, "compile s", "peak MB", "table"):
         t.add_column(col, justify="left" if col in ("method", "status") else "right")
     for r in summary["runs"]:
         final = r.get("final") or {}
@@ -101,11 +101,17 @@ def results_table(summary: dict[str, Any]) -> Table:
             fmt(final.get("objective")),
             fmt(r.get("steps_to_target")),
             fmt(r.get("steps_per_s"), ".1f"),
+            *([newton_cell(r.get("diagnostics") or {})] if newton else []),
             fmt(r.get("compile_s"), ".2f"),
             fmt(r.get("peak_memory_mb"), ".1f"),
             human_bytes(r.get("state_table_bytes")),
         )
-    t.caption = baseline_caption(summary.get("task") or {})
+    captions = [baseline_caption(summary.get("task") or {})]
+    if newton:
+        captions.append(
+            "Newton it: mean/max Newton iterations over the batch at the last logged step; (n at max): rows that hit max_iters so far"
+        )
+    t.caption = "\n".join(c for c in captions if c) or None
     return t
 
 

@@ -18,7 +18,13 @@ time. Per point we record
   of the matrix-multiply peak this run measured on the same device. XLA counts a
   `while` loop's body once, so for scanned programs (BPTT) the count is a lower
   bound and is flagged `flops_exact: false`;
-- speedup over full BPTT at the same point.
+- speedup over full BPTT at the same point;
+- the last timed step's own metrics (`step_metrics`), such as a Newton method's
+  iterations (`newton_iters_mean`), which explain its step time.
+
+A method whose estimated memory at a point (`seqpar.train.memory`) exceeds the
+machine's is not run there: it is listed under `skipped` with the estimate, so a
+grid can hold full-Jacobian DEER beside methods that scale to longer sequences.
 
 The baseline is tuned as a user would: a method with an `unroll` field (BPTT,
 truncated BPTT) is measured for every `--unrolls` value and the fastest is kept
@@ -136,13 +142,13 @@ def measure(exp, cfg, grid: Grid) -> dict[str, Any]:
         compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
 
-    step = 0
+    step, last_metrics = 0, {}
 
     def one():
-        nonlocal state, step
+        nonlocal state, step, last_metrics
         state, metrics = compiled(state, exp.train, np.int32(step))  # noqa: F821 - bound in the `with` block above (a ruff false positive)
         jax.block_until_ready((state, metrics))
-        step += 1
+        step, last_metrics = step + 1, metrics
 
     for _ in range(grid.warmup):
         one()
@@ -170,9 +176,24 @@ def measure(exp, cfg, grid: Grid) -> dict[str, Any]:
         "rss_before_mb": rss_before,
         "device_peak_mb": device_peak_mb(),
         "table_bytes": table_bytes,
+        # The last timed step's metrics (Newton iterations, residual...): what the step did.
+        "step_metrics": {k: float(v) for k, v in jax.device_get(last_metrics).items()},
     }
     del state, compiled, lowered
     return out
+
+
+def too_big(pspec: Spec, cfg) -> str | None:
+    """Why `cfg` cannot run at this point (its memory estimate exceeds the machine's), or None."""
+    from seqpar.train import memory
+
+    limit = memory.available()
+    if limit is None:
+        return None
+    est = memory.estimate(pspec.model_copy(update={"methods": [cfg]}))
+    if est.total <= limit[0]:
+        return None
+    return f"estimated {memory.fmt_bytes(est.total)} ({est.describe()}) exceeds the {memory.fmt_bytes(limit[0])} {limit[1]}"
 
 
 def _candidates(cfg, unrolls: tuple[int, ...]) -> list[Any]:
@@ -204,6 +225,7 @@ def run_bench(
         "spec": spec.model_dump(mode="json"),
         "matmul_peak": matmul_peak(),
         "points": [],
+        "skipped": [],  # (method, point) pairs whose memory estimate exceeds the machine's
     }
     for cell in cells:
         for length in grid.lengths:
@@ -212,6 +234,13 @@ def run_bench(
                 exp = build_experiment(pspec)
                 rows = []
                 for cfg in methods:
+                    reason = too_big(pspec, cfg)
+                    if reason is not None:
+                        skipped = {"method": cfg.type, "label": cfg.display_label, "cell": cell, "length": length, "batch": batch}
+                        result["skipped"].append({**skipped, "reason": reason})
+                        if on_point:
+                            on_point(result["skipped"][-1])
+                        continue
                     cands = []
                     for cand in _candidates(cfg, grid.unrolls):
                         m = measure(exp, cand, grid)

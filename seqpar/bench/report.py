@@ -24,11 +24,12 @@ def bench_table(result: dict[str, Any]) -> Table:
         title=f"seqpar bench on {m['summary']}: matmul peak {peak / 1e9:.0f} GFLOP/s (start {start / 1e9:.0f}, end {after / 1e9:.0f})",
         caption="ms: median±half the interquartile range of n timed steps; min: fastest step; k: the winning lax.scan unroll; "
         "GF/s and %pk: XLA cost-analysis FLOPs / median, / the matmul peak (≥: a scan, whose body XLA counts once); "
-        "speedup: tuned BPTT's median / this median; prog MB: compiled step (args + outputs + temps - aliases); "
+        "speedup: tuned BPTT's median / this median; it: Newton iterations (mean over the batch, last timed step); "
+        "prog MB: compiled step (args + outputs + temps - aliases); "
         "faults: minor page faults per step (many: large buffers are faulted in afresh every step; "
         "try GLIBC_TUNABLES=glibc.malloc.hugetlb=1)",
     )
-    cols = ("method", "cell", "T", "B", "k", "ms", "min", "n", "compile s", "GF/s", "%pk", "speedup", "prog MB", "RSS MB", "table MB")
+    cols = ("method", "cell", "T", "B", "k", "it", "ms", "min", "n", "compile s", "GF/s", "%pk", "speedup", "prog MB", "RSS MB", "table MB")
     cols += ("faults",)
     for c in cols:
         t.add_column(c, justify="left" if c in ("method", "cell") else "right")
@@ -41,6 +42,7 @@ def bench_table(result: dict[str, Any]) -> Table:
             str(r["length"]),
             str(r["batch"]),
             fmt(r.get("unroll")) if r.get("unroll_candidates") else "—",
+            fmt((r.get("step_metrics") or {}).get("newton_iters_mean"), ".1f"),
             _ms(r["step_ms"]),
             fmt(r["step_ms"]["min"], ".3g"),
             str(r["step_ms"]["n"]),
@@ -53,6 +55,8 @@ def bench_table(result: dict[str, Any]) -> Table:
             fmt(r["table_bytes"] / 2**20, ".2f") if r["table_bytes"] else "—",
             f"{r['minor_faults_per_step']:.0f}",
         )
+    for r in result.get("skipped", []):  # estimated over the machine's memory: not run (bench.json has the estimate)
+        t.add_row(r["label"], r["cell"], str(r["length"]), str(r["batch"]), "—", "—", "[yellow]skipped: memory", *["—"] * (len(cols) - 7))
     return t
 
 

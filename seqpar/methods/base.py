@@ -80,6 +80,12 @@ class Method(abc.ABC):
         """Bytes of per-transition trainable state (the embedding table), 0 if none."""
         return 0
 
+    def extra_activation_bytes(self, batch: int, length: int, sequences: int) -> int:
+        """Bytes a training step or an evaluation holds beyond the memory estimate's rule of
+        thumb (`seqpar.train.memory`), such as Jacobian buffers of T·S² floats per sequence;
+        0 for methods whose buffers scale like the states. `sequences`: the training set's size."""
+        return 0
+
 
 class MethodConfig(Config):
     label: str | None = Field(None, description="name shown in tables (default: the type)", min_length=1, max_length=100)

@@ -47,12 +47,16 @@ Stabilizers (all off by default, so the defaults are the plain method):
 - `table_optimizer` -- the table's own optimizer (default: same as `optimizer`).
 - `table_init` -- zeros, random normal (`table_init_scale`), or the rollout
   states of the freshly initialised model.
-- `refresh: rollout|jacobi`, `refresh_every: K` -- before steps K, 2K, ... the
-  whole table is overwritten (no gradient) inside the jitted step (`lax.cond`,
+- `refresh: rollout|jacobi|newton`, `refresh_every: K` -- before steps K, 2K, ...
+  the whole table is overwritten (no gradient) inside the jitted step (`lax.cond`,
   so its cost is in the step time): `rollout` with the current model's true
   rollout states (a forward scan), `jacobi` with `sweeps` parallel sweeps
   `E[t] <- cell(E[t-1], x[t])` for all t at once (each sweep makes one more
-  leading step exact). The table's optimizer state is kept across a refresh.
+  leading step exact), `newton` with at most `iterations` Newton (DEER) iterations
+  started from the current table (`seqpar.model.newton`; `newton_jacobian: full`
+  or `diagonal`): the table is exactly a warm start for Newton, so this is the
+  bridge between a table trained by gradient and a table solved by Newton. The
+  table's optimizer state is kept across a refresh.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from seqpar.config import Config, KeyedError
 from seqpar.config.registry import Registry, tagged_union
 from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec
 from seqpar.model.model import Model, Params
+from seqpar.model.newton import BLOCKS_PER_TRANSITION, NewtonOptions, block_floats, rows_per_chunk, solve_states
 from seqpar.model.rollout import readout_all, rollout_states
 from seqpar.sharding import put_rows, take_rows
 from seqpar.tasks.base import Task
@@ -157,24 +162,34 @@ class ParallelConfig(MethodConfig):
     )
     freeze_every: int = Field(1, ge=1, description="hold the table fixed K steps, then apply its accumulated gradient (1: plain)")
     accumulate: Literal["sum", "mean"] = Field("sum", description="freeze_every buffer: sum, or mean per row over the steps it was batched")
-    refresh: Literal["none", "rollout", "jacobi"] = Field(
-        "none", description="periodically overwrite the table: true rollout states or Jacobi sweeps"
+    refresh: Literal["none", "rollout", "jacobi", "newton"] = Field(
+        "none", description="periodically overwrite the table: true rollout states, Jacobi sweeps or Newton iterations from the table"
     )
     refresh_every: int | None = Field(None, ge=1, description="refresh before steps K, 2K, ... (required with refresh)")
     sweeps: int | None = Field(None, ge=1, description="parallel sweeps per Jacobi refresh (required with refresh: jacobi)")
+    iterations: int | None = Field(None, ge=1, description="Newton iterations at most per refresh (required with refresh: newton)")
+    newton_jacobian: Literal["full", "diagonal"] | None = Field(
+        None, description="refresh: newton: full Jacobians (DEER, default) or their diagonals (quasi-DEER)"
+    )
 
     @model_validator(mode="after")
     def _options_fit(self):
         if self.refresh == "none":
-            for key in ("refresh_every", "sweeps"):
+            for key in ("refresh_every", "sweeps", "iterations", "newton_jacobian"):
                 if getattr(self, key) is not None:
-                    raise KeyedError(key, "only meaningful with refresh: rollout or jacobi (refresh is none)")
+                    raise KeyedError(key, "only meaningful with refresh: rollout, jacobi or newton (refresh is none)")
         elif self.refresh_every is None:
             raise KeyedError("refresh_every", f"required with refresh: {self.refresh}")
         if self.refresh == "jacobi" and self.sweeps is None:
             raise KeyedError("sweeps", "required with refresh: jacobi")
-        if self.refresh == "rollout" and self.sweeps is not None:
-            raise KeyedError("sweeps", "only meaningful with refresh: jacobi (a rollout refresh is exact)")
+        if self.refresh in ("rollout", "newton") and self.sweeps is not None:
+            raise KeyedError("sweeps", f"only meaningful with refresh: jacobi (got refresh: {self.refresh})")
+        if self.refresh == "newton" and self.iterations is None:
+            raise KeyedError("iterations", "required with refresh: newton")
+        if self.refresh in ("rollout", "jacobi"):
+            for key in ("iterations", "newton_jacobian"):
+                if getattr(self, key) is not None:
+                    raise KeyedError(key, f"only meaningful with refresh: newton (got refresh: {self.refresh})")
         if self.table_init_scale is not None and self.table_init != "random":
             raise KeyedError("table_init_scale", f"only meaningful with table_init: random (got table_init: {self.table_init})")
         # A refresh must land right after an accumulated update, or the buffer would
@@ -270,9 +285,21 @@ class EmbeddingParallel(Method):
         objective = task_loss + weight * consistency
         return objective, {"task_loss": task_loss, "consistency": consistency, "sq_residual": sq_residual}
 
+    @property
+    def newton_options(self) -> NewtonOptions:
+        return NewtonOptions(jacobian=self.cfg.newton_jacobian or "full", max_iters=self.cfg.iterations or 1)
+
+    def newton_refresh(self, params, table, x):
+        """At most `iterations` Newton iterations from the table, a chunk of rows at a time."""
+        opts = self.newton_options
+        chunk = rows_per_chunk(opts.jacobian, x.shape[1], self.model.state_dim)
+        return solve_states(self.model, params, x, table, opts, chunk)[0].astype(table.dtype)
+
     def refreshed_table(self, params, table, x):
         if self.cfg.refresh == "rollout":
             return rollout_states(self.model, params, x).astype(table.dtype)
+        if self.cfg.refresh == "newton":
+            return self.newton_refresh(params, table, x)
         return jacobi_sweeps(self.model, params, table, x, self.cfg.sweeps)
 
     def train_step(self, state, train, batch, step, key):
@@ -354,7 +381,20 @@ class EmbeddingParallel(Method):
             jdist = jnp.linalg.norm(swept - rollout_train_states, axis=-1)
             out["jacobi_rollout_dist"] = jnp.mean(jdist)
             out.update(_by_quartile("jacobi_rollout_dist", jdist))
+        if self.cfg.refresh == "newton":
+            # The same for a Newton refresh: how far `iterations` iterations from this table get.
+            ndist = jnp.linalg.norm(self.newton_refresh(params, table, train.x) - rollout_train_states, axis=-1)
+            out["newton_rollout_dist"] = jnp.mean(ndist)
+            out.update(_by_quartile("newton_rollout_dist", ndist))
         return out
+
+    def extra_activation_bytes(self, batch, length, sequences):
+        if self.cfg.refresh != "newton":
+            return 0
+        # A Newton refresh solves the whole table a chunk of rows at a time (see `seqpar.methods.deer`).
+        opts = self.newton_options
+        rows = min(rows_per_chunk(opts.jacobian, length, self.model.state_dim), sequences)
+        return 4 * BLOCKS_PER_TRANSITION * rows * length * block_floats(opts.jacobian, self.model.state_dim)
 
     def state_table_bytes(self, state):
         return int(state["table"].nbytes)

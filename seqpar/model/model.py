@@ -47,6 +47,14 @@ class Model:
     def step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
         return nnx.merge(self.graphdef, params).cell(s, x)
 
+    def diag_jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        """`diag(d step / d s)`, `(state_dim,)`: the cell's analytic form (quasi-DEER's Jacobian)."""
+        return nnx.merge(self.graphdef, params).cell.diag_jacobian(s, x)
+
+    def jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        """`d step / d s`, `(state_dim, state_dim)`, by forward mode (DEER's Jacobian)."""
+        return jax.jacfwd(self.step, argnums=1)(params, s, x)
+
     def readout(self, params: Params, s: jax.Array) -> jax.Array:
         m = nnx.merge(self.graphdef, params)
         return m.readout(m.cell.output(s))

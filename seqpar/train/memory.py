@@ -4,7 +4,9 @@ The estimate adds what one run holds at its peak: the training, validation and t
 model parameters and, for the method with the largest footprint, its state (the
 parameters' optimizer state, the embedding table and the table's optimizer state)
 twice (a step's new state and the gradients exist beside the old one), plus the
-activations of a training step or of a full-data evaluation, whichever is larger.
+activations of a training step or of a full-data evaluation, whichever is larger,
+plus what a method reports beyond that rule (`Method.extra_activation_bytes`: the
+Newton methods' Jacobian buffers, T·S² floats per sequence).
 Shapes come from `jax.eval_shape` over the real constructors (task data, model,
 `method.init`), so nothing is allocated and every registered task, cell and method
 is covered without knowing its internals. Activations are a rule of thumb
@@ -47,16 +49,18 @@ class Estimate:
     state_label: str
     activations: int
     overhead: int = RUNTIME_OVERHEAD
+    method_buffers: int = 0  # beyond the activations' rule of thumb, e.g. Jacobians (`Method.extra_activation_bytes`)
 
     @property
     def total(self) -> int:
-        return self.data + self.params + 2 * self.state + self.activations + self.overhead
+        return self.data + self.params + 2 * self.state + self.activations + self.method_buffers + self.overhead
 
     def describe(self) -> str:
         parts = [
             ("data", self.data),
             (f"{self.state_label} state x2", 2 * self.state),
             ("activations", self.activations),
+            ("method buffers", self.method_buffers),
             ("params", self.params),
         ]
         return ", ".join(f"{name} {fmt_bytes(b)}" for name, b in parts if b)
@@ -85,21 +89,23 @@ def estimate(spec: Spec) -> Estimate:
     test = jax.eval_shape(lambda k: task.make_data(k, spec.task.test_sequences, split="test"), key)
     val = jax.eval_shape(lambda k: task.make_data(k, spec.task.val_sequences, split="val"), key)
     model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim)
-    state, label = 0, spec.methods[0].display_label
+    length = train.x.shape[1]
+    state, label, extra = 0, spec.methods[0].display_label, 0
     for cfg in spec.methods:
         method = cfg.build(model, task)
         shapes = jax.eval_shape(method.init, key, params, train)
         if _nbytes(shapes) > state:
             state, label = _nbytes(shapes), cfg.display_label
+        # Buffers the rule of thumb below does not scale with (a Newton method's Jacobians), as the method counts them.
+        extra = max(extra, method.extra_activation_bytes(spec.train.batch_size, length, spec.task.train_sequences))
     # One "unit" is a float per (sequence, step, state or output feature): a step holds a few
     # per row of its minibatch (states, gates, their gradients, gathered table rows and their
     # optimizer state), an evaluation a few per row of the three data sets (rollout states,
     # logits, the parallel method's residuals over the whole table).
-    length = train.x.shape[1]
     units = model.state_dim + task.output_dim
     step = STEP_FLOATS_PER_UNIT * spec.train.batch_size * length * units
     evaluation = EVAL_FLOATS_PER_UNIT * (spec.task.train_sequences + spec.task.val_sequences + spec.task.test_sequences) * length * units
-    return Estimate(_nbytes((train, val, test)), _nbytes(params), state, label, 4 * max(step, evaluation))
+    return Estimate(_nbytes((train, val, test)), _nbytes(params), state, label, 4 * max(step, evaluation), method_buffers=extra)
 
 
 # ----------------------------------------------------------------------------- the limit

@@ -6,6 +6,10 @@ method's table is always `(sequences, length, state_dim)` whatever the cell: an
 LSTM's table holds both `h` and `c` (concatenated, `h` first).
 
 `output(s)` returns the features the readout sees (`h`; for LSTM the first half).
+`diag_jacobian(s, x)` is the diagonal of `d cell(s, x) / d s`, written out by hand in
+each cell: the Newton methods (quasi-DEER) need it every iteration, and `jax.jacfwd`
+costs `state_dim` forward passes for it. The base class falls back to `jacfwd` so a
+new cell runs at once; the cell tests require every registered cell to override it.
 The cells are written for a single example; methods batch them with `jax.vmap`.
 
 A cell is one module in this package: an `nnx.Module` subclass of `Cell` and a
@@ -16,6 +20,7 @@ name `model: {cell: gru}`), discovered by `seqpar.model.cells`.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from seqpar.config import Config, Registry
@@ -40,6 +45,10 @@ class Cell(nnx.Module):
     def output(self, s: jax.Array) -> jax.Array:
         return s
 
+    def diag_jacobian(self, s: jax.Array, x: jax.Array) -> jax.Array:
+        """`diag(d cell(s, x) / d s)`, shape `(state_dim,)`. Override with the analytic form."""
+        return jnp.diagonal(jax.jacfwd(self.__call__)(s, x))
+
 
 class CellConfig(Config):
     """A cell's own hyperparameters (the hidden size is the model's: `model.hidden`)."""
@@ -50,6 +59,14 @@ class CellConfig(Config):
     def is_default(self) -> bool:
         """True when nothing but `type` is set: the spec then records the bare name."""
         return self == type(self)()  # every registered cell config has defaults for all its options
+
+
+def block_diagonals(layer: nnx.Linear, blocks: int) -> jax.Array:
+    """Diagonals of the `blocks` square `(n, n)` blocks of a recurrent kernel `(n, blocks·n)`:
+    `[k]` is how gate k's pre-activation j depends on input unit j. Shape `(blocks, n)`."""
+    kernel = layer.kernel[...]
+    n = kernel.shape[0]
+    return jnp.diagonal(kernel.reshape(n, blocks, n), axis1=0, axis2=2)
 
 
 def linear(n_in: int, n_out: int, rngs: nnx.Rngs, *, recurrent: bool = False, bias: bool = True) -> nnx.Linear:

@@ -6,25 +6,35 @@ from typing import Literal
 
 import jax.numpy as jnp
 from flax import nnx
+from pydantic import Field
 
-from seqpar.model.cells.base import CELLS, Cell, CellConfig, linear
+from seqpar.model.cells.base import CELLS, Cell, CellConfig, block_diagonals, linear
 
 
 @CELLS.register("elman")
 class ElmanConfig(CellConfig):
     type: Literal["elman"] = "elman"
+    # > 1 makes the linearised dynamics expand (an unstable cell): the case Newton's
+    # damping exists for.
+    recurrent_scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="multiplier of the orthogonal initial recurrent weights")
 
     def build(self, input_dim, hidden, *, rngs):
-        return Elman(input_dim, hidden, rngs=rngs)
+        return Elman(input_dim, hidden, rngs=rngs, recurrent_scale=self.recurrent_scale)
 
 
 class Elman(Cell):
     """h' = tanh(W x + U h + b)."""
 
-    def __init__(self, input_dim: int, hidden: int, *, rngs: nnx.Rngs):
+    def __init__(self, input_dim: int, hidden: int, *, rngs: nnx.Rngs, recurrent_scale: float = 1.0):
         self.hidden = self.state_dim = hidden
         self.wx = linear(input_dim, hidden, rngs)
         self.wh = linear(hidden, hidden, rngs, recurrent=True, bias=False)
+        if recurrent_scale != 1.0:
+            self.wh.kernel[...] = recurrent_scale * self.wh.kernel[...]
 
     def __call__(self, s, x):
         return jnp.tanh(self.wx(x) + self.wh(s))
+
+    def diag_jacobian(self, s, x):
+        h = self(s, x)
+        return (1.0 - h * h) * block_diagonals(self.wh, 1)[0]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqpar.model.cells.base import CELLS, Cell, CellConfig, linear
+from seqpar.model.cells.base import CELLS, Cell, CellConfig, block_diagonals, linear
 
 
 @CELLS.register("gru")
@@ -34,3 +34,15 @@ class GRU(Cell):
         z = jax.nn.sigmoid(xz + hz)
         n = jnp.tanh(xn + r * hn)
         return (1.0 - z) * n + z * s
+
+    def diag_jacobian(self, s, x):
+        xr, xz, xn = jnp.split(self.wx(x), 3, axis=-1)
+        hr, hz, hn = jnp.split(self.wh(s), 3, axis=-1)
+        r = jax.nn.sigmoid(xr + hr)
+        z = jax.nn.sigmoid(xz + hz)
+        n = jnp.tanh(xn + r * hn)
+        ur, uz, un = block_diagonals(self.wh, 3)
+        # h' = (1 - z) n + z h: the product rule through z, n (via r and hn) and h itself.
+        dz = z * (1.0 - z) * uz
+        dn = (1.0 - n * n) * (r * (1.0 - r) * ur * hn + r * un)
+        return z + (s - n) * dz + (1.0 - z) * dn

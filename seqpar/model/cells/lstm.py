@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from pydantic import Field
 
-from seqpar.model.cells.base import CELLS, Cell, CellConfig, linear
+from seqpar.model.cells.base import CELLS, Cell, CellConfig, block_diagonals, linear
 
 
 @CELLS.register("lstm")
@@ -40,6 +40,18 @@ class LSTM(Cell):
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return jnp.concatenate([h, c], axis=-1)
+
+    def diag_jacobian(self, s, x):
+        h, c = jnp.split(s, 2, axis=-1)
+        i, f, g, o = jnp.split(self.wx(x) + self.wh(h), 4, axis=-1)
+        si, sf, so, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
+        c_new = sf * c + si * tg
+        tc = jnp.tanh(c_new)
+        ui, uf, ug, uo = block_diagonals(self.wh, 4)
+        # dc'_j/dc_j = sigmoid(f_j): the gates read h only. dh'_j/dh_j goes through o and through c'.
+        dc_dh = sf * (1.0 - sf) * uf * c + si * (1.0 - si) * ui * tg + si * (1.0 - tg * tg) * ug
+        dh_dh = so * (1.0 - so) * uo * tc + so * (1.0 - tc * tc) * dc_dh
+        return jnp.concatenate([dh_dh, sf], axis=-1)
 
     def output(self, s):
         return s[..., : self.hidden]

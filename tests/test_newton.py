@@ -1,0 +1,317 @@
+"""Newton-parallel methods (DEER, quasi-DEER, ELK): the solver, the cells' Jacobians, the method.
+
+Fixed tolerances, never loosened: states 1e-5, gradients 1e-4 relative, analytic
+Jacobian diagonals 1e-6, scans against plain loops 1e-5.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from seqpar.methods.bptt import BPTTConfig
+from seqpar.model.cells import CELLS, Cell, CellConfig
+from seqpar.model.cells.elman import ElmanConfig
+from seqpar.model.model import build_model
+from seqpar.model.newton import (
+    Jacobian,
+    NewtonOptions,
+    differentiable_states,
+    kalman_filter_means,
+    linear_recurrence,
+    reverse_linear_recurrence,
+    solve_states,
+)
+from seqpar.model.rollout import rollout_states
+from seqpar.spec import SpecError, validate_spec
+from seqpar.tasks.delayed_recall import DelayedRecallConfig
+from seqpar.train.loop import build_experiment, run_method
+
+CELL_NAMES = CELLS.names()
+IN, HIDDEN, OUT = 3, 4, 3
+N, T = 3, 10
+SGD = {"type": "sgd", "lr": 0.05}
+
+
+def _model(cell, key=0):
+    return build_model(cell, IN, HIDDEN, OUT, jax.random.key(key))
+
+
+# ----------------------------------------------------------------------------- linear solves
+
+
+def _random_blocks(key, jacobian, s=3, t=7):
+    ka, kb, ky = jax.random.split(key, 3)
+    a = 0.9 * jax.random.normal(ka, (t, s, s) if jacobian == "full" else (t, s))
+    return a.at[0].set(0.0), jax.random.normal(kb, (t, s)), jax.random.normal(ky, (t, s))
+
+
+def _dense(a):
+    return np.asarray(a) if a.ndim == 3 else np.stack([np.diag(r) for r in np.asarray(a)])
+
+
+@pytest.mark.parametrize("jacobian", ["full", "diagonal"])
+def test_scans_solve_the_linear_recurrences_of_a_plain_loop(jacobian):
+    a, b, _ = _random_blocks(jax.random.key(0), jacobian)
+    A, B = _dense(a), np.asarray(b)
+    h, forward = np.zeros(B.shape[1]), []
+    for t in range(len(B)):
+        h = A[t] @ h + B[t]
+        forward.append(h)
+    np.testing.assert_allclose(linear_recurrence(a, b, jacobian), np.stack(forward), atol=1e-5)
+    h, backward = np.zeros(B.shape[1]), np.zeros_like(B)
+    for t in reversed(range(len(B))):
+        h = (A[t] @ h if t < len(B) - 1 else 0) + B[t]
+        backward[t] = h
+    np.testing.assert_allclose(reverse_linear_recurrence(a, b, jacobian), backward, atol=1e-5)
+
+
+@pytest.mark.parametrize("jacobian", ["full", "diagonal"])
+def test_parallel_kalman_filter_is_the_sequential_filter(jacobian):
+    """ELK's damped step: the filtered means of dynamics a s + b (unit noise) observed as y (variance 1/λ)."""
+    a, b, y = _random_blocks(jax.random.key(1), jacobian)
+    A, B, Y, lam = _dense(a), np.asarray(b), np.asarray(y), 0.7
+    s = B.shape[1]
+    m, p, means = np.zeros(s), np.zeros((s, s)), []
+    for t in range(len(B)):
+        mp, pp = A[t] @ m + B[t], A[t] @ p @ A[t].T + np.eye(s)
+        gain = pp @ np.linalg.inv(pp + np.eye(s) / lam)
+        m, p = mp + gain @ (Y[t] - mp), (np.eye(s) - gain) @ pp
+        means.append(m)
+    np.testing.assert_allclose(kalman_filter_means(a, b, y, lam, jacobian), np.stack(means), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_every_cell_has_an_analytic_jacobian_diagonal_equal_to_jacfwd(cell):
+    """A new cell runs with the base class's jacfwd fallback, but must write the diagonal out (this test)."""
+    model, params = _model(cell)
+    cls = type(CELLS.get(cell)().build(IN, HIDDEN, rngs=nnx.Rngs(0)))
+    assert cls.diag_jacobian is not Cell.diag_jacobian, f"{cell}: write diag_jacobian analytically (jacfwd costs state_dim passes)"
+    ks, kx = jax.random.split(jax.random.key(2))
+    for scale in (0.5, 2.0):  # around zero and in saturation
+        s = scale * jax.random.normal(ks, (model.state_dim,))
+        x = scale * jax.random.normal(kx, (IN,))
+        np.testing.assert_allclose(model.diag_jacobian(params, s, x), jnp.diagonal(model.jacobian(params, s, x)), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- Newton against the rollout
+
+
+@functools.cache
+def _solved(cell):
+    """Per Jacobian structure, the states from zeros and from a random guess; the rollout; gradients."""
+    model, params = _model(cell)
+    x = jax.random.normal(jax.random.key(5), (N, T, IN))
+    cot = jax.random.normal(jax.random.key(6), (N, T, model.state_dim))
+    guesses = {"zeros": jnp.zeros((N, T, model.state_dim)), "random": jax.random.normal(jax.random.key(9), (N, T, model.state_dim))}
+
+    @jax.jit
+    def compute(params):
+        truth = rollout_states(model, params, x)
+        solved = {
+            (jac, g): solve_states(model, params, x, guess, NewtonOptions(jac, max_iters=100, tol=1e-6))
+            for jac in ("full", "diagonal")
+            for g, guess in guesses.items()
+        }
+        bptt = jax.grad(lambda p: jnp.sum(rollout_states(model, p, x) * cot))(params)
+        states = solved[("full", "zeros")][0]
+
+        def adjoint(gradient: Jacobian):
+            return jax.grad(lambda p: jnp.sum(differentiable_states(model, p, x, states, gradient) * cot))(params)
+
+        return truth, solved, bptt, {"full": adjoint("full"), "diagonal": adjoint("diagonal")}
+
+    return model, compute(params)
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_converged_states_are_the_rollout(cell):
+    model, (truth, solved, _, _) = _solved(cell)
+    for (jac, guess), (states, stats) in solved.items():
+        assert bool(jnp.all(stats.converged)), (jac, guess, stats)
+        np.testing.assert_allclose(states, truth, atol=1e-5, err_msg=f"{jac} from {guess}")
+        assert int(jnp.max(stats.iterations)) <= T  # Newton without damping: at most T iterations
+    if model.linear_recurrence:
+        # mingru: the diagonal is the whole Jacobian, so one solve is exact: the minGRU parallel scan.
+        for guess in ("zeros", "random"):
+            np.testing.assert_array_equal(solved[("diagonal", guess)][1].iterations, 1)
+
+
+def _rel_err(a, b):
+    return max(float(jnp.max(jnp.abs(x - y)) / jnp.max(jnp.abs(y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+def test_adjoint_gradient_is_the_bptt_gradient(cell):
+    model, (_, _, bptt, adjoint) = _solved(cell)
+    assert _rel_err(adjoint["full"], bptt) <= 1e-4
+    if model.linear_recurrence:  # the diagonal adjoint is exact when the Jacobian is diagonal
+        assert _rel_err(adjoint["diagonal"], bptt) <= 1e-4
+    else:  # an approximation, and a measurably different one
+        assert _rel_err(adjoint["diagonal"], bptt) > 1e-3
+
+
+# ----------------------------------------------------------------------------- damping
+
+
+def _unstable(scale):
+    """Elman with recurrent weights `scale`·orthogonal: linearised at zero, J = scale·U, and
+    scale^T overflows float32 for T = 64 (the diagonal of U is smaller, so quasi-DEER needs more)."""
+    return ElmanConfig.model_validate({"recurrent_scale": scale})
+
+
+# (hidden, recurrent scale) where plain Newton from zeros overflows: the full Jacobian at 4, its diagonal at 8.
+UNSTABLE = {"full": (4, 4.0), "diagonal": (8, 8.0)}
+
+
+@pytest.mark.parametrize("jacobian", ["full", "diagonal"])
+def test_damping_converges_where_plain_newton_overflows(jacobian):
+    hidden, scale = UNSTABLE[jacobian]
+    model, params = build_model(_unstable(scale), IN, hidden, OUT, jax.random.key(0))
+    x = jax.nn.one_hot(jax.random.randint(jax.random.key(5), (2, 64), 0, IN), IN)
+    guess = jnp.zeros((2, 64, model.state_dim))
+
+    @jax.jit
+    def solve(params):
+        plain = solve_states(model, params, x, guess, NewtonOptions(jacobian, max_iters=400))
+        damped = solve_states(model, params, x, guess, NewtonOptions(jacobian, max_iters=400, damping=1e-3))
+        return plain, damped
+
+    (plain, plain_stats), (_, damped_stats) = solve(params)
+    # Blown up: a residual that is not finite, states far outside tanh's (-1, 1) or not numbers at all.
+    assert not bool(jnp.any(jnp.isfinite(plain_stats.residual))) and not bool(jnp.all(jnp.abs(plain) < 1e6))
+    assert bool(jnp.all(damped_stats.converged)) and float(jnp.max(damped_stats.residual)) <= 1e-5, damped_stats
+
+
+# ----------------------------------------------------------------------------- the method in the trainer
+
+
+def _spec(methods, cell: str | CellConfig = "gru", hidden=HIDDEN, length=8, steps=4, batch=4, sequences=8, log_every=None):
+    return validate_spec(
+        {
+            "name": "newton",
+            "seed": 0,
+            "task": DelayedRecallConfig(length=length, lag=2, vocab=IN, train_sequences=sequences, test_sequences=4).model_dump(),
+            "model": {"cell": cell if isinstance(cell, str) else cell.model_dump(), "hidden": hidden},
+            "train": {"steps": steps, "batch_size": batch, "eval_every": steps, **({"log_every": log_every} if log_every else {})},
+            "methods": methods,
+        }
+    )
+
+
+def test_deer_training_tracks_bptt_for_50_sgd_steps():
+    spec = _spec([BPTTConfig(optimizer=SGD).model_dump(), {"type": "deer", "optimizer": SGD, "tol": 1e-6}], steps=50, log_every=1)
+    exp = build_experiment(spec)
+    curves = {}
+    for cfg in spec.methods:
+        lines = []
+        record = run_method(exp, cfg, lines.append)
+        assert record["status"] == "completed", record["error"]
+        curves[cfg.type] = np.array([line["train_objective"] for line in lines if "train_objective" in line])
+    assert len(curves["deer"]) == 50
+    np.testing.assert_allclose(curves["deer"], curves["bptt"], rtol=1e-4)
+    assert curves["bptt"][-1] < curves["bptt"][0]  # it trained
+
+
+def test_warm_start_from_the_previous_solution_needs_fewer_iterations():
+    methods = [
+        {"type": "deer", "label": label, "warm_start": warm, "jacobian": "diagonal", "optimizer": {"type": "adam", "lr": 1e-2}}
+        for label, warm in (("zeros", "zeros"), ("previous", "previous"))
+    ]
+    spec = _spec(methods, length=16, steps=12, batch=8, sequences=8, log_every=1)  # full batches: every row every step
+    exp = build_experiment(spec)
+    iters = {}
+    for cfg in spec.methods:
+        lines = []
+        record = run_method(exp, cfg, lines.append)
+        assert record["status"] == "completed", record["error"]
+        iters[cfg.display_label] = np.mean([line["train_newton_iters_mean"] for line in lines[-6:] if "train_newton_iters_mean" in line])
+    print(f"mean Newton iterations over steps 7-12: zeros {iters['zeros']:.2f}, previous {iters['previous']:.2f}")
+    assert iters["previous"] < iters["zeros"]
+
+
+def test_unstable_cell_undamped_run_diverges_and_damped_run_completes():
+    methods = [
+        {"type": "deer", "label": "undamped", "jacobian": "diagonal", "max_iters": 400, "optimizer": SGD},
+        {"type": "deer", "label": "damped", "jacobian": "diagonal", "max_iters": 400, "damping": 1e-3, "optimizer": SGD},
+    ]
+    hidden, scale = UNSTABLE["diagonal"]
+    spec = _spec(methods, cell=_unstable(scale), hidden=hidden, length=64, steps=2, batch=2, sequences=2)
+    exp = build_experiment(spec)
+    undamped, damped = (run_method(exp, cfg, lambda line: None) for cfg in spec.methods)
+    assert undamped["status"] == "diverged" and undamped["diverged_at_step"] == 1, undamped["error"]
+    assert damped["status"] == "completed", damped["error"]
+    assert damped["diagnostics"]["train_newton_hit_max"] == 0 and damped["diagnostics"]["newton_hit_max"] == 0
+    assert damped["diagnostics"]["newton_residual"] <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"gradient": "diagonal"}, "methods.0.gradient: diagonal is offered with jacobian: diagonal only"),
+        ({"jacobian": "dense"}, "methods.0.jacobian"),
+        ({"damping": -1.0}, "methods.0.damping"),
+        ({"max_iters": 0}, "methods.0.max_iters"),
+        ({"warm_start": "table"}, "methods.0.warm_start"),
+    ],
+)
+def test_bad_deer_options_name_the_key(options, message):
+    with pytest.raises(SpecError) as e:
+        _spec([{"type": "deer", "optimizer": SGD, **options}])
+    assert message in str(e.value)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _memory_spec(method, batch=8, length=1024, hidden=64):
+    return validate_spec(
+        {
+            "name": "mem",
+            "seed": 0,
+            "task": {"type": "delayed_recall", "length": length, "lag": 2, "vocab": 8, "train_sequences": batch, "test_sequences": batch},
+            "model": {"cell": "gru", "hidden": hidden},
+            "train": {"steps": 1, "batch_size": batch},
+            "methods": [{"optimizer": SGD, **method}],
+        }
+    )
+
+
+def test_full_jacobians_enter_the_memory_estimate_and_an_impossible_spec_is_refused(monkeypatch):
+    from seqpar.train import memory
+
+    bptt = memory.estimate(_memory_spec({"type": "bptt"}))
+    full = memory.estimate(_memory_spec({"type": "deer"}))
+    quasi = memory.estimate(_memory_spec({"type": "deer", "jacobian": "diagonal", "gradient": "diagonal"}))
+    jacobians = 8 * 1024 * 64 * 64 * 4  # N·T·S² float32: one set of full Jacobians
+    assert full.method_buffers >= jacobians and full.total - bptt.total >= jacobians
+    assert quasi.method_buffers * 32 <= full.method_buffers  # diagonals: T·S floats per sequence, not T·S²
+    # A limit BPTT fits under and full DEER does not: refused before anything is allocated, naming the buffers.
+    monkeypatch.setattr(memory, "available", lambda: ((bptt.total + full.total) // 2, "test limit"))
+    assert memory.check(_memory_spec({"type": "bptt"})).startswith("memory: estimated")
+    with pytest.raises(memory.MemoryLimitError, match="method buffers"):
+        memory.check(_memory_spec({"type": "deer"}))
+
+
+@pytest.mark.parametrize("method", [{"type": "deer"}, {"type": "deer", "damping": 0.01}, {"type": "deer", "jacobian": "diagonal"}])
+def test_memory_estimate_covers_the_compiled_step(method):
+    """The estimate is an upper bound of XLA's own memory analysis of the step (never an underestimate)."""
+    from seqpar.train import memory
+    from seqpar.train.loop import compiled_memory_mb, init_state, make_train_step
+
+    spec = _memory_spec(method, batch=4, length=128, hidden=32)
+    exp = build_experiment(spec)
+    m = spec.methods[0].build(exp.model, exp.task)
+    state = init_state(exp, m)
+    compiled = jax.jit(make_train_step(m, exp.train_key, 4, 4)).lower(state, exp.train, jnp.int32(0)).compile()
+    est = memory.estimate(spec)
+    mb = compiled_memory_mb(compiled)
+    assert mb is not None and mb * 2**20 <= est.total - est.overhead
