@@ -128,7 +128,7 @@ def test_each_device_holds_a_quarter_of_the_table(tiny_spec):
             assert all(s.data.shape[0] == leaf.shape[0] // 4 for s in shards)
     for leaf in jax.tree.leaves(state["params"]):  # parameters are replicated
         assert leaf.sharding.is_fully_replicated
-    deer = spec.methods[4].build(exp.model, exp.task)
+    deer = _method(spec, "deer-warm").build(exp.model, exp.task)
     guess = init_state(exp, deer)["guess"]
     assert sorted(s.index[0].start for s in guess.addressable_shards) == [0, 4, 8, 12]
 
