@@ -18,13 +18,33 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    help="Train RNNs with BPTT or embedding-parallel, judged by rollout.",
+    help="Train RNNs sequentially (BPTT, truncated BPTT) or in parallel over time (embedding-parallel tables, "
+    "DEER / quasi-DEER / ELK Newton solvers), every method judged by held-out sequential rollout.",
 )
 # Outside a terminal (CI logs, pipes) Rich would wrap tables at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a spec key: dotted.key=value (YAML value); repeatable")]
+
+
+def _check_set(items: list[str] | None) -> list[str] | None:
+    """`--set KEY VALUE` (a space for the `=`) would otherwise reach Typer as a stray argument."""
+    for item in items or []:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            from seqpar.spec import shown
+
+            _fail(
+                f"--set {shown(item, quote=False)}: expected KEY=VALUE with no space around '=' "
+                f"(write --set {shown(key.strip() or 'train.steps', quote=False)}=VALUE)"
+            )
+    return items
+
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", callback=_check_set, help="override a spec key: dotted.key=value (YAML value); repeatable"),
+]
 _WORKERS = "Workers"
 WorkersOpt = Annotated[
     int, typer.Option(help="worker processes (each claims points or trials until none is left)", rich_help_panel=_WORKERS)
@@ -211,7 +231,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="run even if the estimat
 
 @app.command()
 def validate(
-    spec: Annotated[Path, typer.Argument(help="YAML experiment spec")],
+    spec: Annotated[Path, typer.Argument(help="YAML experiment spec", metavar="SPEC")],
     set_: SetOpt = None,
     max_points: MaxPointsOpt = MAX_POINTS,
     force: Annotated[bool, typer.Option("--force", help="pass even if the estimated memory exceeds the machine's")] = False,
@@ -251,7 +271,7 @@ def validate(
 @app.command()
 @_one_line_errors
 def run(
-    spec: Annotated[Path | None, typer.Argument(help="YAML experiment spec (omit with --resume)")] = None,
+    spec: Annotated[Path | None, typer.Argument(help="YAML experiment spec (omit with --resume)", metavar="SPEC")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default results/<name>/<run-id>)")] = None,
     set_: SetOpt = None,
     results_root: Annotated[Path, typer.Option(help="root of default run directories")] = Path("results"),
@@ -376,7 +396,7 @@ def _log_shard_memory(summary: dict) -> None:
 @app.command()
 @_one_line_errors
 def tune(
-    spec: Annotated[Path, typer.Argument(help="YAML experiment spec with a tune: block")],
+    spec: Annotated[Path, typer.Argument(help="YAML experiment spec with a tune: block", metavar="SPEC")],
     out: Annotated[
         Path | None, typer.Option(help="study directory (default results/<name>/tune-<run-id>); run again to continue it")
     ] = None,
@@ -474,7 +494,9 @@ def tasks() -> None:
     console.print(tasks_table())
 
 
-PathsArg = Annotated[list[str], typer.Argument(help="run directories, sweep directories, directories above them, or glob patterns")]
+PathsArg = Annotated[
+    list[str], typer.Argument(help="run directories, sweep directories, directories above them, or glob patterns", metavar="PATHS")
+]
 ByOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -544,7 +566,9 @@ def plot(
 
 @app.command()
 def bench(
-    spec: Annotated[Path | None, typer.Argument(help="YAML spec whose task and methods to measure (default: built in)")] = None,
+    spec: Annotated[
+        Path | None, typer.Argument(help="YAML spec whose task and methods to measure (default: built in)", metavar="SPEC")
+    ] = None,
     lengths: Annotated[str, typer.Option(help="sequence lengths, comma-separated")] = "256,1024,4096",
     batch: Annotated[str, typer.Option(help="batch sizes (sequences per step), comma-separated")] = "1,8,64",
     hidden: Annotated[int, typer.Option(help="hidden size")] = 64,
@@ -587,7 +611,8 @@ def bench(
         run_dir = new_run_dir(results_root, "bench", out)
     except (B.BenchError, SpecError, OutputError) as e:
         _fail(str(e))
-    console.print(f"[bold]bench[/] {s.name}: {machine()['summary']} -> {run_dir}")
+    title = s.name if s.name.startswith("bench") else f"bench {s.name}"  # the built-in spec is named bench
+    console.print(f"[bold]{escape(title)}[/]: {machine()['summary']} -> {escape(str(run_dir))}")
 
     def on_point(r):
         line = f"  {r['label']:<14} {r['cell']:<6} T={r['length']:<6} B={r['batch']:<4} "

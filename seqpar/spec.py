@@ -185,7 +185,10 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value, source=f"--set {item}")
-    return validate_spec(raw, source=str(path))
+    try:
+        return validate_spec(raw, source=str(path))
+    except SpecError as e:
+        raise blame_overrides(e, overrides) from None
 
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few KB; reading stops here (a device such as /dev/zero never ends)
@@ -355,11 +358,27 @@ def with_yaml_line(err: SpecError, path: str | Path, overrides: list[str] | tupl
 def parse_override(item: str) -> tuple[str, Any]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise SpecError(f"--set {item}: expected dotted.key=value")
+        raise SpecError(f"--set {shown(item, quote=False)}: expected KEY=VALUE with no space around '=' (like --set train.steps=50)")
     try:
         return key.strip(), load_yaml(value, source=f"--set {item}")
     except yaml.YAMLError:
         raise SpecError(f"--set {item}: the value is not valid YAML") from None
+
+
+def blame_overrides(err: SpecError, overrides: list[str] | tuple[str, ...]) -> SpecError:
+    """`err` restated as the `--set` assignment's fault when its key is one that assignment set
+    (or made up: `--set trian.steps=50` makes the unknown key `trian`), so the file is not blamed."""
+    if not err.key:
+        return err
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if err.key == key or err.key.startswith(key + ".") or key.startswith(err.key + "."):
+            msg = str(err)
+            if err.source and msg.startswith(err.source + ": "):
+                msg = msg[len(err.source) + 2 :]
+            source = f"--set {shown(item, quote=False)}"
+            return SpecError(f"{source}: {msg}", key=err.key, source=source)
+    return err
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any, *, source: str) -> None:
@@ -393,6 +412,10 @@ def validate_spec(raw: dict[str, Any], source: str = "spec") -> Spec:
 
 
 # ----------------------------------------------------------------------------- error messages
+
+# Top-level blocks read before validation (`sweep:` by seqpar.sweep.plan, `tune:` by seqpar.tune.space);
+# an unknown top-level key lists them with the Spec's own fields.
+TOP_LEVEL_BLOCKS = ("sweep", "tune")
 
 
 def ordered_errors(err: ValidationError) -> list[Any]:  # pydantic's ErrorDetails dicts
@@ -429,20 +452,43 @@ def _describe(e: dict[str, Any], raw: Any, root: type[BaseModel] | None = None) 
         return f"{key + '.' if key else ''}{ke.key}: {ke.msg}"
     if kind == "extra_forbidden":
         valid = _valid_keys(e["loc"], raw, root)
+        if root is None and len(e["loc"]) == 1:
+            valid += [k for k in TOP_LEVEL_BLOCKS if k not in valid]
         leaf = key.rsplit(".", 1)[-1]
-        close = difflib.get_close_matches(leaf, valid, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"{key}: unknown key{hint} (valid keys: {', '.join(valid)})"
+        return f"{shown(key, quote=False)}: unknown key{_did_you_mean(leaf, valid)} (valid keys: {', '.join(valid)})"
     if kind == "missing":
         return f"{key}: required key is missing"
     if kind == "union_tag_not_found":
         return f"{key}.type: missing; expected one of: {', '.join(_union_tags(e['loc'], raw, root))}"
     if kind == "union_tag_invalid":
-        return f"{key}.type: unknown type {e['input'].get('type')!r}; expected one of: {', '.join(_union_tags(e['loc'], raw, root))}"
+        tags, given = _union_tags(e["loc"], raw, root), e["input"].get("type")
+        close = difflib.get_close_matches(given, tags, n=1) if isinstance(given, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{key}.type: unknown type {shown(given)}{hint}; expected one of: {', '.join(tags)}"
     msg = e["msg"].removeprefix("Value error, ")
     got = e.get("input")
-    shown = "" if isinstance(got, (dict, list)) or "got " in msg or (isinstance(got, str) and repr(got) in msg) else f" (got {got!r})"
-    return f"{key or '<top level>'}: {msg}{shown}"
+    if isinstance(got, str) and repr(got) in msg:  # a validator quoted the value: cut it there
+        return f"{key or '<top level>'}: {msg.replace(repr(got), shown(got))}"
+    tail = "" if isinstance(got, (dict, list)) or "got " in msg else f" (got {shown(got)})"
+    return f"{key or '<top level>'}: {msg}{tail}"
+
+
+def _did_you_mean(given: Any, valid: list[str]) -> str:
+    close = difflib.get_close_matches(given, valid, n=1) if isinstance(given, str) else []
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+SHOWN_CHARS = 60  # a rejected value is quoted up to this length: a 100 KB label must not fill the terminal
+
+
+def shown(value: Any, quote: bool = True, limit: int = SHOWN_CHARS) -> str:
+    """A value as an error message quotes it (`repr`, or as is with `quote=False`), cut to `limit`
+    characters with the full length said: the message stays one readable line."""
+    text = repr(value) if quote else str(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[: limit - 1]}… ({size})"
 
 
 def _dotted(loc: tuple, raw: Any) -> str:

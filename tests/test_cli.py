@@ -125,4 +125,4 @@ def test_missing_spec_file_exits_2(tmp_path):
 
 def test_override_that_is_not_key_value_exits_2(tiny_spec, write_spec):
     res = runner.invoke(app, ["validate", str(write_spec(tiny_spec)), "--set", "train.steps"])
-    assert res.exit_code == 2 and "dotted.key=value" in res.output
+    assert res.exit_code == 2 and "expected KEY=VALUE" in res.output

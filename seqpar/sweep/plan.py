@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from seqpar.spec import Spec, SpecError, parse_override, read_yaml, set_dotted, validate_spec
+from seqpar.spec import Spec, SpecError, blame_overrides, parse_override, read_yaml, set_dotted, validate_spec
 from seqpar.sweep import MAX_POINTS
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$")
@@ -108,7 +108,10 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = (), max
         else:
             set_dotted(raw, key, value, source=f"--set {item}")
             pinned[key] = value
-    return expand(raw, source=str(path), pinned=pinned, max_points=max_points)
+    try:
+        return expand(raw, source=str(path), pinned=pinned, max_points=max_points)
+    except SpecError as e:
+        raise blame_overrides(e, overrides) from None
 
 
 def expand(raw: dict[str, Any], source: str = "spec", pinned: dict[str, Any] | None = None, max_points: int | None = MAX_POINTS) -> Plan:

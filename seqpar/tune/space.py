@@ -37,6 +37,7 @@ from seqpar.config import Config
 from seqpar.spec import (
     Spec,
     SpecError,
+    blame_overrides,
     error_key,
     format_validation_error,
     ordered_errors,
@@ -201,7 +202,10 @@ def load_tune(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value, source=f"--set {item}")
-    return check_tune(raw, str(path))
+    try:
+        return check_tune(raw, str(path))
+    except SpecError as e:
+        raise blame_overrides(e, overrides) from None
 
 
 def check_tune(raw: dict[str, Any], source: str) -> TunePlan:
