@@ -26,7 +26,6 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
-
 def _check_set(items: list[str] | None) -> list[str] | None:
     """`--set KEY VALUE` (a space for the `=`) would otherwise reach Typer as a stray argument."""
     for item in items or []:
@@ -281,6 +280,18 @@ def run(
     tensorboard: Annotated[
         bool, typer.Option("--tensorboard", help="write TensorBoard event files to RUN_DIR/tensorboard (needs seqpar\\[tb])")
     ] = False,
+    tracker: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tracker",
+            help="live tracker besides metrics.jsonl: tensorboard or mlflow (needs seqpar\\[mlflow]); repeatable",
+            metavar="NAME",
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow tracking URI (a server, sqlite:///..., a file store); default: RUN_DIR/mlruns"),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option("--resume", help="continue the interrupted or crashed run in RUN_DIR (with its own spec)", metavar="RUN_DIR"),
@@ -317,11 +328,9 @@ def run(
     if dry_run:
         console.print(sweeps.plan_table(plan))
         raise typer.Exit(0)
-    if tensorboard:
-        from seqpar.analysis.tensorboard import INSTALL_HINT, available
-
-        if not available():
-            _fail(INSTALL_HINT)
+    tracking = _tracking([*(tracker or []), *(["tensorboard"] if tensorboard else [])], tracking_uri)
+    if tracking.mlflow and plan.is_sweep:
+        _fail(f"--tracker mlflow: {spec} is a sweep; MLflow tracks a single run (use --tracker tensorboard for a sweep)")
     s = plan.points[0].spec
     _check_machine([p.spec for p in plan.points], force, spec, set_)
     from seqpar.analysis.report import RichProgress, results_table
@@ -349,7 +358,7 @@ def run(
                 err_console,
                 quiet=quiet,
                 plot=plot,
-                tensorboard=tensorboard,
+                tensorboard=tracking.tensorboard,
                 workers=workers,
                 launcher=wopts.launcher_for(run_dir),
                 shard=wopts.shard_tuple(),
@@ -358,14 +367,18 @@ def run(
             _fail(str(e))
         raise typer.Exit(code)
     console.print(f"[bold]{s.name}[/]: {len(s.methods)} method(s), {s.train.steps} steps each -> {escape(str(run_dir))}")
-    if tensorboard:
+    if tracking.tensorboard:
         console.print(f"TensorBoard (live): tensorboard --logdir {run_dir}", highlight=False, markup=False)
+    if tracking.mlflow:
+        from seqpar.track.mlflow import ui_command
+
+        console.print(f"MLflow (live): {ui_command(run_dir, tracking.mlflow_uri)}", highlight=False, markup=False)
     try:
         if quiet:
-            summary = run_experiment(s, run_dir, NullProgress(), tensorboard=tensorboard)
+            summary = run_experiment(s, run_dir, NullProgress(), tracking=tracking)
         else:
             with RichProgress(console) as progress:
-                summary = run_experiment(s, run_dir, progress, tensorboard=tensorboard)
+                summary = run_experiment(s, run_dir, progress, tracking=tracking)
     except RunDirBusy as e:  # another run raced us to the same --out
         _fail(str(e))
     console.print(results_table(summary))
@@ -377,6 +390,22 @@ def run(
         console.print(n, highlight=False, markup=False)
     console.print(f"run record: {run_dir}", markup=False)
     raise typer.Exit(_exit_code(summary, run_dir, debug))
+
+
+def _tracking(names: list[str], tracking_uri: str | None):
+    """The live trackers asked for, checked: a known name, installed (exit 2 with one line if not)."""
+    from seqpar.track import Tracking
+
+    try:
+        tracking = Tracking.of(names, tracking_uri)
+    except ValueError as e:
+        _fail(str(e))
+    if tracking_uri is not None and not tracking.mlflow:
+        _fail("--tracking-uri is MLflow's: give it with --tracker mlflow")
+    hint = tracking.missing()
+    if hint:
+        _fail(hint)
+    return tracking
 
 
 def _log_shard_memory(summary: dict) -> None:
@@ -435,10 +464,7 @@ def tune(
     except SpecError as e:
         _fail(with_yaml_line(e, spec, set_ or []))
     if tensorboard:
-        from seqpar.analysis.tensorboard import INSTALL_HINT, available
-
-        if not available():
-            _fail(INSTALL_HINT)
+        _tracking(["tensorboard"], None)
     _check_machine([plan.spec], force, spec, set_)
     if out is None:
         out = results_root / plan.spec.name / f"tune-{_time.strftime('%Y%m%d-%H%M%S')}"

@@ -620,7 +620,7 @@ def test_labels_with_inner_spaces_and_punctuation_are_fine(tiny_spec):
 def test_help_and_errors_print_brackets_as_written(tiny_spec, write_spec, tmp_path, monkeypatch):
     res = runner.invoke(app, ["run", "--help"], terminal_width=200)
     assert "(needs seqpar[tb])" in res.output
-    import seqpar.analysis.tensorboard as tb
+    import seqpar.track.tensorboard as tb
 
     monkeypatch.setattr(tb, "available", lambda: False)
     res = runner.invoke(app, ["run", str(write_spec(tiny_spec)), "--out", str(tmp_path / "o"), "--tensorboard"])

@@ -23,7 +23,8 @@ LAYERS = {
     "optim": 1,
     "tasks": 1,
     "sharding": 1,
-    "analysis": 1,  # compare, plots, TensorBoard export: reads records only
+    "track": 1,  # live trackers behind one interface: metrics.jsonl's fan-out, TensorBoard, MLflow
+    "analysis": 2,  # compare, plots, TensorBoard export: reads records (and the trackers' tag names) only
     "model": 2,  # cells, the model, the rollout evaluator (which scores with a task's loss)
     "methods": 3,
     "spec": 4,  # the experiment schema: composes tasks, model and methods
@@ -35,7 +36,18 @@ LAYERS = {
     "__main__": 9,
 }
 # Imported by `seqpar compare`, `seqpar plot` and the records: none may pull in JAX.
-NO_JAX = ["seqpar.cli", "seqpar.analysis.compare", "seqpar.analysis.plots", "seqpar.analysis.tensorboard", "seqpar.analysis.report"]
+NO_JAX = [
+    "seqpar",
+    "seqpar.api",
+    "seqpar.cli",
+    "seqpar.analysis.compare",
+    "seqpar.analysis.plots",
+    "seqpar.analysis.tensorboard",
+    "seqpar.analysis.report",
+    "seqpar.track",
+    "seqpar.track.tensorboard",
+    "seqpar.track.mlflow",
+]
 
 
 def _modules() -> dict[str, Path]:

@@ -6,7 +6,8 @@ A run directory:
     summary.json     one record per method, rewritten atomically after each (`writer`)
     metrics.jsonl    one JSON line per log/eval point
     checkpoints/     `<index>-<label>/ckpt-<step>.npz` while a method is unfinished
-    tensorboard/     `<index>-<label>/` event files, written live (`seqpar run --tensorboard`)
+    tensorboard/     `<index>-<label>/` event files, written live (`seqpar run --tracker tensorboard`)
+    mlruns/          the MLflow file store of `seqpar run --tracker mlflow` (unless --tracking-uri)
     plots/           PNG figures (`seqpar run --plot`)
 
 A sweep directory holds `sweep.yaml` (the sweep spec), `sweep.json` (the index of its
@@ -32,6 +33,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+MLRUNS = "mlruns"  # the default MLflow file store of `--tracker mlflow`
 PLOTS = "plots"
 SWEEP_INDEX = "sweep.json"  # {"kind": "sweep", "axes": {key: [values]}, "points": [{"index", "dir", "values", "status", ...}], ...}
 SWEEP_SPEC = "sweep.yaml"

@@ -40,7 +40,6 @@ from seqpar.methods.memoryless import BASELINE_LABEL, MemorylessConfig
 from seqpar.records.layout import METRICS, SCHEMA_VERSION, SPEC, SUMMARY, checkpoint_dir
 from seqpar.records.reader import BadRecord
 from seqpar.records.reader import read_summary as read_record
-from seqpar.records.tracker import Tracker, Trackers
 from seqpar.records.writer import (
     MetricsLog,
     RunDirBusy,
@@ -53,6 +52,7 @@ from seqpar.records.writer import (
 )
 from seqpar.spec import Spec, SpecError, load_spec, spec_to_yaml
 from seqpar.tasks.base import Task
+from seqpar.track import Tracker, Trackers, Tracking, open_trackers
 from seqpar.train.checkpoint import Checkpoint, CheckpointError, MethodCheckpoints, prng_fingerprint
 from seqpar.train.loop import NullProgress, Progress, build_experiment, run_method
 
@@ -212,20 +212,25 @@ def run_experiment(
     resume: bool = False,
     stop: StopRequest | None = None,
     tensorboard: bool = False,
+    tracking: Tracking | None = None,
     trackers: Sequence[Tracker] = (),
 ) -> dict[str, Any]:
     """Train all methods of `spec` into `run_dir` (continuing what is there if `resume`); returns the summary.
 
-    Metric lines go to metrics.jsonl, to live TensorBoard event files with `tensorboard`, and
-    to any other `trackers` (a study's pruning callback), in that order."""
+    Metric lines go to metrics.jsonl, to the live backends `tracking` names (TensorBoard,
+    MLflow; `tensorboard=True` is short for TensorBoard), and to any other `trackers` (a
+    study's pruning callback), in that order."""
     run_dir = Path(run_dir)
+    tracking = tracking or Tracking()
+    if tensorboard and not tracking.tensorboard:
+        tracking = Tracking(tensorboard=True, mlflow=tracking.mlflow, mlflow_uri=tracking.mlflow_uri)
     run_dir.mkdir(parents=True, exist_ok=True)
     with lock_run_dir(run_dir), stop_on_signals(stop) as stop_requested:
-        return _run(spec, run_dir, progress or NullProgress(), resume, stop_requested, tensorboard, trackers)
+        return _run(spec, run_dir, progress or NullProgress(), resume, stop_requested, tracking, trackers)
 
 
 def _run(
-    spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: StopRequest, tensorboard: bool, trackers: Sequence[Tracker]
+    spec: Spec, run_dir: Path, progress: Progress, resume: bool, stop: StopRequest, tracking: Tracking, trackers: Sequence[Tracker]
 ) -> dict[str, Any]:
     if not resume and any((run_dir / f).exists() for f in (SPEC, SUMMARY)):
         # Two runs raced for one empty --out: the first holds (or held) the lock and wrote first.
@@ -296,14 +301,9 @@ def _run(
     assert exp is not None  # built, or `error` says why not
     atomic_write_json(run_dir / SUMMARY, summary)
 
-    backends: list[Tracker] = [MetricsLog(run_dir / METRICS)]
-    if tensorboard:
-        from seqpar.analysis.tensorboard import LiveWriter, start_epoch
-
-        # A resumed method logs again from the step after its checkpoint (from 0 without one).
-        purge = {labels[i]: (c.step + 1 if c else 0) for i, c in resume_from.items()} if resume else {}
-        backends.append(LiveWriter(run_dir, labels, summary["spec"], start_epoch(summary), purge))
-    log = Trackers(*backends, *trackers)
+    # A resumed method logs again from the step after its checkpoint (from 0 without one).
+    resumed = {labels[i]: (c.step if c else 0) for i, c in resume_from.items()} if resume else {}
+    log = Trackers(MetricsLog(run_dir / METRICS), *open_trackers(tracking, run_dir, labels, summary, resumed), *trackers)
     try:
         summary["task"] = {
             "baseline_loss": exp.task.baseline_loss,
@@ -344,6 +344,7 @@ def _run(
                 trained = baseline_done(record)
             add_trained_baseline(record, trained)
             summary["runs"].append(record)
+            log.finish(cfg.display_label, record["status"])
             if write_error is not None:
                 # The disk, not the method: the next method could not write either. The summary
                 # says so below (in `finally`), if the disk still takes it.
