@@ -33,6 +33,7 @@ LAYERS = {
     "bench": 6,
     "tune": 7,  # studies run their trials as sweep points
     "cli": 8,
+    "api": 8,  # seqpar.run/compare/load for notebooks: the CLI's functions, in Python
     "__main__": 9,
 }
 # Imported by `seqpar compare`, `seqpar plot` and the records: none may pull in JAX.

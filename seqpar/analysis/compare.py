@@ -344,7 +344,7 @@ def markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
     return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines) + "\n"
 
 
-def _flat_row(r: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+def flat_row(r: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     m = r["metric"]
     return {
         "method": r["method"],
@@ -365,7 +365,7 @@ def _flat_row(r: dict[str, Any], keys: list[str]) -> dict[str, Any]:
 
 
 def to_csv(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    flat = [_flat_row(r, keys) for r in rows]
+    flat = [flat_row(r, keys) for r in rows]
     buf = io.StringIO()
     if flat:
         w = csv.DictWriter(buf, fieldnames=list(flat[0]), lineterminator="\n")
