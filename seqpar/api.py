@@ -145,7 +145,7 @@ def _spec(spec: Spec | dict[str, Any] | str | Path, overrides: Sequence[str]) ->
     try:
         return validate_spec(raw, source="spec")
     except SpecError as e:
-        raise blame_overrides(e, overrides) from None
+        raise blame_overrides(e, list(overrides)) from None
 
 
 def run(

@@ -193,6 +193,10 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=Non
     except (ResumeError, RunDirBusy) as e:
         _fail(str(e))
     _resume_warnings(run_dir)
+    if quiet:  # the bars say it as each method starts; without them, one line
+        from_step = ((summary.get("resumes") or [{}])[-1] or {}).get("from_step") or {}
+        if from_step:
+            console.print("resumed: " + ", ".join(f"{k} from step {v}" for k, v in from_step.items()), highlight=False, markup=False)
     console.print(results_table(summary))
     console.print(f"run record: {run_dir}", markup=False)
     return _exit_code(summary, run_dir, debug)

@@ -40,14 +40,24 @@ def progress_bars(console: Console) -> Progress:
     )
 
 
+def progress_info(record: dict[str, Any], val: float | None) -> str:
+    """A bar's text at a log point: the training objective there (with its step: the bar moves
+    on between log points, the numbers do not) and the last validation rollout loss."""
+    obj = record.get("train_objective", record.get("objective"))
+    info = f"objective {fmt(obj)} @ {record['step']}" if isinstance(obj, float) and "step" in record else f"objective {fmt(obj)}"
+    return info + f"  rollout(val) {fmt(val)}"
+
+
 class RichProgress:
-    """One bar per method with the live training objective and last validation rollout loss
-    (training shows validation only: the test split is for the final table)."""
+    """One bar per method with the training objective at the last log point and the last
+    validation rollout loss (training shows validation only: the test split is for the final
+    table). The bar itself moves every step (`advance`, at most 10 times a second)."""
 
     def __init__(self, console: Console):
         self._p = progress_bars(console)
         self._tasks: dict[str, Any] = {}
         self._val: dict[str, float] = {}
+        self._total: dict[str, int] = {}
 
     def __enter__(self):
         self._p.__enter__()
@@ -58,12 +68,18 @@ class RichProgress:
 
     def start(self, label, total):
         self._tasks[label] = self._p.add_task(label, total=total, info="compiled, starting")
+        self._total[label] = total
 
     def update(self, label, step, record):
         if "rollout_loss_val" in record:
             self._val[label] = record["rollout_loss_val"]
-        info = f"objective {fmt(record.get('train_objective'))}  rollout(val) {fmt(self._val.get(label))}"
-        self._p.update(self._tasks[label], completed=step, info=info)
+        self._p.update(self._tasks[label], completed=step, info=progress_info(record, self._val.get(label)))
+
+    def advance(self, label, step):
+        self._p.update(self._tasks[label], completed=step)
+
+    def resume(self, label, step):
+        self._p.console.print(f"{label}: resuming from the checkpoint at step {step} of {self._total.get(label, '?')}", highlight=False)
 
     def finish(self, label, status):
         if status != "completed" and label in self._tasks:

@@ -37,7 +37,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from seqpar.analysis.report import progress_bars
+from seqpar.analysis.report import progress_bars, progress_info
 from seqpar.records.layout import CLAIMS_LOCK, PLOTS, SCHEMA_VERSION, SUMMARY, SWEEP_INDEX, SWEEP_SPEC, WORKER_LOGS
 from seqpar.records.writer import atomic_write_json, atomic_write_text
 from seqpar.spec import Spec
@@ -340,11 +340,13 @@ class SweepProgress:
     def update(self, label, step, record):
         if record.get("rollout_loss_val") is not None:
             self._val[label] = record["rollout_loss_val"]
-        val = self._val.get(label)
-        obj = record.get("train_objective")
-        info = f"objective {obj:.4f}  " if isinstance(obj, float) else ""
-        info += f"rollout(val) {val:.4f}" if val is not None else ""
-        self._p.update(self._tasks[label], completed=step, info=info)
+        self._p.update(self._tasks[label], completed=step, info=progress_info(record, self._val.get(label)))
+
+    def advance(self, label, step):
+        self._p.update(self._tasks[label], completed=step)
+
+    def resume(self, label, step):
+        self._p.console.print(f"{label}: resuming from the checkpoint at step {step}", highlight=False)
 
     def finish(self, label, status):
         if status != "completed" and label in self._tasks:

@@ -151,8 +151,14 @@ def make_eval(method: Method, model: Model, task: Task) -> Callable:
 
 
 class Progress(Protocol):
+    """What a display sees of a method's training: `update` at each log/eval point with its
+    line, `advance` between them with the step count alone (no metric leaves the device
+    for it), `resume` when a method continues from a checkpoint."""
+
     def start(self, label: str, total: int) -> None: ...
     def update(self, label: str, step: int, record: dict[str, Any]) -> None: ...
+    def advance(self, label: str, step: int) -> None: ...
+    def resume(self, label: str, step: int) -> None: ...
     def finish(self, label: str, status: str) -> None: ...
 
 
@@ -163,8 +169,17 @@ class NullProgress:
     def update(self, label, step, record):
         pass
 
+    def advance(self, label, step):
+        pass
+
+    def resume(self, label, step):
+        pass
+
     def finish(self, label, status):
         pass
+
+
+ADVANCE_EVERY_S = 0.1  # how often the step count goes to the display between log points (Rich redraws at 10 Hz)
 
 
 def compiled_memory_mb(compiled) -> float | None:
@@ -305,9 +320,11 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
         loop.last_eval = do_eval(0)
         log({"method": label, "step": 0, "wall_s": 0.0, **loop.last_eval})
     else:
+        progress.resume(label, loop.steps_done)
         progress.update(label, loop.steps_done, {"method": label, "step": loop.steps_done, **loop.last_eval})
     bad = no_divergence
     chunk_start, chunk_steps = time.perf_counter(), 0
+    shown_at = chunk_start
     try:
         if should_stop():  # stopped while compiling: nothing new to save
             record["status"] = "interrupted"
@@ -320,6 +337,10 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
             is_ckpt = ckpt_every is not None and done % ckpt_every == 0 and done < steps
             stop = should_stop() and done < steps  # a stop after the last step changes nothing
             if not (is_eval or is_log or is_ckpt or stop):
+                now = time.perf_counter()
+                if now - shown_at >= ADVANCE_EVERY_S:  # the step count only: nothing is fetched from the device
+                    progress.advance(label, done)
+                    shown_at = now
                 continue
             first_bad = int(bad)  # blocks: the chunk's work is finished
             elapsed = time.perf_counter() - chunk_start
@@ -336,6 +357,8 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
                     loop.last_train = {k: v for k, v in line.items() if k.startswith("train_")}
                 log(line)
                 progress.update(label, done, line)
+            else:  # a checkpoint or stop point: the count moves on, the numbers stay those of the last log point
+                progress.advance(label, done)
             if diverged:
                 record["status"] = "diverged"
                 record["diverged_at_step"] = first_bad

@@ -7,9 +7,9 @@ method, so nothing finished is ever lost.
 - A method that diverges is a result (`diverged`); one that raises is `failed` with
   its error recorded; either way the next method runs.
 - The first SIGINT/SIGTERM stops the current method after its step, saves a
-  checkpoint and the summary with status `interrupted` (the CLI exits 130). The
-  handler then restores the OS default, so a second signal ends the process at once;
-  every file is replaced atomically, so what is on disk stays valid.
+  checkpoint and the summary with status `interrupted` (the CLI exits 130); a line on
+  stderr says so and what a second one does. A second signal ends the process at once,
+  saying so; every file is replaced atomically, so what is on disk stays valid.
 - `resume=True` continues a run directory: methods that completed or diverged are
   kept as they are, every other method restarts from its newest checkpoint (or from
   step 0), and `metrics.jsonl` is cut back to match. A missing or empty directory
@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -80,9 +82,24 @@ class StopRequest:
         self.signum = signum
 
 
+FIRST_INTERRUPT = (
+    "\ninterrupt: stopping after the current step and saving a checkpoint "
+    "(press Ctrl-C again to quit at once, without saving the steps since the last checkpoint)\n"
+)
+SECOND_INTERRUPT = (
+    "\nsecond interrupt: quitting now without saving; the files on disk stay valid, "
+    "and seqpar run --resume RUN_DIR continues from the last checkpoint\n"
+)
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop: StopRequest | None = None) -> Iterator[StopRequest]:
     """Turn SIGINT/SIGTERM into a stop request for the duration of the block.
+
+    The first signal asks the loop to stop after its step (and says so on stderr); the
+    second ends the process at once (exit 128 + signal), saying so. It must end it even
+    inside a long XLA call, where a Python handler only runs after the call returns: the
+    signal's wakeup byte (`signal.set_wakeup_fd`) reaches a watcher thread at once.
 
     Given a `stop` (a caller such as a sweep already installed the handlers), it is used
     as is. Outside the main thread Python cannot install handlers; Ctrl-C then arrives as
@@ -95,22 +112,59 @@ def stop_on_signals(stop: StopRequest | None = None) -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    quit_once = threading.Lock()
 
-    def first_signal(signum, frame):
+    def quit_now(signum: int) -> None:
+        if quit_once.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                os.write(2, SECOND_INTERRUPT.encode())
+            os._exit(128 + signum)  # what is on disk was written atomically; nothing to flush
+
+    def on_signal(signum, frame):
+        if stop():
+            quit_now(signum)
         stop.request(signum)
-        # The second signal must end the process even inside a long XLA call, where a Python
-        # handler would only run after it returns: hand the signals back to the OS default.
-        for s in _SIGNALS:
-            signal.signal(s, signal.SIG_DFL)
+        with contextlib.suppress(OSError):
+            os.write(2, FIRST_INTERRUPT.encode())
+
+    reader, writer = socket.socketpair()
+    reader.settimeout(0.5)
+    writer.setblocking(False)
+    done = threading.Event()
+
+    def watch() -> None:  # sees every signal the moment it arrives, whatever the main thread is doing
+        seen = 0
+        while not done.is_set():
+            try:
+                data = reader.recv(64)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for signum in data:
+                if signum in _SIGNALS:
+                    seen += 1
+                    if seen >= 2:
+                        quit_now(signum)
 
     previous = {s: signal.getsignal(s) for s in _SIGNALS}
     for s in _SIGNALS:
-        signal.signal(s, first_signal)
+        signal.signal(s, on_signal)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="seqpar-signals", daemon=True)
+    watcher.start()
     try:
         yield stop
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        done.set()
+        with contextlib.suppress(OSError):
+            writer.send(b"\0")  # wakes the watcher now, not at its next timeout
+        watcher.join(timeout=1)
+        reader.close()
+        writer.close()
 
 
 # ----------------------------------------------------------------------------- run directories
