@@ -565,7 +565,7 @@ def compare(
     for w in warnings:
         _warn(w)
     if format_ == "table":
-        console.print(cmp.rich_table(rows, keys))
+        console.print(cmp.rich_table(rows, keys), crop=False)  # wider than the terminal: wrapped by it, not cut
     else:
         text = {"markdown": cmp.markdown, "csv": cmp.to_csv, "json": cmp.to_json}[format_](rows, keys)
         sys.stdout.write(text)

@@ -13,6 +13,7 @@ import csv
 import difflib
 import io
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from rich.table import Table
 
-from seqpar.records.reader import Result, load, results, setting_key
+from seqpar.records.reader import STUDY_PART, Result, load, results, setting_key
 
 # Numbers a row reports beside the headline metric; also valid `--sort` keys.
 ROW_NUMBERS = ("mean", "std", "n", "baseline_frac", "steps_to_target", "seconds_to_target", "step_time_ms", "peak_memory_mb")
@@ -84,6 +85,14 @@ def hashable(v: Any) -> str:
 
 
 def group_keys(rs: list[Result], loaded_swept: list[str], by: list[str] | None) -> list[str]:
+    keys = _group_keys(rs, loaded_swept, by)
+    # A study's trials and its final re-runs are never one group, whatever --by says.
+    if STUDY_PART not in keys and len({r.settings.get(STUDY_PART) for r in rs}) > 1:
+        keys.insert(0, STUDY_PART)
+    return keys
+
+
+def _group_keys(rs: list[Result], loaded_swept: list[str], by: list[str] | None) -> list[str]:
     if by:
         known = {k for r in rs for k in r.settings} | {"seed"}
         keys = []
@@ -264,11 +273,27 @@ def _num(v: Any, spec: str = ".4g") -> str:
     return str(v)
 
 
+def decimals(v: float, figures: int = 4, at_least: int = 4) -> int | None:
+    """Decimal places that show `v` to `figures` significant figures (and at least `at_least`
+    places); None where that would take more than 12 (write it in e-notation instead)."""
+    if v == 0 or not math.isfinite(v):
+        return at_least
+    places = max(at_least, figures - 1 - math.floor(math.log10(abs(v))))
+    return places if places <= 12 else None
+
+
+def sig(v: float, places: int | None) -> str:
+    return format(v, f".{places}f") if places is not None else format(v, ".3e")
+
+
 def _mean_std(r: dict[str, Any], prefix: str = "") -> str:
+    """`mean ± std`, both to the places that give the mean 4 significant figures: a small loss
+    (0.002388) keeps its digits instead of reading 0.0024, and a number is rounded, never cut."""
     mean, std = r[prefix + "mean"], r[prefix + "std"]
     if mean is None:
         return "—"
-    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+    places = decimals(mean)
+    return f"{sig(mean, places)} ± {sig(std, places)}" if std is not None else sig(mean, places)
 
 
 def _to_target(r: dict[str, Any], field_: str, spec: str) -> str:
@@ -314,7 +339,7 @@ def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], l
             _mean_std(r),
             *([_mean_std(r, "val_")] if val_metric else []),
             str(r["n"]),
-            _num(r["baseline_frac"], ".3f"),
+            "—" if r["baseline_frac"] is None else sig(r["baseline_frac"], decimals(r["baseline_frac"], 3, 3)),
             _to_target(r, "steps_to_target", "g"),
             _to_target(r, "seconds_to_target", ".1f"),
             _num(r["step_time_ms"], ".3g"),
@@ -330,7 +355,9 @@ def rich_table(rows: list[dict[str, Any]], keys: list[str], title: str | None = 
     header, body = text_rows(rows, keys)
     t = Table(title=title or "held-out sequential rollout, mean ± std over seeds (n = runs with a finite value)")
     for i, col in enumerate(header):
-        t.add_column(col, justify="left" if i == 0 or col == "status" else "right")
+        # Cells keep their width: a narrow terminal wraps the headers, never cuts a number ("0.002388…").
+        widest = max((len(cells[i]) for cells in body), default=0)
+        t.add_column(col, justify="left" if i == 0 or col == "status" else "right", min_width=widest, overflow="fold")
     for r, cells in zip(rows, body, strict=True):
         style = "" if set(r["status"]) == {"completed"} else "yellow"
         t.add_row(*cells, style=style)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from seqpar.records.layout import METRICS, SPEC, SUMMARY, SWEEP_INDEX
+from seqpar.records.layout import FINAL, METRICS, SPEC, SUMMARY, SWEEP_INDEX, TRIALS, TUNE_SPEC
 
 
 @dataclass(frozen=True)
@@ -198,12 +198,30 @@ def read_summary(run_dir: Path, *, missing_ok: bool = False) -> dict[str, Any] |
     return s
 
 
+STUDY_PART = "study"  # the settings key saying where in a study directory a record lies: trial or final
+
+
+def study_part(run_dir: Path) -> str | None:
+    """`trial` for a record under a study directory's trials/, `final` under its final/ (the
+    best settings re-run on the tune seeds); None outside a study. A trial and its final
+    re-run can share every setting and the seed: this is what keeps them apart."""
+    run_dir = Path(run_dir)
+    for parent in list(run_dir.parents)[:3]:  # trials/<index>-<label>/<number>/ is the deepest
+        if (parent / TUNE_SPEC).is_file():
+            first = run_dir.relative_to(parent).parts[0]
+            return {TRIALS: "trial", FINAL: "final"}.get(first)
+    return None
+
+
 def results(runs: list[RunDir]) -> list[Result]:
     out = []
     for rd in runs:
         s = rd.summary
         spec = s["spec"]
         common = flatten({k: v for k, v in spec.items() if k not in ("methods", "seed")})
+        part = study_part(rd.path)
+        if part is not None:
+            common[STUDY_PART] = part
         methods = {
             (m.get("label") or m.get("type")): m
             for m in (spec.get("methods") if isinstance(spec.get("methods"), list) else [])
