@@ -46,6 +46,7 @@ METRIC_NAMES = {
 MAX_PANELS = 12
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
 BASELINE_STYLE = {"color": "0.45", "linestyle": "--", "linewidth": 1.3}
+TRAINED_BASELINE = "baseline_trained"  # the label the runner gives the trained memoryless baseline (seqpar.methods.memoryless)
 
 
 def figure_size(panels: int, ncols_max: int = 3) -> tuple[int, int]:
@@ -55,12 +56,13 @@ def figure_size(panels: int, ncols_max: int = 3) -> tuple[int, int]:
     return round(max(PANEL_W * ncols, MIN_W) * DPI), round((PANEL_H * nrows + HEADER_H) * DPI)
 
 
-def _figure(panels: int, title: str, ncols_max: int = 3) -> tuple[Figure, list[Axes]]:
+def _figure(panels: int, title: str, ncols_max: int = 3, sharey: bool = False) -> tuple[Figure, list[Axes]]:
+    """`sharey`: every panel on one y-axis (scale and limits), so panels compare at a glance."""
     w, h = figure_size(panels, ncols_max)
     fig = Figure(figsize=(w / DPI, h / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ncols = min(panels, ncols_max)
-    axes = fig.subplots(math.ceil(panels / ncols), ncols, squeeze=False).ravel().tolist()
+    axes = fig.subplots(math.ceil(panels / ncols), ncols, squeeze=False, sharey=sharey).ravel().tolist()
     for ax in axes[panels:]:
         ax.set_visible(False)
     fig.suptitle("\n".join(textwrap.wrap(title, width=int(w / 8.5))), fontsize=12)  # ~8.5 px per character
@@ -104,7 +106,16 @@ def _baseline_label(rs: list[Result], with_value: bool = True) -> str:
     return "memoryless baseline" + (f" ({shown})" if shown else "")
 
 
-def _plain_log_ticks(ax: Axes, axis: str, at: list[float] | None = None) -> None:
+def _shared_y(axes: list[Axes], ys: list[float]) -> None:
+    """One y-scale for every panel of a figure: log when all its values span decades, with plain ticks."""
+    _maybe_log(axes[0], ys)
+    if axes[0].get_yscale() == "log":
+        for ax in axes:
+            ax.set_yscale("log")
+        plain_log_ticks(axes[0], "y")
+
+
+def plain_log_ticks(ax: Axes, axis: str, at: list[float] | None = None) -> None:
     """Log axis labelled 2, 5, 10, 20 (or exactly `at`) instead of 2x10^0."""
     a = ax.xaxis if axis == "x" else ax.yaxis
     lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
@@ -175,14 +186,48 @@ def _method_colors(rs: list[Result]) -> dict[str, str]:
     return {label: COLORS[i % len(COLORS)] for i, label in enumerate(labels)}
 
 
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+
+def _method_styles(rs: list[Result]) -> dict[str, dict[str, Any]]:
+    """Colour, line style and marker per method: two methods whose curves coincide (BPTT and
+    DEER compute the same gradients) still show both, dashes over a solid line, two markers."""
+    labels = list(dict.fromkeys(r.label for r in rs))
+    colors = _method_colors(rs)
+    return {
+        label: {"color": colors[label], "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
+        for i, label in enumerate(labels)
+    }
+
+
+def _same_curve(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-6, atol=1e-9))
+
+
+def _identical_notes(curves: list[dict[str, np.ndarray]]) -> dict[str, str]:
+    """Per method, a legend note naming an earlier method whose curve is identical to it
+    (in every panel where both are drawn, or in how many of them)."""
+    labels = list(dict.fromkeys(label for panel in curves for label in panel))
+    notes: dict[str, str] = {}
+    for j, later in enumerate(labels):
+        for earlier in labels[:j]:
+            both = [p for p in curves if later in p and earlier in p]
+            same = sum(_same_curve(p[later], p[earlier]) for p in both)
+            if same:
+                where = "" if same == len(both) else f" in {same} of {len(both)} panels"
+                notes[later] = f"identical to {earlier}{where}, drawn over it"
+                break
+    return notes
+
+
 def _finish_loss_panel(ax, members: list[Result], ys: list[float], handles: dict[str, Any], title: str, xlabel: str, ylabel: str) -> None:
-    """The parts every loss-over-training panel shares: dashed memoryless baseline, log scale
-    when values span decades, title, labels (integer ticks over steps) and grid."""
+    """The parts every loss-over-training panel shares: dashed memoryless baseline, title,
+    labels (integer ticks over steps) and grid; the y-scale is the figure's (`_shared_y`)."""
     b = _baseline(ax, members)
     if b is not None:
         handles.setdefault(_baseline_label(members), b)
         ys.append(float(np.asarray(b.get_ydata())[0]))
-    _maybe_log(ax, ys)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     if xlabel == "optimizer steps":
@@ -191,31 +236,47 @@ def _finish_loss_panel(ax, members: list[Result], ys: list[float], handles: dict
     ax.grid(True, alpha=0.3)
 
 
+def _markevery(n: int) -> int:
+    return max(1, n // 12)  # a dozen markers a line: enough to tell lines apart, few enough to read
+
+
 def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str, path: Path, title: str) -> Path | None:
-    colors = _method_colors(rs)
-    fig, axes = _figure(len(panels), title)
+    styles = _method_styles(rs)
+    fig, axes = _figure(len(panels), title, sharey=True)
     handles: dict[str, Any] = {}
-    drawn = False
+    lines: dict[str, tuple[Any, int]] = {}  # label -> (first line drawn, runs in it)
+    curves: list[dict[str, np.ndarray]] = []
+    all_ys: list[float] = []
     for ax, (ptitle, members) in zip(axes, panels, strict=True):
         ys: list[float] = []
+        drawn: dict[str, np.ndarray] = {}
         for label in dict.fromkeys(m.label for m in members):
             runs = [_curves(m) for m in members if m.label == label]
             band = _mean_band(runs, x, "rollout_loss_test")
             if band is None:
                 continue
             xs, mean, lo, hi = band
-            n = sum(1 for lines in runs if lines)
-            (line,) = ax.plot(xs, mean, color=colors[label], linewidth=1.8)
+            n = sum(1 for lines_ in runs if lines_)
+            (line,) = ax.plot(xs, mean, linewidth=1.8, markersize=4, markevery=_markevery(len(xs)), **styles[label])
             if n > 1:
-                ax.fill_between(xs, lo, hi, color=colors[label], alpha=0.18, linewidth=0)
-            handles.setdefault(f"{label} (mean of {n} runs, band min-max)" if n > 1 else label, line)
+                ax.fill_between(xs, lo, hi, color=styles[label]["color"], alpha=0.18, linewidth=0)
+            lines.setdefault(label, (line, n))
+            drawn[label] = mean
             ys += list(lo) + list(hi)
-            drawn = True
+        curves.append(drawn)
         xlabel = "optimizer steps" if x == "step" else "training wall-clock (s, compile and eval excluded)"
         _finish_loss_panel(ax, members, ys, handles, ptitle, xlabel, _loss_label(members))
-    if not drawn:
+        all_ys += ys
+    if not lines:
         return None
-    return _save(fig, path, list(handles.values()), list(handles))
+    _shared_y(axes, all_ys)
+    notes = _identical_notes(curves)
+    legend: dict[str, Any] = {}
+    for label, (line, n) in lines.items():
+        text = f"{label} (mean of {n} runs, band min-max)" if n > 1 else label
+        legend[text + (f" [{notes[label]}]" if label in notes else "")] = line
+    legend.update(handles)  # the baseline last
+    return _save(fig, path, list(legend.values()), list(legend))
 
 
 def _has_gap(r: Result, lines: list[dict[str, Any]]) -> bool:
@@ -232,8 +293,10 @@ def plot_objective_gap(rs: list[Result], panels: list[tuple[str, list[Result]]],
     if not gap_labels:
         return None
     colors = _method_colors(rs)
-    fig, axes = _figure(len(panels), title)
+    markers = {label: st["marker"] for label, st in _method_styles(rs).items()}
+    fig, axes = _figure(len(panels), title, sharey=True)
     handles: dict[str, Any] = {}
+    all_ys: list[float] = []
     for ax, (ptitle, members) in zip(axes, panels, strict=True):
         ys: list[float] = []
         for label in gap_labels:
@@ -243,12 +306,16 @@ def plot_objective_gap(rs: list[Result], panels: list[tuple[str, list[Result]]],
                 if band is None:
                     continue
                 xs, mean, lo, hi = band
-                (line,) = ax.plot(xs, mean, color=colors[label], linestyle=style, linewidth=1.8)
+                (line,) = ax.plot(
+                    xs, mean, color=colors[label], linestyle=style, marker=markers[label], markersize=4, markevery=_markevery(len(xs))
+                )
                 if len([r for r in runs if r]) > 1:
                     ax.fill_between(xs, lo, hi, color=colors[label], alpha=0.15, linewidth=0)
                 handles.setdefault(f"{label}: {what}", line)
                 ys += list(lo) + list(hi)
         _finish_loss_panel(ax, members, ys, handles, ptitle, "optimizer steps", _loss_label(members, "loss"))
+        all_ys += ys
+    _shared_y(axes, all_ys)
     return _save(fig, path, list(handles.values()), list(handles))
 
 
@@ -299,10 +366,10 @@ def plot_scaling(rs: list[Result], keys: list[str], path: Path, length_key: str 
             handles.setdefault(name, line)
             any_data = True
         ax.set_xscale("log")
-        _plain_log_ticks(ax, "x", sorted(float(v) for v in lengths if v is not None))
+        plain_log_ticks(ax, "x", sorted(float(v) for v in lengths if v is not None))
         if any_data:
             ax.set_yscale("log")
-            _plain_log_ticks(ax, "y")
+            plain_log_ticks(ax, "y")
         else:
             ax.text(0.5, 0.5, "not recorded on this backend", ha="center", va="center", transform=ax.transAxes, color="0.4")
         ax.set_xlabel("sequence length (steps, task.length)")
@@ -363,12 +430,12 @@ def plot_final_vs(rs: list[Result], keys: list[str], x_key: str, metric: str, pa
     if numeric:
         _maybe_log(ax, [float(v) for v in xs_all], axis="x", span=7.5)
         if ax.get_xscale() == "log":
-            _plain_log_ticks(ax, "x", [float(v) for v in xs_all])
+            plain_log_ticks(ax, "x", [float(v) for v in xs_all])
         elif len(xs_all) <= 12:
             ax.set_xticks(sorted(float(v) for v in xs_all), [_fmt(v) for v in sorted(xs_all)])
     else:
         ax.set_xticks(range(len(cats)), [_fmt(c) for c in cats])
-    _maybe_log(ax, ys)
+    _shared_y([ax], ys)
     ax.set_xlabel(f"{x_key}" + (" (sequence length, steps)" if x_key == "task.length" else ""))
     ax.set_ylabel(_loss_label(rs, f"final {what}") if "loss" in metric else f"final {what}")
     others = [names[k] for k in gkeys if k != x_key]
@@ -397,9 +464,13 @@ def plot_final_by_method(rs: list[Result], keys: list[str], metric: str, path: P
     panels = panels[:MAX_PANELS]
     colors = _method_colors(rs)
     what = METRIC_NAMES.get(metric, metric.replace("_", " "))
-    fig, axes = _figure(len(panels), f"Final {what} of every run (points: seeds; bar: mean)")
+    fig, axes = _figure(len(panels), f"Final {what} of every run (points: seeds; bar: mean)", sharey=True)
     handles: dict[str, Any] = {}
     drawn = False
+    all_ys: list[float] = []
+    # The legend explains the trained baseline only where one ran (it is a column of its own).
+    trained = any(r.label == TRAINED_BASELINE for r in rs)
+    baseline_text = "memoryless baseline (formula)" + (f"; {TRAINED_BASELINE}: the same model with its recurrence cut" if trained else "")
     for ax, (ptitle, members) in zip(axes, panels, strict=True):
         labels = list(dict.fromkeys(m.label for m in members))
         ys: list[float] = []
@@ -416,14 +487,15 @@ def plot_final_by_method(rs: list[Result], keys: list[str], metric: str, path: P
         ax.set_xlim(-0.6, len(labels) - 0.4)
         b = _baseline(ax, members) if "loss" in metric else None
         if b is not None:
-            handles.setdefault("memoryless baseline (formula; baseline_trained: the same model with its recurrence cut)", b)
+            handles.setdefault(baseline_text, b)
             ys.append(float(np.asarray(b.get_ydata())[0]))
-        _maybe_log(ax, ys)
+        all_ys += ys
         ax.set_title("\n".join(textwrap.wrap(ptitle, width=60)), fontsize=8)
         ax.set_ylabel(_loss_label(members, f"final {what}") if "loss" in metric else f"final {what}", fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
     if not drawn:
         return None
+    _shared_y(axes, all_ys)
     return _save(fig, path, list(handles.values()), list(handles))
 
 

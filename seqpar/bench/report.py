@@ -92,7 +92,8 @@ def plot_bench(result: dict[str, Any], path: Path) -> None:
     colors = {label: f"C{i}" for i, label in enumerate(labels)}
     markers = dict(zip(batches, "os^Dv<>p*h", strict=False))
     styles = dict(zip(cells, ["-", "--", ":", "-."], strict=False))
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5.6), layout="constrained")
+    any_memory = False
     for label in labels:
         for cell in cells:
             for b in batches:
@@ -109,28 +110,31 @@ def plot_bench(result: dict[str, Any], path: Path) -> None:
                 p25, p75 = [r["step_ms"]["p25"] for r in rows], [r["step_ms"]["p75"] for r in rows]
                 ax_t.fill_between(xs, p25, p75, color=colors[label], alpha=0.15)
                 mem = [r["memory"].get("compiled_mb") for r in rows]
-                if all(v is not None for v in mem):
+                if all(v is not None and v > 0 for v in mem):
                     ax_m.plot(xs, mem, **kw)
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+                    any_memory = True
+    from seqpar.analysis.plots import plain_log_ticks
 
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
     lengths = sorted({r["length"] for r in points})
     for ax, ylabel in ((ax_t, "gradient step time (ms, median; band: IQR)"), (ax_m, "compiled step memory (MB)")):
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(lengths)
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_major_formatter(plain)
+        plain_log_ticks(ax, "x", [float(v) for v in lengths])
+        if ax is ax_t or any_memory:
+            ax.set_yscale("log")
+            plain_log_ticks(ax, "y")  # 1, 2, 5, 10, ... (evenly spaced within one decade), never 2x10^0
         ax.set_xlabel("sequence length T")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     ax_m.set_title("arguments + outputs + temporaries - donated aliases", fontsize=8)
-    ax_t.legend(fontsize=7, ncol=2)
+    if not any_memory:
+        ax_m.text(0.5, 0.5, "not recorded on this backend", ha="center", va="center", transform=ax_m.transAxes, color="0.4")
+    # One legend for both panels (they draw the same lines), below them: every measured line, nothing else.
+    handles, names = ax_t.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=7, frameon=False)
     m = result["machine"]
     peak = result.get("peak_flops_per_s", result["matmul_peak"]["flops_per_s"]) / 1e9
     title = f"seqpar bench, hidden {result['grid']['hidden']}: {m['summary']}, matmul peak {peak:.0f} GFLOP/s, {result['created']}"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
