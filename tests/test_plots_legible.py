@@ -3,6 +3,8 @@ one y-scale, log axes carry plain ticks, legends list only what ran. Hand-made r
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_compare import make_run, method_record
 
@@ -46,16 +48,25 @@ def _figures(root, out, names):
     loaded = load([str(root)])
     rs = results(loaded.runs)
     keys = [k for k in group_keys(rs, loaded.swept, None) if k != "seed"]
-    if "rollout_vs_steps.png" in names:
-        plots.plot_curves(rs, plots._panels(rs, keys), "step", out / "rollout_vs_steps.png", "curves")
+    for x in ("step", "wall_s"):
+        if f"rollout_vs_{x}.png" in names:
+            plots.plot_curves(rs, plots._panels(rs, keys), x, out / f"rollout_vs_{x}.png", "curves")
     if "final_by_method.png" in names:
         plots.plot_final_by_method(rs, keys, "rollout_loss_test", out / "final_by_method.png")
 
 
 def test_identical_curves_are_both_drawn_and_named_in_the_legend(tmp_path, saved):
-    _figures(_records(tmp_path / "runs"), tmp_path / "png", ["rollout_vs_steps.png"])
-    assert (tmp_path / "png" / "rollout_vs_steps.png").is_file()
-    fig, labels, handles = saved["rollout_vs_steps.png"]
+    root = _records(tmp_path / "runs")
+    for line_file in root.glob("*/metrics.jsonl"):  # deer takes longer per step: the same curve vs steps, not vs seconds
+        text = line_file.read_text().splitlines()
+        lines = [json.loads(t) for t in text]
+        for ln in lines:
+            ln["wall_s"] *= 2 if ln["method"] == "deer" else 1
+        line_file.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    _figures(root, tmp_path / "png", ["rollout_vs_step.png", "rollout_vs_wall_s.png"])
+    _, labels_s, _ = saved["rollout_vs_wall_s.png"]
+    assert not any("identical" in label for label in labels_s), labels_s
+    fig, labels, handles = saved["rollout_vs_step.png"]
     assert "deer (mean of 2 runs, band min-max) [identical to bptt, drawn over it]" in labels
     assert not any("parallel" in label and "identical" in label for label in labels)
     by_label = {label.split(" ")[0]: h for label, h in zip(labels, handles, strict=True)}
@@ -66,8 +77,8 @@ def test_identical_curves_are_both_drawn_and_named_in_the_legend(tmp_path, saved
 
 def test_panels_of_a_figure_share_one_y_scale(tmp_path, saved):
     # Losses that span decades in one panel only: every panel goes log together, on one range.
-    _figures(_records(tmp_path / "runs", losses={8: 0.5, 32: 0.001}), tmp_path / "png", ["rollout_vs_steps.png", "final_by_method.png"])
-    for name in ("rollout_vs_steps.png", "final_by_method.png"):
+    _figures(_records(tmp_path / "runs", losses={8: 0.5, 32: 0.001}), tmp_path / "png", ["rollout_vs_step.png", "final_by_method.png"])
+    for name in ("rollout_vs_step.png", "final_by_method.png"):
         fig, _, _ = saved[name]
         axes = [ax for ax in fig.axes if ax.get_visible()]
         assert len(axes) == 2, name

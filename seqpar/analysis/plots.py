@@ -261,7 +261,7 @@ def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str
             if n > 1:
                 ax.fill_between(xs, lo, hi, color=styles[label]["color"], alpha=0.18, linewidth=0)
             lines.setdefault(label, (line, n))
-            drawn[label] = mean
+            drawn[label] = np.stack([xs, mean])  # identical means the same points: vs seconds, timings differ
             ys += list(lo) + list(hi)
         curves.append(drawn)
         xlabel = "optimizer steps" if x == "step" else "training wall-clock (s, compile and eval excluded)"
@@ -399,14 +399,20 @@ def plot_final_vs(rs: list[Result], keys: list[str], x_key: str, metric: str, pa
     fig, (ax,) = _figure(1, f"Final {what} vs {x_key} (mean ± std over seeds)")
     handles: dict[str, Any] = {}
     ys: list[float] = []
+    dashes = {name: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]) for i, name in enumerate(series)}
+    drawn: dict[str, np.ndarray] = {}
     for name, srows in series.items():
         pts = [(pos(r["settings"].get(x_key)), r["mean"], r["std"] or 0.0) for r in srows if r["mean"] is not None]
         if not pts:
             continue
         x, y, e = (np.array(a, dtype=float) for a in zip(*pts, strict=True))
-        line = ax.errorbar(x, y, yerr=e, marker="o", capsize=3, color=colors[name], linewidth=1.8)
-        handles.setdefault(name, line)
+        style, marker = dashes[name]
+        line = ax.errorbar(x, y, yerr=e, marker=marker, linestyle=style, capsize=3, color=colors[name], linewidth=1.8)
+        drawn[name] = np.stack([x, y, e])
+        handles[name] = line
         ys += list(y - e) + list(y + e)
+    notes = _identical_notes([drawn])
+    handles = {(f"{name} [{notes[name]}]" if name in notes else name): h for name, h in handles.items()}
     ref_colors = _method_colors(rs)
     for r in refs:
         if r["mean"] is not None:
