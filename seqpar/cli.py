@@ -282,7 +282,10 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and list the runs (sweep points) without running anything")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="write PNG figures to RUN_DIR/plots at the end")] = False,
     tensorboard: Annotated[
-        bool, typer.Option("--tensorboard", help="write TensorBoard event files to RUN_DIR/tensorboard (needs seqpar\\[tb])")
+        bool,
+        typer.Option(
+            "--tensorboard", help="write TensorBoard event files to RUN_DIR/tensorboard (as --tracker tensorboard; needs seqpar\\[tb])"
+        ),
     ] = False,
     tracker: Annotated[
         list[str] | None,

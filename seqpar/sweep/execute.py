@@ -343,7 +343,11 @@ class SweepProgress:
         self._p.update(self._tasks[label], completed=step, info=progress_info(record, self._val.get(label)))
 
     def advance(self, label, step):
-        self._p.update(self._tasks[label], completed=step)
+        task = self._tasks[label]
+        if self._p.tasks[task].fields.get("info") == "compiled, starting":  # no log point yet
+            self._p.update(task, completed=step, info="training")
+        else:
+            self._p.update(task, completed=step)
 
     def resume(self, label, step):
         self._p.console.print(f"{label}: resuming from the checkpoint at step {step}", highlight=False)
