@@ -453,7 +453,7 @@ def execute_sweep(
     index = rebuild_index(plan, sweep_dir, final=True)
     try:
         rows, keys, warnings = compare([sweep_dir])
-        console.print(rich_table(rows, keys, title=f"{plan.name}: held-out sequential rollout, mean ± std over seeds"))
+        console.print(rich_table(rows, keys, title=f"{plan.name}: held-out sequential rollout, mean ± std over seeds"), crop=False)
         for w in warnings:
             err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
     except Exception as e:  # noqa: BLE001 - e.g. every point failed: the index still says why
