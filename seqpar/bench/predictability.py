@@ -17,6 +17,7 @@ unit Gaussian inputs) and a GRU trained briefly by BPTT on the shipped `dynamics
 from __future__ import annotations
 
 import datetime
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -94,7 +95,7 @@ def recurrences(grid: PredictabilityGrid) -> list[Recurrence]:
         return DynamicsConfig(length=length).build().make_data(k_lorenz, grid.sequences).x
 
     out = []
-    for label, scale, k in (("small", grid.small_scale, k_small), ("large", grid.large_scale, k_large)):
+    for scale, k in ((grid.small_scale, k_small), (grid.large_scale, k_large)):
         model, params = build_model(ElmanConfig(recurrent_scale=scale), 1, grid.hidden, 1, k)
         out.append(Recurrence(f"elman (recurrent_scale {scale:g})", model, params, noise))
     model, params = trained_gru(grid)
@@ -133,7 +134,8 @@ def run_predictability(grid: PredictabilityGrid, on_point: Callable[[dict[str, A
     for rec in recs:
         # The LLE along the longest inputs the grid solves (per step; averaged over rows and 3 vectors).
         x = rec.inputs(max(grid.lengths))
-        lles[rec.name] = float(jax.jit(lambda p, x: model_lle(rec.model, p, x, jax.random.key(grid.seed)))(rec.params, x))
+        lle = jax.jit(functools.partial(model_lle, rec.model, key=jax.random.key(grid.seed)))
+        lles[rec.name] = float(lle(rec.params, x))
         for jacobian in JACOBIANS:
             for length in grid.lengths:
                 p = {**solve_point(rec, jacobian, length, grid.max_iters), "lle": lles[rec.name]}
