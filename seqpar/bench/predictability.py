@@ -179,7 +179,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 def plot_predictability(result: dict[str, Any], path: Path) -> None:
     """Mean Newton iterations against T (log-log), a colour per recurrence (LLE in the legend),
-    solid DEER, dashed quasi-DEER; an open marker where some row did not converge."""
+    solid DEER, dashed quasi-DEER; a point where some row did not converge is an x at the cap."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -193,19 +193,23 @@ def plot_predictability(result: dict[str, Any], path: Path) -> None:
             pts = sorted((p for p in result["points"] if p["recurrence"] == name and p["jacobian"] == jac), key=lambda p: p["length"])
             if not pts:
                 continue
+            # A row that did not converge (cap or overflow) needs more than the cap: drawn at the cap, as x.
+            cap = result["grid"]["max_iters"]
             t = [p["length"] for p in pts]
-            y = [max(p["iters_mean"], 1.0) for p in pts]
+            y = [float(cap) if p["unsolved"] else max(p["iters_mean"], 1.0) for p in pts]
             solver = "DEER" if jac == "full" else "quasi-DEER"
-            ax.plot(t, y, style, color=colors[i % len(colors)], label=f"{name}, LLE {result['lle'][name]:+.2f}: {solver}")
+            color = colors[i % len(colors)]
+            ax.plot(t, y, style, color=color, label=f"{name}, LLE {result['lle'][name]:+.2f}/step: {solver}")
             for tt, yy, p in zip(t, y, pts, strict=True):
-                ax.plot(tt, yy, "o", color=colors[i % len(colors)], fillstyle="none" if p["unsolved"] else "full", markersize=6)
+                ax.plot(tt, yy, "x" if p["unsolved"] else "o", color=color, markersize=7 if p["unsolved"] else 4)
+    cap = result["grid"]["max_iters"]
     cap = result["grid"]["max_iters"]
     ax.axhline(cap, color="0.45", linestyle=":", linewidth=1.2, label=f"max_iters = {cap}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("Newton iterations from zeros (mean over rows)")
-    ax.set_title("Newton iterations vs length; open marker: not converged (cap or overflow)", fontsize=10)
+    ax.set_title("Newton iterations from zeros vs length; x at the cap: not converged (cap reached or overflow)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, frameon=False, loc="center right")
     fig.savefig(path, dpi=100)
