@@ -62,7 +62,7 @@ def test_linear_diagonal_recurrence_is_max_log_abs_a(a):
 
 
 def elman(scale: float, hidden: int = 8):
-    return build_model(ElmanConfig(recurrent_scale=scale), 1, hidden, 1, jax.random.key(3))
+    return build_model(ElmanConfig.model_validate({"recurrent_scale": scale}), 1, hidden, 1, jax.random.key(3))
 
 
 def test_contracting_elman_is_negative_and_expanding_positive():

@@ -40,8 +40,11 @@ def _series(rs: list[Result], metric: str) -> dict[str, list[list[tuple[int, flo
     cache: dict[Path, list[dict[str, Any]]] = {}
     for r in rs:
         lines = cache.setdefault(r.run_dir, read_metrics(r.run_dir))
-        pts = [(ln["step"], ln.get("lle"), ln.get(metric)) for ln in lines if ln.get("method") == r.label]
-        pts = sorted((s, float(x), float(y)) for s, x, y in pts if _finite(x) and _finite(y))
+        pts = sorted(
+            (ln["step"], float(ln["lle"]), float(ln[metric]))
+            for ln in lines
+            if ln.get("method") == r.label and _finite(ln.get("lle")) and _finite(ln.get(metric))
+        )
         if pts:
             out.setdefault(r.label, []).append(pts)
     return out

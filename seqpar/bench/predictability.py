@@ -96,7 +96,7 @@ def recurrences(grid: PredictabilityGrid) -> list[Recurrence]:
 
     out = []
     for scale, k in ((grid.small_scale, k_small), (grid.large_scale, k_large)):
-        model, params = build_model(ElmanConfig(recurrent_scale=scale), 1, grid.hidden, 1, k)
+        model, params = build_model(ElmanConfig.model_validate({"recurrent_scale": scale}), 1, grid.hidden, 1, k)
         out.append(Recurrence(f"elman (recurrent_scale {scale:g})", model, params, noise))
     model, params = trained_gru(grid)
     out.append(Recurrence(f"gru (bptt {grid.gru_steps} steps on dynamics)", model, params, lorenz))
