@@ -154,12 +154,13 @@ def run_predictability(grid: PredictabilityGrid, on_point: Callable[[dict[str, A
 # ----------------------------------------------------------------------------- outputs
 
 
-def _cell(p: dict[str, Any]) -> str:
-    """`mean iterations` with the rows that did not converge, e.g. `1024 (2/2 at cap)`."""
-    out = f"{p['iters_mean']:.0f}" if p["iters_mean"] >= 10 else f"{p['iters_mean']:.1f}"
-    notes = [f"{p['hit_max_iters']}/{p['rows']} at cap"] if p["hit_max_iters"] else []
-    notes += [f"{p['non_finite']}/{p['rows']} overflow"] if p["non_finite"] else []
-    return out + (f" ({', '.join(notes)})" if notes else "")
+def _cell(p: dict[str, Any], cap: int) -> str:
+    """Mean iterations of a point whose rows all converged; else why they did not."""
+    if p["non_finite"]:
+        return f"overflow ({p['non_finite']}/{p['rows']} rows, iteration {p['iters_max']})"
+    if p["unsolved"]:
+        return f"> {cap} ({p['unsolved']}/{p['rows']} rows at the cap)"
+    return f"{p['iters_mean']:.0f}" if p["iters_mean"] >= 10 else f"{p['iters_mean']:.1f}"
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -172,7 +173,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         rows.setdefault((p["recurrence"], p["jacobian"]), {})[p["length"]] = p
     for (name, jac), by_t in rows.items():
         solver = "quasi-DEER" if jac == "diagonal" else "DEER"
-        cells = [_cell(by_t[t]) if t in by_t else "—" for t in lengths]
+        cells = [_cell(by_t[t], result["grid"]["max_iters"]) if t in by_t else "—" for t in lengths]
         lines.append(f"| {name} | {result['lle'][name]:+.3f} | {solver} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
