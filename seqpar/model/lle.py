@@ -11,8 +11,8 @@ The estimator is the classical one (Benettin et al. 1980): run the recurrence
 `J_t = df/ds (s_{t-1}, x_t)`; renormalise every vector every step and average the logs
 of the growth factors. Every tangent vector converges to the most expanding direction,
 so each one estimates the largest exponent; averaging K random starts and N sequences
-lowers the variance. `J_t v` is a Jacobian-vector product (`jax.linearize` once per step,
-applied to the K vectors): no `S x S` matrix is ever formed.
+lowers the variance. `J_t v` is a Jacobian-vector product (`jax.jvp`, vmapped over the K
+vectors with the primal step computed once): no `S x S` matrix is ever formed.
 
 Everything is written against a plain step function on a flat state, so the same code
 serves one cell (`Model.step`) and a deep stack's joint state (`model.joint_step`).
@@ -50,8 +50,7 @@ def tangent_log_growth(step: StepFn, s0: jax.Array, x: jax.Array, v0: jax.Array,
     def body(carry, inp):
         s, v, total = carry
         xt, count = inp
-        s_next, jvp = jax.linearize(lambda s_: step(s_, xt), s)
-        v = jax.vmap(jvp)(v)
+        s_next, v = jax.vmap(lambda v_: jax.jvp(lambda s_: step(s_, xt), (s,), (v_,)), out_axes=(None, 0))(v)
         norm = jnp.maximum(jnp.linalg.norm(v, axis=-1), tiny)
         return (s_next, v / norm[:, None], total + count * jnp.log(norm)), None
 
