@@ -666,6 +666,34 @@ def bench(
     console.print(f"bench record: {run_dir / 'bench.json'}, plot: {run_dir / 'bench.png'}")
 
 
+@app.command()
+@_one_line_errors
+def predictability(
+    lengths: Annotated[str, typer.Option(help="sequence lengths, comma-separated")] = "256,1024,4096,16384",
+    sequences: Annotated[int, typer.Option(min=1, help="sequences solved per point")] = 2,
+    hidden: Annotated[int, typer.Option(min=1, help="hidden size of every recurrence")] = 16,
+    max_iters: Annotated[int, typer.Option(min=1, help="Newton's iteration cap")] = 1024,
+    gru_steps: Annotated[int, typer.Option(min=0, help="BPTT steps of the GRU on the dynamics task")] = 200,
+    out: Annotated[Path, typer.Option(help="output directory of predictability.{json,md,png}")] = Path("results/predictability"),
+) -> None:
+    """Newton iterations vs sequence length for contracting and expanding recurrences, beside their LLE."""
+    from seqpar.bench.grid import BenchError, parse_ints
+    from seqpar.bench.predictability import PredictabilityGrid, markdown_table, run_predictability, write_predictability
+
+    try:
+        grid = PredictabilityGrid(parse_ints(lengths, "--lengths"), sequences, hidden, max_iters, gru_steps=gru_steps)
+    except BenchError as e:
+        _fail(str(e))
+
+    def on_point(p):
+        line = f"  {p['recurrence']:<36} {p['jacobian']:<8} T={p['length']:<6} {p['iters_mean']:7.1f} iterations"
+        console.print(line + (f"  ({p['unsolved']}/{p['rows']} not converged)" if p["unsolved"] else ""), highlight=False)
+
+    result = run_predictability(grid, on_point)
+    console.print(markdown_table(result), highlight=False, markup=False)
+    console.print(f"written: {', '.join(str(p) for p in write_predictability(result, out))}", highlight=False, markup=False)
+
+
 def main() -> None:  # console-script entry point
     try:
         app()

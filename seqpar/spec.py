@@ -90,6 +90,12 @@ class TrainConfig(Config):
         description="contiguous strata each minibatch draws from evenly (default: the device count); "
         "fix it for identical batches on any device count",
     )
+    lle_sequences: int = Field(
+        16,
+        ge=0,
+        description="validation sequences along whose rollouts every evaluation estimates the recurrence's largest "
+        "Lyapunov exponent (eval metric lle; 3 random tangent vectors each); 0: not measured",
+    )
 
     @model_validator(mode="after")
     def _one_target(self):

@@ -30,6 +30,7 @@ def test_run_end_to_end_writes_the_run_record(tiny_spec, write_spec, tmp_path):
             "rollout_acc_test",
             "rollout_acc_val",
             "objective",
+            "lle",
         }
         assert r["step_time_ms"] > 0 and r["compile_s"] > 0
     assert summary["runs"][0]["state_table_bytes"] == 0

@@ -24,7 +24,7 @@ from rich.table import Table
 from seqpar.records.reader import STUDY_PART, Result, load, results, setting_key
 
 # Numbers a row reports beside the headline metric; also valid `--sort` keys.
-ROW_NUMBERS = ("mean", "std", "n", "baseline_frac", "steps_to_target", "seconds_to_target", "step_time_ms", "peak_memory_mb")
+ROW_NUMBERS = ("mean", "std", "n", "baseline_frac", "steps_to_target", "seconds_to_target", "step_time_ms", "peak_memory_mb", "lle")
 
 
 # Metrics every run record has (possibly as null, e.g. a run that failed before its first evaluation).
@@ -180,6 +180,8 @@ def aggregate(
                 "seconds_to_target": _median([m.value("seconds_to_target") for m in reached]),
                 "step_time_ms": _median([m.value("step_time_ms") for m in members]),
                 "peak_memory_mb": max((v for v in (m.value("peak_memory_mb") for m in members) if v is not None), default=None),
+                # The trained recurrence's largest Lyapunov exponent at the last evaluation (`seqpar.model.lle`).
+                "lle": _mean_std_of([v for v in (m.value("lle") for m in members) if v is not None])[0],
                 "status": statuses,
                 "seeds": sorted({m.seed for m in members if m.seed is not None}),
                 "run_dirs": [str(m.run_dir) for m in members],
@@ -318,6 +320,7 @@ def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], l
     frac_of = rows[0]["baseline_frac_of"] if rows else metric
     # Records written before the validation split have no val numbers: no empty column for them.
     val_metric = rows[0].get("val_metric") if rows and any(r.get("val_mean") is not None for r in rows) else None
+    lle = any(r.get("lle") is not None for r in rows)  # records written before the estimator have none
     names = short_names(keys)
     header = [
         "method",
@@ -330,6 +333,7 @@ def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], l
         "s to target (val)",
         "step ms",
         "peak MB",
+        *(["LLE"] if lle else []),
         "status",
     ]
     body = [
@@ -344,6 +348,7 @@ def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], l
             _to_target(r, "seconds_to_target", ".1f"),
             _num(r["step_time_ms"], ".3g"),
             _num(r["peak_memory_mb"], ".1f"),
+            *([_num(r.get("lle"), ".3f")] if lle else []),
             _status(r),
         ]
         for r in rows
@@ -387,6 +392,7 @@ def flat_row(r: dict[str, Any], keys: list[str]) -> dict[str, Any]:
         "reached_target": r["reached"] if r["target"] else None,
         "step_time_ms": r["step_time_ms"],
         "peak_memory_mb": r["peak_memory_mb"],
+        "lle": r.get("lle"),
         "status": ";".join(f"{s}:{n}" for s, n in sorted(r["status"].items())),
     }
 

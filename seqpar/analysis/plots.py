@@ -10,6 +10,8 @@ Figures, each written only when the records hold what it needs:
   final_by_method.png       when several seeds ran: the final test rollout loss of every run as a
                             point, one panel per task setting, one column per method, the
                             memoryless baseline as a line (the figure to look at first)
+  lle_vs_parallel.png       Newton iterations / table-rollout distance against the LLE
+                            over training (`seqpar.analysis.predictability`)
 Lines are the mean over seeds, shaded bands the min-max over seeds; the memoryless
 baseline is the dashed grey line. Figure sizes are fixed (`figure_size`), so a
 figure's pixel size depends only on its number of panels.
@@ -31,6 +33,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from seqpar.analysis.compare import CompareError, aggregate, group_keys, hashable, natural_key, short_names
+from seqpar.analysis.predictability import plot_lle
 from seqpar.records.layout import METRICS
 from seqpar.records.reader import Result, load, read_metrics, read_metrics_checked, results
 
@@ -549,4 +552,5 @@ def plot_records(
     for key in keys:
         written.append(plot_final_vs(rs, keys, key, metric, out_dir / f"final_vs_{key}.png"))
     written.append(plot_final_by_method(rs, keys, metric, out_dir / "final_by_method.png"))
+    written.append(plot_lle(rs, out_dir / "lle_vs_parallel.png", f"{name}: parallel solvers against the trained recurrence's LLE"))
     return [p for p in written if p is not None], warnings

@@ -105,6 +105,8 @@ def results_table(summary: dict[str, Any]) -> Table:
     newton = any("train_newton_iters_mean" in (r.get("diagnostics") or {}) for r in summary["runs"])
     cols = ["method", "status", "rollout val", "rollout test", "acc test", "baseline", "objective", "to target (val)", "steps/s"]
     cols += ["Newton it"] if newton else []
+    lle = any((r.get("final") or {}).get("lle") is not None for r in summary["runs"])
+    cols += ["LLE"] if lle else []
     for col in (*cols, "compile s", "peak MB", "table"):
         t.add_column(col, justify="left" if col in ("method", "status") else "right")
     for r in summary["runs"]:
@@ -122,6 +124,7 @@ def results_table(summary: dict[str, Any]) -> Table:
             fmt(r.get("steps_to_target")),
             fmt(r.get("steps_per_s"), ".1f"),
             *([newton_cell(r.get("diagnostics") or {})] if newton else []),
+            *([fmt(final.get("lle"), ".3f")] if lle else []),
             fmt(r.get("compile_s"), ".2f"),
             fmt(r.get("peak_memory_mb"), ".1f"),
             human_bytes(r.get("state_table_bytes")),
@@ -131,6 +134,8 @@ def results_table(summary: dict[str, Any]) -> Table:
         captions.append(
             "Newton it: mean/max Newton iterations over the batch at the last logged step; (n at max): rows that hit max_iters so far"
         )
+    if lle:
+        captions.append("LLE: largest Lyapunov exponent per step of the trained recurrence along validation rollouts (< 0: predictable)")
     t.caption = "\n".join(c for c in captions if c) or None
     return t
 

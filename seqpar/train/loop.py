@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqpar import sharding
 from seqpar.methods.base import Batch, Method, MethodConfig
+from seqpar.model.lle import model_lle
 from seqpar.model.model import Model, Params, build_model
 from seqpar.model.rollout import evaluate
 from seqpar.spec import Spec
@@ -136,7 +137,12 @@ def watch_divergence(train_step: Callable) -> Callable:
     return step_fn
 
 
-def make_eval(method: Method, model: Model, task: Task) -> Callable:
+# The fold of the run's training key that draws the LLE's tangent vectors (the key's split draws the
+# minibatches and step keys, fold 2 the method's init): the same vectors at every evaluation.
+LLE_KEY_FOLD = 3
+
+
+def make_eval(method: Method, model: Model, task: Task, lle_key: jax.Array | None = None, lle_sequences: int = 0) -> Callable:
     def eval_fn(state, train: Dataset, val: Dataset, test: Dataset):
         params, reset = method.params(state), method.rollout_reset(state)
         splits = (("train", train), ("val", val), ("test", test))
@@ -145,6 +151,10 @@ def make_eval(method: Method, model: Model, task: Task) -> Callable:
         tr = res["train"]
         out.update(method.eval_metrics(state, train, tr.states, tr.loss))
         out["gap"] = out["rollout_loss_test"] - out["objective"]  # held-out rollout loss minus training objective
+        # Predictability of the trained recurrence along validation rollouts (`seqpar.model.lle`);
+        # a model whose rollout cuts the recurrence (`reset`) has none.
+        if lle_key is not None and lle_sequences > 0 and reset is None:
+            out["lle"] = model_lle(model, params, val.x[:lle_sequences], lle_key)
         return out
 
     return eval_fn
@@ -272,7 +282,8 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
     step_fn = jax.jit(
         watch_divergence(make_train_step(method, exp.train_key, n, b, exp.strata)), donate_argnums=0, out_shardings=out_shardings
     )
-    eval_fn = jax.jit(make_eval(method, exp.model, exp.task))
+    lle_key = jax.random.fold_in(exp.train_key, LLE_KEY_FOLD)
+    eval_fn = jax.jit(make_eval(method, exp.model, exp.task, lle_key, spec.train.lle_sequences))
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, no_divergence, exp.train, jnp.int32(0)).compile()
     compile_s = time.perf_counter() - t0
@@ -392,6 +403,7 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
             "rollout_acc_test": last_eval.get("rollout_acc_test"),
             "rollout_acc_val": last_eval.get("rollout_acc_val"),
             "objective": last_eval.get("objective"),
+            "lle": last_eval.get("lle"),
         }
         record["diagnostics"] = {**loop.last_train, **last_eval}
         record["process_peak_rss_mb"] = process_peak_rss_mb()
