@@ -1,0 +1,46 @@
+"""`train.max_seconds`: stop a method at its training-time budget without a per-step host sync.
+
+The loop dispatches steps asynchronously and learns how much time they took only when it
+blocks (at log, eval and checkpoint points). Polling the clock after every step would say
+nothing (dispatch returns at once) and blocking after every step would cost the pipeline.
+So the budget asks for extra sync points, as few as it can: after each one it knows the
+time per step of the chunk just finished and predicts how many more steps fit,
+`floor((max_seconds - wall_s) / time_per_step)`, and asks the loop to block once more at
+that step; when not even one more step fits, the method stops there (after its final
+evaluation, which, like every evaluation, is not on the training clock). The first
+prediction comes from a sync after the first step. A steady step time needs two or three
+extra syncs in a whole run; a noisy one a few more, each prediction closer to the end.
+The clock can still end a little past the budget when the last chunk ran slower than the
+one before it: the record's `wall_s` says by how much.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class Budget:
+    """The next step at which the loop must block for the budget (None: no budget)."""
+
+    max_seconds: float | None
+    check_at: int | None = None
+
+    def start(self, steps_done: int) -> None:
+        # The first estimate of the step time needs one finished step.
+        self.check_at = steps_done + 1 if self.max_seconds is not None else None
+
+    def due(self, done: int) -> bool:
+        return self.check_at is not None and done >= self.check_at
+
+    def spent(self, done: int, wall_s: float, seconds_per_step: float) -> bool:
+        """At a sync point: True when the next step would pass the budget; else plan the next check."""
+        if self.max_seconds is None:
+            return False
+        left = self.max_seconds - wall_s
+        fit = math.floor(left / seconds_per_step) if seconds_per_step > 0 else math.inf
+        if fit < 1:
+            return True
+        self.check_at = done + fit if math.isfinite(fit) else done + 1
+        return False
