@@ -539,12 +539,15 @@ def plot(
     by: ByOpt = None,
     metric: MetricOpt = "rollout_loss_test",
 ) -> None:
-    """Write PNG figures: rollout loss vs steps and seconds, objective gap, scaling vs length, final loss vs settings."""
+    """Write PNG figures: rollout loss vs steps and seconds, objective gap, scaling vs length, final loss vs settings,
+    quality vs cost (Pareto: seconds and sequential depth to target), steps to target vs lag."""
     from seqpar.analysis.compare import CompareError
+    from seqpar.analysis.cost_plots import plot_costs
     from seqpar.analysis.plots import plot_records
 
     try:
         files, warnings = plot_records(paths, out, by, metric)
+        files += plot_costs(paths, out, by)
     except CompareError as e:
         _fail(str(e))
     for w in warnings:

@@ -166,4 +166,3 @@ def test_every_method_states_its_depth_and_only_sequential_ones_grow_with_length
         assert math.isfinite(d8) and 0 < d8 <= d64, name
         if name in ("parallel", "memoryless"):
             assert d8 == d64 == 2
-
