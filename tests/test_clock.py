@@ -60,6 +60,8 @@ def test_clock_counts_training_steps_only(monkeypatch, tiny_spec):
         assert r["stop_reason"] == "steps"
     assert lines and all(line["wall_s"] == line["step"] for line in lines)
     assert [r["sequential_depth"] for r in records] == [2 * 8, 2]  # bptt, parallel at length 8
+    horizons = [ln["agreement_horizon"] for ln in lines if ln["method"] == "parallel" and "rollout_loss_test" in ln]
+    assert len(horizons) == 3 and all(0 <= h <= 8 for h in horizons)  # at every evaluation of the parallel method
 
 
 def test_eval_interval_changes_nothing_but_the_grid(monkeypatch, tiny_spec):
