@@ -21,8 +21,8 @@ from seqpar.train.budget import Budget
 
 
 class FakeClock:
-    def __init__(self):
-        self.now, self.steps = 0.0, 0
+    def __init__(self, lines: list):
+        self.now, self.steps, self.lines = 0.0, 0, lines
 
     def __call__(self) -> float:
         if self.steps == 0:  # still compiling
@@ -44,8 +44,7 @@ def run_fake(monkeypatch, raw, methods=1):
     exp = loop.build_experiment(validate_spec(raw))
     records, lines = [], []
     for m in exp.spec.methods:  # a fresh clock per method: each starts by compiling
-        fake = FakeClock()
-        fake.lines = lines
+        fake = FakeClock(lines)
         monkeypatch.setattr(loop, "clock", fake)
         records.append(loop.run_method(exp, m, fake.evaluation, should_stop=fake.tick))
     return records, lines

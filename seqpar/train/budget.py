@@ -39,8 +39,11 @@ class Budget:
         if self.max_seconds is None:
             return False
         left = self.max_seconds - wall_s
-        fit = math.floor(left / seconds_per_step) if seconds_per_step > 0 else math.inf
+        if seconds_per_step <= 0:  # a clock too coarse to see the chunk: look again after the next step
+            self.check_at = done + 1
+            return left <= 0
+        fit = math.floor(left / seconds_per_step)
         if fit < 1:
             return True
-        self.check_at = done + fit if math.isfinite(fit) else done + 1
+        self.check_at = done + fit
         return False
