@@ -38,6 +38,7 @@ from seqpar.records.reader import Result, load, results
 
 LAG_KEY = "task.lag"
 HOLLOW = "hollow: target not reached (x: the whole run)"
+HOLLOW_LAG = "hollow: target not reached (drawn at its last step)"
 
 
 def seconds_cost(r: Result, steps: float) -> float | None:
@@ -134,8 +135,9 @@ def plot_steps_vs_lag(rs: list[Result], keys: list[str], path: Path) -> Path | N
                 shown = f"{label}: slope {slope:.3g} steps per unit lag" if slope is not None else f"{label} (one lag reached: no slope)"
                 handles.setdefault(f"{shown} ({len(hit)}/{len(runs)} runs reached)", line)
             if miss:
-                h = ax.scatter(*zip(*miss, strict=True), s=26, facecolors="none", edgecolors=c, zorder=3)
-                handles.setdefault(f"{label}: not reached (hollow, at its last step)", h)
+                ax.scatter(*zip(*miss, strict=True), s=26, facecolors="none", edgecolors=c, zorder=3)
+                if HOLLOW_LAG not in handles:
+                    handles[HOLLOW_LAG] = ax.scatter([], [], s=26, facecolors="none", edgecolors="0.3")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("lag (task.lag, steps between a token and its recall)")
         ax.set_ylabel("optimizer steps to target (validation)")
