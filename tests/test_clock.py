@@ -96,9 +96,10 @@ def test_budget_predicts_its_sync_points():
     b = Budget(10.0)
     b.start(0)
     assert b.due(1) and not b.due(0)
-    assert not b.spent(1, 0.5, 0.5) and b.check_at == 1 + 19  # 19 more steps of 0.5 s fit in 9.5 s
-    assert not b.spent(20, 9.0, 0.5) and b.check_at == 22  # re-planned: 2 more steps fit
-    assert b.spent(22, 9.6, 0.5)  # 0.4 s left: not one more step
+    assert not b.spent(1, 0.5, 0.5) and b.check_at == 1 + 9  # 19 more steps of 0.5 s fit in 9.5 s: look again after 9
+    assert not b.spent(10, 7.0, 0.6) and b.check_at == 12  # slower now: 5 fit, look again after 2
+    assert not b.spent(12, 9.0, 0.5) and b.check_at == 13  # 2 fit: look after 1
+    assert b.spent(13, 9.6, 0.5)  # 0.4 s left: not one more step
     none = Budget(None)
     none.start(0)
     assert not none.due(10**6) and not none.spent(5, 1e9, 1.0)
