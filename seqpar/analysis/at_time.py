@@ -122,7 +122,8 @@ def cell(row: dict[str, Any]) -> str:
         return f"{where} (all {a['runs']} reached)"
     unit = " s" if a["seconds"] is not None else ""
     last = ", ".join(f"{v:.1f}{unit}" if a["seconds"] is not None else f"{v:g}" for v in sorted(a["short_last"]))
-    return f"{where} ({a['reached']}/{a['runs']} reached; the rest ended at {last})"
+    rest = "none reached it; they ended at" if a["reached"] == 0 else "the rest ended at"
+    return f"{where} ({a['reached']}/{a['runs']} reached; {rest} {last})"
 
 
 def add_column(rows: list[dict[str, Any]], header: list[str], body: list[list[str]]) -> tuple[list[str], list[list[str]]]:
