@@ -555,14 +555,27 @@ def compare(
     ] = None,
     diff_only: Annotated[bool, typer.Option("--diff-only", help="hide setting columns whose value is the same in every row")] = False,
     format_: Annotated[str, typer.Option("--format", help="table, markdown, csv or json")] = "table",
+    at_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--at-seconds",
+            min=0,
+            help="read each run at its last evaluation within S seconds of training time (compile and evaluation excluded)",
+        ),
+    ] = None,
+    at_step: Annotated[int | None, typer.Option("--at-step", min=0, help="read each run at its last evaluation up to step N")] = None,
 ) -> None:
     """Aggregate run records over seeds: rollout loss mean ± std, baseline fraction, time to target, cost, status."""
     from seqpar.analysis import compare as cmp
+    from seqpar.analysis.at_time import At
 
     if format_ not in cmp.FORMATS:
         _fail(f"--format {format_}: expected one of: {', '.join(cmp.FORMATS)}")
+    if at_seconds is not None and at_step is not None:
+        _fail("--at-seconds and --at-step: give one budget, not both")
+    at = At(at_seconds, at_step) if at_seconds is not None or at_step is not None else None
     try:
-        rows, keys, warnings = cmp.compare(paths, by, metric, sort, diff_only)
+        rows, keys, warnings = cmp.compare(paths, by, metric, sort, diff_only, at)
     except cmp.CompareError as e:
         _fail(str(e))
     for w in warnings:
@@ -581,12 +594,15 @@ def plot(
     by: ByOpt = None,
     metric: MetricOpt = "rollout_loss_test",
 ) -> None:
-    """Write PNG figures: rollout loss vs steps and seconds, objective gap, scaling vs length, final loss vs settings."""
+    """Write PNG figures: rollout loss vs steps and seconds, objective gap, scaling vs length, final loss vs settings,
+    quality vs cost (Pareto: seconds and sequential depth to target), steps to target vs lag."""
     from seqpar.analysis.compare import CompareError
+    from seqpar.analysis.cost_plots import plot_costs
     from seqpar.analysis.plots import plot_records
 
     try:
         files, warnings = plot_records(paths, out, by, metric)
+        files += plot_costs(paths, out, by)
     except CompareError as e:
         _fail(str(e))
     for w in warnings:

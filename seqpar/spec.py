@@ -73,6 +73,13 @@ class TrainConfig(Config):
         allow_inf_nan=False,
         description="instead of target_loss: reach this fraction of the task's memoryless baseline formula (one setting across tasks)",
     )
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="stop a method before its training clock (compile and evaluation excluded) passes this many seconds "
+        "(stop_reason max_seconds); default: train.steps decides alone",
+    )
     checkpoint_every: int | None = Field(
         None, gt=0, description="save a resumable checkpoint every N steps (default: only on SIGINT/SIGTERM)"
     )

@@ -63,7 +63,7 @@ def test_out_dir_that_is_not_empty_is_refused(tiny_spec, write_spec, tmp_path):
     assert (out / "summary.json").read_text() == "{}"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "verdict", "digits"])
+@pytest.mark.parametrize("name", ["quickstart", "verdict", "digits", "long", "lag_steps", "tune_lag4"])
 def test_validate_accepts_the_experiments(name):
     res = runner.invoke(app, ["validate", f"experiments/{name}.yaml"])
     assert res.exit_code == 0, res.output

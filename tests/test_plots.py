@@ -61,6 +61,8 @@ EXPECTED = {
     "scaling_vs_length.png": figure_size(2, ncols_max=2),
     "final_vs_task.length.png": figure_size(1),
     "lle_vs_parallel.png": (550, 440),  # the parallel runs' table distance against the LLE: one panel
+    "pareto_seconds.png": figure_size(2),  # one panel per length (seqpar.analysis.cost_plots)
+    "pareto_depth.png": figure_size(2),
 }
 
 
@@ -82,8 +84,15 @@ def test_plot_command_on_one_run_and_a_corrupt_one(tiny_sweep, tmp_path):
     assert res.exit_code == 0, res.output
     assert "bad" in res.stderr and "not valid JSON" in res.stderr
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    # One run: no scaling, no sweep axis; its parallel method's table against the LLE.
-    assert names == ["lle_vs_parallel.png", "objective_vs_rollout.png", "rollout_vs_seconds.png", "rollout_vs_steps.png"]
+    # One run: no scaling, no sweep axis; its parallel method's table against the LLE; its methods' costs are still points.
+    assert names == [
+        "lle_vs_parallel.png",
+        "objective_vs_rollout.png",
+        "pareto_depth.png",
+        "pareto_seconds.png",
+        "rollout_vs_seconds.png",
+        "rollout_vs_steps.png",
+    ]
     assert png_size(tmp_path / "figs" / "rollout_vs_steps.png") == figure_size(1)
     res = runner.invoke(app, ["plot", str(point), "--out", str(tmp_path / "f2"), "--metric", "nope"])
     assert res.exit_code == 2 and "--metric nope" in res.stderr and not (tmp_path / "f2").exists()

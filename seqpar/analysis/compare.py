@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.table import Table
 
+from seqpar.analysis.at_time import At, add_column, annotate, flat, results_at
 from seqpar.records.reader import STUDY_PART, Result, load, results, setting_key
 
 # Numbers a row reports beside the headline metric; also valid `--sort` keys.
@@ -249,14 +250,21 @@ def compare(
     metric: str = "rollout_loss_test",
     sort: str | None = None,
     diff_only: bool = False,
+    at: At | None = None,
 ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
-    """Load, group and sort: (rows, settings keys shown, warnings). Raises CompareError on bad arguments."""
+    """Load, group and sort: (rows, settings keys shown, warnings). Raises CompareError on bad arguments.
+
+    `at`: read every run at its last evaluation within that training budget (`seqpar.analysis.at_time`)."""
     loaded = load(paths)
     rs = results(loaded.runs)
     if not rs:
         raise CompareError("nothing to compare: " + ("; ".join(loaded.warnings) or "no run records"))
     keys = group_keys(rs, loaded.swept, by)
+    if at is not None:
+        rs = results_at(rs, at)
     rows = aggregate(rs, keys, metric)
+    if at is not None:
+        annotate(rows, rs, at)
     method_order = list(dict.fromkeys(r.label for r in rs))
     rows = sort_rows(rows, keys, sort, method_order)
     if diff_only:
@@ -353,7 +361,7 @@ def text_rows(rows: list[dict[str, Any]], keys: list[str]) -> tuple[list[str], l
         ]
         for r in rows
     ]
-    return header, body
+    return add_column(rows, header, body)
 
 
 def rich_table(rows: list[dict[str, Any]], keys: list[str], title: str | None = None) -> Table:
@@ -393,6 +401,7 @@ def flat_row(r: dict[str, Any], keys: list[str]) -> dict[str, Any]:
         "step_time_ms": r["step_time_ms"],
         "peak_memory_mb": r["peak_memory_mb"],
         "lle": r.get("lle"),
+        **flat(r),
         "status": ";".join(f"{s}:{n}" for s, n in sorted(r["status"].items())),
     }
 

@@ -9,6 +9,8 @@ pytrees, so one jitted step serves every method.
 from __future__ import annotations
 
 import abc
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -70,6 +72,16 @@ class Method(abc.ABC):
     def eval_metrics(self, state: State, train: Dataset, rollout_train_states: jax.Array, rollout_train_loss: jax.Array) -> Metrics:
         """Method-specific metrics over the whole training set (at least `objective`)."""
 
+    @abc.abstractmethod
+    def sequential_depth(self, length: int, metrics: Mapping[str, float]) -> float:
+        """Dependent steps on the critical path of one training step on sequences of `length`: a
+        hardware-independent cost (README, "Sequential depth"). One unit is one cell-sized
+        operation that must wait for the one before: a step of a sequential scan, a level of an
+        associative scan (`scan_depth`), or one pass that treats every position at once. The
+        loss, readout and optimizer update, the same for every method, are not counted.
+        `metrics`: the step's training metrics at a log point (host floats; empty when there is
+        none), for a method whose depth depends on the run, such as its Newton iterations."""
+
     def rollout_reset(self, state: State) -> jax.Array | None:
         """States `(T, state_dim)` the rollout evaluator resets to before every step, for a method
         that trains a model without memory (`memoryless`); None, the default: a true recurrence
@@ -85,6 +97,12 @@ class Method(abc.ABC):
         thumb (`seqpar.train.memory`), such as Jacobian buffers of T·S² floats per sequence;
         0 for methods whose buffers scale like the states. `sequences`: the training set's size."""
         return 0
+
+
+def scan_depth(length: int) -> int:
+    """Levels of a work-efficient associative scan over `length` steps: an up-sweep and a
+    down-sweep of ceil(log2 length) levels each (0 for a single step)."""
+    return 2 * math.ceil(math.log2(length)) if length > 1 else 0
 
 
 class MethodConfig(Config):

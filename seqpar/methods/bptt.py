@@ -51,6 +51,11 @@ class ScanMethod(Method):
         # The objective is the rollout loss itself: there is nothing else to optimise.
         return {"objective": rollout_train_loss}
 
+    def sequential_depth(self, length, metrics):
+        # The forward scan, then its transpose backwards: T cell steps each way. Truncation cuts
+        # gradients, not the chain: windows start from the previous window's last state.
+        return 2 * length
+
 
 class BPTT(ScanMethod):
     cfg: BPTTConfig

@@ -37,7 +37,7 @@ import optax
 from pydantic import Field, model_validator
 
 from seqpar.config import KeyedError
-from seqpar.methods.base import METHODS, Method, MethodConfig
+from seqpar.methods.base import METHODS, Method, MethodConfig, scan_depth
 from seqpar.model.newton import (
     BLOCKS_PER_TRANSITION,
     DAMPED_BLOCKS_PER_TRANSITION,
@@ -163,6 +163,15 @@ class DEER(Method):
             "newton_rollout_dist_max": jnp.max(dist),
             **newton_metrics(stats, self.cfg.max_iters),
         }
+
+    def sequential_depth(self, length, metrics):
+        # Each Newton iteration: one pass linearising the cell at every position, then the
+        # associative scan of the linear recurrence (ELK's Kalman filter is one such scan too);
+        # the adjoint: the same scan backwards, then one batched VJP of the cell. All rows of a
+        # batch run as one while_loop, so the step's iterations are its slowest row's; without a
+        # logged count, the cap.
+        iterations = metrics.get("newton_iters_max", self.cfg.max_iters)
+        return (iterations + 1) * (scan_depth(length) + 1)
 
     def extra_activation_bytes(self, batch, length, sequences):
         per_block = DAMPED_BLOCKS_PER_TRANSITION if self.cfg.damping > 0 else BLOCKS_PER_TRANSITION

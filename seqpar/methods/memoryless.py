@@ -65,3 +65,7 @@ class Memoryless(Method):
     def eval_metrics(self, state, train, rollout_train_states, rollout_train_loss):
         # The objective is the (memoryless) rollout loss itself.
         return {"objective": rollout_train_loss}
+
+    def sequential_depth(self, length, metrics):
+        # No step waits for another (each starts from its reset state): one pass forward, one back.
+        return 2

@@ -71,7 +71,8 @@ from pydantic import Field, model_validator
 
 from seqpar.config import Config, KeyedError
 from seqpar.config.registry import Registry, tagged_union
-from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec
+from seqpar.methods.agreement import agreement_metrics
+from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec, scan_depth
 from seqpar.model.model import Model, Params
 from seqpar.model.newton import BLOCKS_PER_TRANSITION, NewtonOptions, block_floats, rows_per_chunk, solve_states
 from seqpar.model.rollout import readout_all, rollout_states
@@ -373,6 +374,7 @@ class EmbeddingParallel(Method):
             "residual_max": jnp.max(residual),
             "table_rollout_dist": jnp.mean(dist),
             **_by_quartile("table_rollout_dist", dist),
+            **agreement_metrics(table, rollout_train_states),
         }
         if self.cfg.refresh == "jacobi":
             # How close a Jacobi refresh taken now (current cell, current table) gets to the true
@@ -387,6 +389,20 @@ class EmbeddingParallel(Method):
             out["newton_rollout_dist"] = jnp.mean(ndist)
             out.update(_by_quartile("newton_rollout_dist", ndist))
         return out
+
+    def sequential_depth(self, length, metrics):
+        # The cell at every transition at once, forward and backward: 2, whatever the length.
+        # A refresh adds its own chain once every refresh_every steps, counted per step on
+        # average: a rollout T steps, Jacobi one pass per sweep, Newton up to `iterations`
+        # iterations of (linearise, scan) as in DEER.
+        cfg = self.cfg
+        refresh = {
+            "none": 0,
+            "rollout": length,
+            "jacobi": cfg.sweeps or 0,
+            "newton": (cfg.iterations or 0) * (scan_depth(length) + 1),
+        }[cfg.refresh]
+        return 2 + refresh / (cfg.refresh_every or 1)
 
     def extra_activation_bytes(self, batch, length, sequences):
         if self.cfg.refresh != "newton":

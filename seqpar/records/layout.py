@@ -18,7 +18,8 @@ one file several workers race to create, see `seqpar.sweep.claim`).
 A study directory (`seqpar tune`) holds `tune.yaml` (the spec as tuned), the Optuna
 storage `study.journal` (unless `--storage URL`), `trials/<method index>-<label>/<trial
 number>/` (one ordinary run record per trial), `best.yaml` (the winners as a plain spec),
-`final/` (a sweep of best.yaml over the tune block's seeds, judged on the test split) and
+`final/` (a sweep of best.yaml over the tune block's seeds, judged on the test split),
+`defaults/` (the spec untuned, the reference every tuned setting must beat) and
 `tune.json` (the study's summary).
 """
 
@@ -47,6 +48,7 @@ STUDY_LOCK = ".study.lock"  # serialises asking Optuna for a trial, so a budget 
 TRIALS = "trials"
 BEST_SPEC = "best.yaml"
 FINAL = "final"
+DEFAULTS = "defaults"
 TUNE_INDEX = "tune.json"
 
 

@@ -377,10 +377,12 @@ def export_run(path: Path, *, plot: bool, tensorboard: bool) -> tuple[list[str],
                 warnings.append(f"TensorBoard export of {d} failed: {type(e).__name__}: {e}")
         notes.append(f"TensorBoard: tensorboard --logdir {path}")
     if plot:
+        from seqpar.analysis.cost_plots import plot_costs
         from seqpar.analysis.plots import plot_records
 
         try:
             files, plot_warnings = plot_records([path], path / PLOTS)
+            files += plot_costs([path], path / PLOTS)
             warnings += plot_warnings
             notes.append(f"plots: {', '.join(str(f) for f in files)}" if files else "plots: nothing to plot")
         except Exception as e:  # noqa: BLE001 - reported, never fatal

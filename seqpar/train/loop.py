@@ -12,7 +12,11 @@ The loop never branches on a method's name. Per method it
 Timing: `wall_s` is cumulative *training* time (compile, evaluation and
 checkpoint writing excluded), measured per chunk between log/eval points;
 `step_time_ms` is the median over chunks of chunk time / steps in chunk, so no
-per-step host sync is needed.
+per-step host sync is needed. `train.max_seconds` stops a method at a budget of that
+clock (`seqpar.train.budget`: a few extra sync points, predicted from the step time).
+Each run also records `sequential_depth`, the method's own count of dependent steps on
+the critical path of one training step (`Method.sequential_depth`), a cost that no
+machine changes.
 
 Reliability: the jitted step also tracks, on device, the first step whose metrics
 are non-finite, so divergence is named exactly while the host still looks only at
@@ -43,6 +47,7 @@ from seqpar.model.model import Model, Params, build_model
 from seqpar.model.rollout import evaluate
 from seqpar.spec import Spec
 from seqpar.tasks.base import Dataset, Task
+from seqpar.train.budget import Budget
 
 if TYPE_CHECKING:
     from seqpar.train.checkpoint import Checkpoint, MethodCheckpoints
@@ -191,6 +196,9 @@ class NullProgress:
 
 ADVANCE_EVERY_S = 0.1  # how often the step count goes to the display between log points (Rich redraws at 10 Hz)
 
+# The training clock. A module attribute, so a test can replace it with a clock it controls.
+clock = time.perf_counter
+
 
 def compiled_memory_mb(compiled) -> float | None:
     """Device memory of one compiled step (arguments + outputs + temporaries - donated aliases)."""
@@ -225,6 +233,8 @@ class LoopState:
     steps_to_target: int | None = None
     seconds_to_target: float | None = None
     checkpoint_s: float = 0.0  # time spent writing checkpoints (not in wall_s)
+    depth_sum: float = 0.0  # Method.sequential_depth summed over log points (its mean is recorded)
+    depth_points: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -284,12 +294,12 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
     )
     lle_key = jax.random.fold_in(exp.train_key, LLE_KEY_FOLD)
     eval_fn = jax.jit(make_eval(method, exp.model, exp.task, lle_key, spec.train.lle_sequences))
-    t0 = time.perf_counter()
+    t0 = clock()
     compiled = step_fn.lower(state, no_divergence, exp.train, jnp.int32(0)).compile()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    compile_s = clock() - t0
+    t0 = clock()
     compiled_eval = eval_fn.lower(state, exp.train, exp.val, exp.test).compile()
-    eval_compile_s = time.perf_counter() - t0
+    eval_compile_s = clock() - t0
 
     record: dict[str, Any] = {
         "method": cfg.type,  # type: ignore[attr-defined]
@@ -311,6 +321,7 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
         # Per device: the row-sharded part of the state (table, its optimizer state, buffers).
         "row_state_bytes_per_device": sharding.per_device_bytes({k: state[k] for k in method.row_state_keys if k in state}),
         "wall_s": 0.0,
+        "stop_reason": None,
         "error": None,
     }
     steps, eval_every, log_every = spec.train.steps, spec.train.eval_every, spec.log_every
@@ -318,6 +329,8 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
     target = target_loss(spec, exp.task)
     record["target_loss"] = target
     loop = LoopState.from_dict(resume_from.loop) if resume_from is not None else LoopState()
+    budget = Budget(spec.train.max_seconds)
+    length = int(exp.train.x.shape[1])
 
     def do_eval(step: int) -> dict[str, float]:
         ev = _host(compiled_eval(state, exp.train, exp.val, exp.test))
@@ -334,11 +347,12 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
         progress.resume(label, loop.steps_done)
         progress.update(label, loop.steps_done, {"method": label, "step": loop.steps_done, **loop.last_eval})
     bad = no_divergence
-    chunk_start, chunk_steps = time.perf_counter(), 0
-    shown_at = chunk_start
+    shown_at = time.perf_counter()  # the display's own clock, not the training clock
     try:
         if should_stop():  # stopped while compiling: nothing new to save
             record["status"] = "interrupted"
+        budget.start(loop.steps_done)
+        chunk_start, chunk_steps = clock(), 0
         for step in range(loop.steps_done, steps if record["status"] == "running" else 0):
             state, bad, metrics = compiled(state, bad, exp.train, np.int32(step))  # a NumPy scalar: no device op per step
             chunk_steps += 1
@@ -347,20 +361,24 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
             is_log = done % log_every == 0
             is_ckpt = ckpt_every is not None and done % ckpt_every == 0 and done < steps
             stop = should_stop() and done < steps  # a stop after the last step changes nothing
-            if not (is_eval or is_log or is_ckpt or stop):
+            if not (is_eval or is_log or is_ckpt or stop or budget.due(done)):
                 now = time.perf_counter()
                 if now - shown_at >= ADVANCE_EVERY_S:  # the step count only: nothing is fetched from the device
                     progress.advance(label, done)
                     shown_at = now
                 continue
             first_bad = int(bad)  # blocks: the chunk's work is finished
-            elapsed = time.perf_counter() - chunk_start
+            elapsed = clock() - chunk_start
             loop.wall_s += elapsed
             loop.chunk_ms.append(1e3 * elapsed / chunk_steps)
             loop.steps_done = done
             diverged = first_bad >= 0
+            out_of_time = done < steps and budget.spent(done, loop.wall_s, elapsed / chunk_steps)
+            is_eval = is_eval or out_of_time  # a budget stop ends, like the last step, with an evaluation
             if is_eval or is_log or diverged:
                 train_metrics = _host(metrics)
+                loop.depth_sum += method.sequential_depth(length, train_metrics)
+                loop.depth_points += 1
                 line = {"method": label, "step": done, "wall_s": loop.wall_s, **{f"train_{k}": v for k, v in train_metrics.items()}}
                 if is_eval or diverged:
                     loop.last_eval = do_eval(done)
@@ -379,19 +397,25 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
                 t0 = time.perf_counter()
                 checkpoints.save(done, state, loop.to_dict())
                 loop.checkpoint_s += time.perf_counter() - t0
+            if out_of_time:
+                record["status"], record["stop_reason"] = "completed", "max_seconds"
+                break
             if stop:
                 record["status"] = "interrupted"
                 break
-            chunk_start, chunk_steps = time.perf_counter(), 0
+            chunk_start, chunk_steps = clock(), 0
         else:
             if record["status"] == "running":
-                record["status"] = "completed"
+                record["status"], record["stop_reason"] = "completed", "steps"
     except KeyboardInterrupt:  # no signal handler installed (not the main thread): no checkpoint either
         record["status"] = "interrupted"
     finally:
         record["steps_done"], record["wall_s"] = loop.steps_done, loop.wall_s
         record["steps_to_target"], record["seconds_to_target"] = loop.steps_to_target, loop.seconds_to_target
         record["checkpoint_s"] = loop.checkpoint_s
+        record["stop_reason"] = record["stop_reason"] or record["status"]
+        # The mean over log points (Newton's iterations vary); the method's static count without any.
+        record["sequential_depth"] = loop.depth_sum / loop.depth_points if loop.depth_points else method.sequential_depth(length, {})
         if loop.chunk_ms:
             record["step_time_ms"] = float(np.median(loop.chunk_ms))
             record["steps_per_s"] = 1e3 / record["step_time_ms"]

@@ -11,6 +11,13 @@ def _num(v: Any, fmt: str = ".4f") -> str:
     return "—" if v is None else format(v, fmt)
 
 
+def _untuned(m: dict[str, Any]) -> str:
+    """The untuned default's validation loss, marked when it beat every trial (best.yaml keeps it)."""
+    d = m.get("default") or {}
+    shown = _num(d.get("value"))
+    return f"[yellow]{shown} (kept)[/]" if d.get("chosen") == "default" else shown
+
+
 def study_table(index: dict[str, Any]) -> Table:
     """Per method: trials completed/pruned/failed, best validation loss, test mean ± std over the final seeds, time."""
     seeds = index["seeds"]
@@ -26,6 +33,7 @@ def study_table(index: dict[str, Any]) -> Table:
         ("method", "left"),
         ("trials (done/pruned/failed)", "right"),
         ("best val", "right"),
+        ("untuned val", "right"),
         ("rollout test (mean ± std, n)", "right"),
         ("baseline", "right"),
         ("time s", "right"),
@@ -44,6 +52,7 @@ def study_table(index: dict[str, Any]) -> Table:
             m["method"],
             f"{c['completed']}/{c['pruned']}/{c['failed']}" + (f" (+{c['running']} running)" if c["running"] else ""),
             _num(best["value"]) if best else "—",
+            _untuned(m),
             test,
             _num(m["baseline_loss"]),
             _num(m["time_s"], ".0f"),
@@ -56,6 +65,15 @@ def verdict_lines(index: dict[str, Any]) -> list[str]:
     """Plain statements: a method whose tuned best is still no better than the memoryless baseline, or never completed."""
     out = []
     for m in index["methods"]:
+        d = m.get("default") or {}
+        if d.get("chosen") == "default":
+            best = "no trial completed" if m["best"] is None else f"its best trial reached {m['best']['value']:.4f}"
+            out.append(
+                f"{m['method']}: tuning found nothing better than the untuned default on validation "
+                f"({d['value']:.4f}; {best}); best.yaml keeps the default"
+            )
+        elif d.get("chosen") == "unchecked":
+            out.append(f"{m['method']}: the untuned default has no validation value (not run or failed): the tuned setting is unchecked")
         if m["best"] is None:
             out.append(f"{m['method']}: no trial completed; there is no best configuration to judge")
         elif m["worse_than_baseline"]:

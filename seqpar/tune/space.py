@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -132,7 +133,9 @@ class SamplerConfig(Config):
 class PrunerConfig(Config):
     type: Literal["none", "median", "hyperband"] = Field(default="none", description="stop unpromising trials at eval points")
     startup_trials: int = Field(default=2, ge=0, description="median: trials that are never pruned")
-    warmup_steps: int = Field(default=0, ge=0, description="median: training steps before a trial may be pruned")
+    warmup_steps: int | None = Field(
+        default=None, ge=0, description="median: training steps before a trial may be pruned (default and least: half of train.steps)"
+    )
 
 
 class TuneConfig(Config):
@@ -224,8 +227,30 @@ def check_tune(raw: dict[str, Any], source: str) -> TunePlan:
     base = {k: v for k, v in raw.items() if k != "tune"}
     spec = validate_spec(base, source=source)
     plan = TunePlan(source, raw, base, spec, tune)
+    warm = tune.pruner.warmup_steps
+    if tune.pruner.type == "median" and warm is not None and warm < pruner_warmup(plan):
+        raise SpecError(
+            f"{source}: tune.pruner.warmup_steps: must be at least half of train.steps ({pruner_warmup(plan)}, got {warm}): "
+            "a method that learns late must not be pruned before it has had half its budget",
+            key="tune.pruner.warmup_steps",
+            source=source,
+        )
     _check_space(plan)
     return plan
+
+
+def pruner_warmup(plan: TunePlan) -> int:
+    """Steps before any trial may be pruned: half of train.steps, or the longer warm-up given.
+
+    The rule: a trial is judged only in the second half of its budget. Losses on recall
+    tasks sit near the baseline until the method finds the dependency and then drop (BPTT
+    at lag 4 does so late), so an early median compares trials that have not started yet;
+    a 200-of-600-step warm-up stopped 9 of BPTT's 12 trials in a lag-4 study. Whether the
+    rule spared a method's good settings is checked, not assumed: its untuned default is
+    run unpruned as a reference (`seqpar.tune.defaults`)."""
+    half = math.ceil(plan.spec.train.steps / 2)
+    warm = plan.tune.pruner.warmup_steps
+    return max(half, warm) if warm is not None else half
 
 
 def _check_space(plan: TunePlan) -> None:

@@ -26,6 +26,7 @@ extra evaluation. The test split is read only from the final re-runs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import shutil
 import socket
@@ -56,7 +57,8 @@ from seqpar.spec import SpecError, validate_spec
 from seqpar.sweep.claim import Owner, file_lock, is_live, pid_alive, read_claim, try_claim
 from seqpar.sweep.launch import WorkerJob
 from seqpar.train.runner import StopRequest
-from seqpar.tune.space import TunePlan, load_tune, spec_yaml
+from seqpar.tune.defaults import default_values, run_defaults, verdict, wait_for_defaults
+from seqpar.tune.space import TunePlan, load_tune, pruner_warmup, spec_yaml
 
 POLL_S = 2.0
 
@@ -100,11 +102,12 @@ def _pruner(plan: TunePlan) -> Any:
     import optuna
 
     cfg = plan.tune.pruner
+    # Either pruner judges a trial only in the second half of its budget (`pruner_warmup`).
     if cfg.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_steps)
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=pruner_warmup(plan))
     if cfg.type == "hyperband":
         tr = plan.spec.train
-        return optuna.pruners.HyperbandPruner(min_resource=tr.eval_every, max_resource=tr.steps)
+        return optuna.pruners.HyperbandPruner(min_resource=max(tr.eval_every, pruner_warmup(plan)), max_resource=tr.steps)
     return optuna.pruners.NopPruner()
 
 
@@ -341,17 +344,27 @@ def best_trials(plan: TunePlan, studies: list[Any]) -> dict[str, Any]:
     return out
 
 
-def best_spec(plan: TunePlan, studies: list[Any]) -> tuple[dict[str, Any] | None, str]:
-    """`best.yaml`: the base spec with each method's winning values, swept over the tune seeds; and its header."""
+def best_spec(plan: TunePlan, studies: list[Any], defaults: dict[str, float | None] | None = None) -> tuple[dict[str, Any] | None, str]:
+    """`best.yaml`: the base spec with each method's winning values, swept over the tune seeds; and its header.
+
+    `defaults`: each method's untuned validation loss (`seqpar.tune.defaults`); a method whose
+    best trial does not beat it keeps its untuned settings, and the header says so."""
     best = best_trials(plan, studies)
     methods, lines = [], []
     for i, label in enumerate(plan.labels):
         t = best[label]
+        d = (defaults or {}).get(label)
+        if verdict(None if t is None else t.value, d) == "default":
+            methods.append(copy.deepcopy(plan.base["methods"][i]))
+            beaten = "no completed trial" if t is None else f"best trial {t.number}: {t.value:.4g}"
+            lines.append(f"#   {label}: untuned default kept: validation rollout loss {d:.4g} ({beaten})")
+            continue
         if t is None:
             lines.append(f"#   {label}: no completed trial (left out)")
             continue
         methods.append(plan.trial_raw(i, _values(plan, i, t))["methods"][0])
-        lines.append(f"#   {label}: trial {t.number}, validation rollout loss {t.value:.4g}, {_params(t.params)}")
+        ref = "" if d is None else f" (untuned default {d:.4g})"
+        lines.append(f"#   {label}: trial {t.number}, validation rollout loss {t.value:.4g}{ref}, {_params(t.params)}")
     if not methods:
         return None, ""
     raw = {k: v for k, v in plan.base.items() if k != "methods"}
@@ -394,7 +407,9 @@ def final_runs(plan: TunePlan, study_dir: Path, studies: list[Any], job: WorkerJ
     from seqpar.sweep.plan import expand
     from seqpar.train.runner import run_experiment
 
-    raw, header = best_spec(plan, studies)
+    if wait_for_defaults(study_dir, signals):  # another worker may still be running them
+        return True
+    raw, header = best_spec(plan, studies, default_values(plan, study_dir))
     if raw is None:
         return False
     best_path = Path(study_dir) / BEST_SPEC
@@ -434,6 +449,8 @@ def tune_worker(job: WorkerJob, on_trial: Callable[[str, Any, dict[str, Any]], N
 
     with stop_on_signals() as stop:
         studies = open_studies(plan, study_dir, storage, salt)
+        if run_defaults(plan, study_dir, job, stop):  # the untuned reference, once per study (claimed)
+            return 130
         if search(plan, study_dir, studies, owner, stop, on_trial or say, job.tensorboard):
             return 130
         if final_runs(plan, study_dir, studies, job, stop):
@@ -476,6 +493,7 @@ def report(plan: TunePlan, study_dir: Path, storage: Any) -> dict[str, Any]:
 
     studies = [optuna.load_study(study_name=study_name(plan, i), storage=storage) for i in range(len(plan.labels))]
     best = best_trials(plan, studies)
+    defaults = default_values(plan, study_dir)
     finals = _final_results(Path(study_dir) / FINAL)
     methods = []
     for i, (label, study) in enumerate(zip(plan.labels, studies, strict=True)):
@@ -492,6 +510,8 @@ def report(plan: TunePlan, study_dir: Path, storage: Any) -> dict[str, Any]:
                 "trials": counts(study),
                 "time_s": spent,
                 "best": None if t is None else {"trial": t.number, "value": t.value, "params": t.params, "dir": t.user_attrs.get("dir")},
+                # The untuned spec's validation loss and which of the two best.yaml took (tuned, default, unchecked).
+                "default": {"value": defaults[label], "chosen": verdict(None if t is None else t.value, defaults[label])},
                 "final": runs,
                 "test_mean": statistics.fmean(test) if test else None,
                 "test_std": statistics.stdev(test) if len(test) > 1 else (0.0 if test else None),
