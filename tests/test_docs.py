@@ -181,6 +181,7 @@ def test_reference_lists_every_registered_name_and_field():
         for cls in members:
             name = cls.model_fields["type"].default
             assert f"{kind}: `type: {name}`" in text, (kind, name)
+            assert hook._describe_class(cls, registered=True), f"{kind} {name}: no docstring to describe its type"
             for key, f in cls.model_fields.items():
                 if key != "type":
                     assert f"| `{f.alias or key}` |" in text, (kind, name, key)

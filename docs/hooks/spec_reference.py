@@ -183,7 +183,7 @@ def render(ref: Reference | None = None) -> str:
             out += [f"## {b.title} {{#{b.anchor}}}", ""]
             if len(b.used_by) > 1:
                 out += [f"Used at {_paths(b.used_by)}.", ""]
-        doc = _describe_class(b.cls)
+        doc = _describe_class(b.cls, registered=b.group is not None)
         if doc:
             out += [doc, ""]
         rows = [(k, f) for k, f in b.cls.model_fields.items() if not (b.group and k == "type")]
@@ -202,10 +202,11 @@ def _paths(paths: list[str]) -> str:
     return ", ".join(f"`{p}`" for p in dict.fromkeys(paths))
 
 
-def _describe_class(cls: type) -> str:
-    """The class's own docstring, else its module's first line (every module opens with one)."""
+def _describe_class(cls: type, registered: bool) -> str:
+    """The class's own docstring, else for a registered class its module's first paragraph (a
+    registered class has a module of its own, and every module opens with a docstring)."""
     doc = cls.__dict__.get("__doc__") or ""
-    if not doc.strip():
+    if not doc.strip() and registered:
         module = sys.modules.get(cls.__module__)
         doc = ((module.__doc__ if module else None) or "").strip().split("\n\n")[0]
     return " ".join(doc.split())
