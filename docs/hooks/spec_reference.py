@@ -193,9 +193,16 @@ def render(ref: Reference | None = None) -> str:
         out += ["| key | type | default | bounds | description |", "|---|---|---|---|---|"]
         for key, f in rows:
             cells = [f"`{f.alias or key}`", _type(f.annotation, by_cls, by_members), _default(f), _bounds(f), f.description or ""]
-            out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def _cell(text: str) -> str:
+    """One table cell: on one line, a pipe escaped outside code spans (inside them the table
+    extension leaves it alone, and an escape would show)."""
+    parts = text.replace("\n", " ").split("`")
+    return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
 def _paths(paths: list[str]) -> str:
