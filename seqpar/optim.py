@@ -35,10 +35,12 @@ class OptimizerConfig(Config):
 
 @OPTIMIZERS.register("adam")
 class AdamConfig(OptimizerConfig):
+    """Adam (Kingma & Ba 2015), `optax.adam`."""
+
     type: Literal["adam"] = "adam"
-    b1: float = Field(0.9, ge=0, lt=1)
-    b2: float = Field(0.999, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
+    b1: float = Field(0.9, ge=0, lt=1, description="decay rate of the first-moment (mean) estimate")
+    b2: float = Field(0.999, ge=0, lt=1, description="decay rate of the second-moment estimate")
+    eps: float = Field(1e-8, gt=0, description="added to the root of the second moment, for stability")
 
     def _base(self):
         return optax.adam(self.lr, b1=self.b1, b2=self.b2, eps=self.eps)
@@ -46,8 +48,10 @@ class AdamConfig(OptimizerConfig):
 
 @OPTIMIZERS.register("adamw")
 class AdamWConfig(AdamConfig):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), `optax.adamw`."""
+
     type: Literal["adamw"] = "adamw"  # type: ignore[assignment]
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay, applied to every parameter")
 
     def _base(self):
         return optax.adamw(self.lr, b1=self.b1, b2=self.b2, eps=self.eps, weight_decay=self.weight_decay)
@@ -55,9 +59,11 @@ class AdamWConfig(AdamConfig):
 
 @OPTIMIZERS.register("sgd")
 class SGDConfig(OptimizerConfig):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum, `optax.sgd`."""
+
     type: Literal["sgd"] = "sgd"
-    momentum: float = Field(0.0, ge=0, lt=1)
-    nesterov: bool = False
+    momentum: float = Field(0.0, ge=0, lt=1, description="momentum (0: plain SGD)")
+    nesterov: bool = Field(False, description="Nesterov momentum instead of heavy-ball")
 
     def _base(self):
         return optax.sgd(self.lr, momentum=self.momentum or None, nesterov=self.nesterov)

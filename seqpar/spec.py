@@ -120,11 +120,11 @@ class TrainConfig(Config):
 
 class Spec(Config):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, description="experiment name (directory-safe)")
-    seed: int = Field(0, ge=0)
-    task: TaskSpec
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig
-    methods: list[MethodSpec] = Field(min_length=1)
+    seed: int = Field(0, ge=0, description="root PRNG key, split by purpose: data, initial weights, training")
+    task: TaskSpec = Field(description="the task: data, loss, accuracy and memoryless baseline, chosen by type")
+    model: ModelConfig = Field(ModelConfig(), description="the recurrent model every method trains")
+    train: TrainConfig = Field(description="the budget, evaluation and targets shared by every method")
+    methods: list[MethodSpec] = Field(min_length=1, description="the training methods, each chosen by type, run in order")
 
     @model_validator(mode="before")
     @classmethod

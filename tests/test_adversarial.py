@@ -627,8 +627,8 @@ def test_help_and_errors_print_brackets_as_written(tiny_spec, write_spec, tmp_pa
     _one_line_exit_2(res, "pip install 'seqpar[tb]'")
 
 
-def test_readme_says_which_parallel_evals_log_jacobi_rollout_dist():
-    text = " ".join((REPO / "README.md").read_text().split())
+def test_docs_say_which_parallel_evals_log_jacobi_rollout_dist():
+    text = " ".join((REPO / "docs" / "guide" / "methods.md").read_text().split())
     at = text.index("(`jacobi_rollout_dist`")
     assert "`refresh: jacobi`" in text[at - 200 : at], text[at - 200 : at + 50]
 

@@ -93,6 +93,8 @@ class ScheduleConfig(Config):
 
 @SCHEDULES.register("constant")
 class ConstantSchedule(ScheduleConfig):
+    """The multiplier is 1 at every step: the plain consistency weight."""
+
     type: Literal["constant"] = "constant"
 
     def build(self):
@@ -119,6 +121,8 @@ class RampSchedule(ScheduleConfig):
 
 @SCHEDULES.register("linear")
 class LinearSchedule(RampSchedule):
+    """Moves the multiplier from `start` to `end` linearly over `steps` steps, then holds `end`."""
+
     type: Literal["linear"] = "linear"
 
     def shape(self, frac):
@@ -127,6 +131,8 @@ class LinearSchedule(RampSchedule):
 
 @SCHEDULES.register("cosine")
 class CosineSchedule(RampSchedule):
+    """Moves the multiplier from `start` to `end` along a half cosine over `steps` steps, then holds `end`."""
+
     type: Literal["cosine"] = "cosine"
 
     def shape(self, frac):
