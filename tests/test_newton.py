@@ -298,6 +298,10 @@ def test_unstable_cell_undamped_run_diverges_and_damped_run_completes():
         ({"damping": -1.0}, "methods.0.damping"),
         ({"max_iters": 0}, "methods.0.max_iters"),
         ({"warm_start": "table"}, "methods.0.warm_start"),
+        ({"tol": "fast"}, "methods.0.tol"),
+        ({"tol": 0.0}, "methods.0.tol"),
+        ({"adjoint": "magic"}, "methods.0.adjoint"),
+        ({"jacobian": "diagonal", "gradient": "diagonal", "adjoint": "parallel"}, "methods.0.adjoint: only meaningful with gradient: exact"),
     ],
 )
 def test_bad_deer_options_name_the_key(options, message):
@@ -352,3 +356,47 @@ def test_memory_estimate_covers_the_compiled_step(method):
     est = memory.estimate(spec)
     mb = compiled_memory_mb(compiled)
     assert mb is not None and mb * 2**20 <= est.total - est.overhead
+
+
+# ----------------------------------------------------------------------------- stopping rule
+
+
+def test_a_solve_stopped_at_max_iters_returns_its_best_iterate_and_says_so():
+    """Plain quasi-DEER on an expanding cell wanders before it converges: the solver returns the
+    iterate of lowest residual (the yardstick's plain iterates, computed apart), not the last one."""
+    from seqpar.bench.yardstick import yardstick_solve
+    from seqpar.model.newton import residual
+
+    model, params = build_model(_unstable(1.5), IN, 8, OUT, jax.random.key(0))
+    x = jax.nn.one_hot(jax.random.randint(jax.random.key(5), (1, 16), 0, IN), IN)
+    guess = jnp.zeros((1, 16, model.state_dim))
+    s0 = model.initial_state()
+
+    @jax.jit
+    def compute(params):
+        def res(states):
+            return residual(lambda s, xt: model.step(params, s, xt), s0, x[0], states[0])
+
+        states, stats = solve_states(model, params, x, guess, NewtonOptions("diagonal", max_iters=4, tol=1e-9))
+        return res(states), stats, jnp.stack([res(yardstick_solve(model, "elman", params, x, k)) for k in range(5)])
+
+    returned, stats, plain = compute(params)
+    assert not bool(stats.converged[0]) and int(stats.iterations[0]) == 4
+    best = int(jnp.argmin(plain))
+    assert np.all(np.isfinite(plain)) and 0 < best < 4  # neither the guess nor the last iterate
+    np.testing.assert_allclose(float(stats.residual[0]), float(plain[best]), rtol=1e-5)
+    np.testing.assert_allclose(float(returned), float(stats.residual[0]), rtol=1e-5)
+
+
+def test_tol_auto_stops_at_the_dtype_accuracy_with_no_more_iterations_than_a_tight_tol():
+    model, params = _model("gru")
+    x = jax.random.normal(jax.random.key(5), (N, T, IN))
+    guess = jnp.zeros((N, T, model.state_dim))
+    auto_states, auto = solve_states(model, params, x, guess, NewtonOptions("diagonal", tol="auto"))
+    _, tight = solve_states(model, params, x, guess, NewtonOptions("diagonal", tol=1e-7))
+    assert bool(jnp.all(auto.converged))
+    assert bool(jnp.all(auto.iterations <= tight.iterations))
+    scale = np.max(np.linalg.norm(np.asarray(auto_states), axis=-1), axis=-1)
+    bound = np.sqrt(np.finfo(np.float32).eps) * (1.0 + scale)
+    # Stopped by the residual (at most the bound) or by a step no longer than it (then within ~it of the rollout).
+    np.testing.assert_allclose(auto_states, rollout_states(model, params, x), atol=float(np.max(bound)))
