@@ -301,7 +301,10 @@ def test_unstable_cell_undamped_run_diverges_and_damped_run_completes():
         ({"tol": "fast"}, "methods.0.tol"),
         ({"tol": 0.0}, "methods.0.tol"),
         ({"adjoint": "magic"}, "methods.0.adjoint"),
-        ({"jacobian": "diagonal", "gradient": "diagonal", "adjoint": "parallel"}, "methods.0.adjoint: only meaningful with gradient: exact"),
+        (
+            {"jacobian": "diagonal", "gradient": "diagonal", "adjoint": "parallel"},
+            "methods.0.adjoint: only meaningful with gradient: exact",
+        ),
     ],
 )
 def test_bad_deer_options_name_the_key(options, message):

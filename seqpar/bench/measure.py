@@ -184,6 +184,27 @@ def measure(exp, cfg, grid: Grid) -> dict[str, Any]:
     return out
 
 
+def time_function(fn: Callable, args: tuple, grid: Grid) -> tuple[dict[str, Any], Any]:
+    """Compile `jax.jit(fn)` for `args` apart, warm up, then time calls as `measure` times steps;
+    returns the measurement and the last output."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    out = None
+
+    def one():
+        nonlocal out
+        out = jax.block_until_ready(compiled(*args))
+
+    for _ in range(grid.warmup):
+        one()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < grid.max_repeats and (len(times) < grid.min_repeats or time.perf_counter() - start < grid.min_time_s):
+        times.append(_timed(one))
+    return {"compile_s": compile_s, "step_ms": summarize_ms(times), **_cost(compiled), "memory": _memory(compiled)}, out
+
+
 def too_big(pspec: Spec, cfg) -> str | None:
     """Why `cfg` cannot run at this point (its memory estimate exceeds the machine's), or None."""
     from seqpar.train import memory
@@ -275,7 +296,7 @@ def run_bench(
                 trained = [r for r in rows if quasi is not None and r["label"] == quasi.display_label]
                 if trained:
                     iters = max(1, round(trained[0]["step_metrics"].get("newton_iters_max", 1.0)))
-                    for row in yardstick_rows(exp, quasi, cell, grid, iters):
+                    for row in yardstick_rows(exp, quasi, cell, grid, iters, time_function):
                         result["yardstick"].append(row)
                         if on_point:
                             on_point(row)

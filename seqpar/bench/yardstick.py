@@ -18,7 +18,7 @@ solve's per-iteration time over the yardstick's.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -77,34 +77,14 @@ def yardstick_solve(model, cell: str, params, x: jax.Array, iters: int) -> jax.A
     return jax.vmap(row)(x)
 
 
-def _time(fn, args, grid) -> tuple[dict[str, Any], Any]:
-    from seqpar.bench.measure import _cost, _memory, _timed, summarize_ms
-
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    out = None
-
-    def one():
-        nonlocal out
-        out = jax.block_until_ready(compiled(*args))
-
-    for _ in range(grid.warmup):
-        one()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < grid.max_repeats and (len(times) < grid.min_repeats or time.perf_counter() - start < grid.min_time_s):
-        times.append(_timed(one))
-    return {"compile_s": compile_s, "step_ms": summarize_ms(times), **_cost(compiled), "memory": _memory(compiled)}, out
-
-
-def yardstick_rows(exp, cfg, cell: str, grid, iters: int) -> list[dict[str, Any]]:
-    """seqpar's solve and the yardstick at this point, `iters` iterations each (see the module doc)."""
+def yardstick_rows(exp, cfg, cell: str, grid, iters: int, timed: Callable) -> list[dict[str, Any]]:
+    """seqpar's solve and the yardstick at this point, `iters` iterations each (see the module doc);
+    `timed(fn, args, grid) -> (measurement, output)` compiles and times as the bench does."""
     model, params, x = exp.model, exp.init_params, exp.train.x
     guess = jnp.zeros((*x.shape[:2], model.state_dim), x.dtype)
     opts = NewtonOptions(cfg.jacobian, max_iters=iters, tol=0.0)
-    solve, (_, stats) = _time(lambda p, x: solve_states(model, p, x, guess, opts), (params, x), grid)
-    yard, _ = _time(lambda p, x: yardstick_solve(model, cell, p, x, iters), (params, x), grid)
+    solve, (_, stats) = timed(lambda p, x: solve_states(model, p, x, guess, opts), (params, x), grid)
+    yard, _ = timed(lambda p, x: yardstick_solve(model, cell, p, x, iters), (params, x), grid)
     solve_iters = float(np.mean(np.asarray(stats.iterations)))
     rows = []
     for label, method, m, it in ((f"{cfg.display_label} solve", "newton-solve", solve, solve_iters), (YARDSTICK, YARDSTICK, yard, iters)):

@@ -8,21 +8,30 @@ the same scan backwards in time; the Newton loop is never differentiated. At
 convergence the states are the rollout's and the gradient (`gradient: exact`) is
 BPTT's, so DEER is BPTT computed in log T depth per iteration instead of T steps.
 
-- `jacobian: full` (DEER, Lim et al. 2024): `J_t` by forward-mode autodiff, S×S per
-  step; few iterations, each O(T·S³) work. `diagonal` (quasi-DEER, Gonzalez et al.
-  2024): the cell's analytic diagonal; elementwise scans, more iterations. For a cell
-  whose recurrence is linear and diagonal in the state (mingru) the diagonal is the
-  whole Jacobian: one iteration, the minGRU paper's parallel scan.
+- `jacobian: full` (DEER, Lim et al. 2024): the cell's analytic S×S Jacobian per step;
+  few iterations, each O(T·S³) work. `diagonal` (quasi-DEER, Gonzalez et al. 2024): its
+  diagonal; elementwise scans, more iterations. On a cell whose exact Jacobian is
+  structured (`Cell.jacobian_structure`: diagonal for mingru and paragru, 2×2 blocks per
+  unit for paralstm) both settings are full Newton in that structure, never an S×S
+  matrix; for mingru (linear and diagonal in the state) one iteration, the minGRU
+  paper's parallel scan.
+- `gradient: exact`: BPTT's gradient by the adjoint; `adjoint` says how a `full` cell's is
+  solved: `sequential` (reverse scan of per-step VJPs, BPTT's cost), `parallel` (S×S
+  associative scan, log T depth, for accelerators), `auto` (sequential on CPU, parallel
+  elsewhere). A structured cell's exact adjoint is its elementwise/block scan.
 - `gradient: diagonal` (only with `jacobian: diagonal`): the adjoint with the diagonal
-  Jacobians too, an approximate gradient that never builds an S×S block.
+  Jacobians too, an approximate gradient that never builds an S×S block (exact on a
+  structured cell).
+- `tol: auto` (the default): stop at `sqrt(eps) · (1 + max_t ‖s_t‖)` for the states'
+  dtype (`seqpar.model.newton`), where float32 Newton stops improving.
 - `damping` λ > 0: ELK's Levenberg–Marquardt step (a parallel Kalman filter), for
   cells whose linearisation expands and would overflow plain Newton.
 - `warm_start: previous` keeps each training sequence's last solution as a per-row
   state (sharded like the embedding table) and starts its next solve there (the DEER
   paper's training trick); `zeros` starts every solve from zeros.
 
-Newton stops at `tol` or after `max_iters`; a row that hits `max_iters` unconverged is
-counted (never silent): `newton_hit_max` in the step, `newton_hit_max_total` over the
+Newton stops at `tol` or after `max_iters`; a row that hits `max_iters` unconverged keeps
+its best iterate (lowest residual) and is counted (never silent): `newton_hit_max` in the step, `newton_hit_max_total` over the
 run so far. A non-finite state makes the loss non-finite, so the loop marks the run
 `diverged`.
 """
@@ -38,6 +47,7 @@ from pydantic import Field, model_validator
 
 from seqpar.config import KeyedError
 from seqpar.methods.base import METHODS, Method, MethodConfig
+from seqpar.model.cells.base import JacobianStructure
 from seqpar.model.newton import (
     BLOCKS_PER_TRANSITION,
     DAMPED_BLOCKS_PER_TRANSITION,
@@ -188,7 +198,7 @@ class DEER(Method):
         forward = per_block * block_floats(structure, s, k)
         plan = adjoint_plan(self.model, self.gradient, self.cfg.adjoint)
         # The sequential adjoint stores no Jacobian (λ and the states only: diagonal-sized).
-        adjoint_structure = {"structured": structure, "diagonal": "diagonal", "sequential": "diagonal", "parallel": "full"}[plan]
+        adjoint_structure: JacobianStructure = "full" if plan == "parallel" else structure if plan == "structured" else "diagonal"
         adjoint = BLOCKS_PER_TRANSITION * block_floats(adjoint_structure, s, k)
         step = batch * length * max(forward, adjoint)
         evaluation = min(rows_per_chunk(structure, length, s, k), sequences) * length * forward

@@ -90,6 +90,8 @@ class Model:
 
 
 def _view(graphdef: Any, cell: Cell, hidden: int) -> Model:
+    if cell.state_dim % cell.jacobian_block:  # a cell's own declaration, checked once: no user input sets it
+        raise ValueError(f"{type(cell).__name__}: jacobian_block={cell.jacobian_block} must divide state_dim={cell.state_dim}")
     return Model(graphdef, cell.state_dim, hidden, cell.linear_recurrence, cell.jacobian_structure, cell.jacobian_block)
 
 
