@@ -28,13 +28,10 @@ the scale in float32), the accuracy at which float32 Newton stops improving. A s
 that stops at `max_iters` unconverged returns its best iterate (lowest residual);
 the caller counts it (`NewtonStats.converged`).
 
-Damping (ELK, "Evaluating Levenberg-Marquardt with Kalman", same paper): with
-`damping` λ > 0 the step minimises the linearised residual plus `λ Σ_t ‖s_t − s^k_t‖²`,
-a trust region around the current guess. That is inference in a linear-Gaussian
-state-space model (dynamics the linearisation with unit noise, observations the
-current guess with variance 1/λ), done by a parallel Kalman filter
-(Särkkä & García-Fernández 2021) over the same associative scan. As in the authors'
-reference code, the next iterate is the *filtered* mean.
+Damping (ELK, same paper): with `damping` λ > 0 the step minimises the linearised
+residual plus `λ Σ_t ‖s_t − s^k_t‖²`, a trust region around the current guess: inference
+in a linear-Gaussian state-space model done by a parallel Kalman filter (Särkkä &
+García-Fernández 2021); as in the authors' code, the next iterate is the filtered mean.
 
 Gradients never pass through the Newton loop: `implicit_states` returns the solved
 states with a `jax.custom_vjp` whose backward pass is the adjoint of the recurrence,
@@ -89,8 +86,7 @@ class NewtonStats(NamedTuple):
 
 
 class _Ops(NamedTuple):
-    """Products of Jacobian-like blocks: matrices `(..., S, S)`, diagonals `(..., S)` or unit
-    blocks `(..., n, k, k)` acting on state vectors `(..., S)` laid out as k chunks of n."""
+    """Products of matrices `(..., S, S)`, diagonals `(..., S)` or unit blocks `(..., n, k, k)` (on k chunks of n)."""
 
     mm: Callable[[jax.Array, jax.Array], jax.Array]  # block @ block
     mv: Callable[[jax.Array, jax.Array], jax.Array]  # block @ vector
@@ -98,8 +94,8 @@ class _Ops(NamedTuple):
     inv1p: Callable[[jax.Array], jax.Array]  # (I + a)^{-1}
 
 
-def _eye_plus(a: jax.Array) -> jax.Array:
-    return jnp.eye(a.shape[-1], dtype=a.dtype) + a
+def _inv1p(a: jax.Array) -> jax.Array:
+    return jnp.linalg.inv(jnp.eye(a.shape[-1], dtype=a.dtype) + a)
 
 
 def _units(v: jax.Array, k: int) -> jax.Array:
@@ -115,7 +111,7 @@ FULL = _Ops(
     mm=jnp.matmul,
     mv=lambda a, v: jnp.einsum("...ij,...j->...i", a, v),
     t=lambda a: jnp.swapaxes(a, -1, -2),
-    inv1p=lambda a: jnp.linalg.inv(_eye_plus(a)),
+    inv1p=_inv1p,
 )
 DIAGONAL = _Ops(mm=jnp.multiply, mv=jnp.multiply, t=lambda a: a, inv1p=lambda a: 1.0 / (1.0 + a))
 # k is 2 or so: broadcast products vectorise where a batched k×k matmul would not.
@@ -123,7 +119,7 @@ BLOCK = _Ops(
     mm=lambda a, b: jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2),
     mv=lambda a, v: _flat(jnp.sum(a * _units(v, a.shape[-1])[..., None, :], axis=-1)),
     t=lambda a: jnp.swapaxes(a, -1, -2),
-    inv1p=lambda a: jnp.linalg.inv(_eye_plus(a)),
+    inv1p=_inv1p,
 )
 
 
@@ -220,14 +216,12 @@ def residual(step: StepFn, s0: jax.Array, x: jax.Array, states: jax.Array) -> ja
 def newton_solve(
     step_jac: StepJacFn, s0: jax.Array, px: jax.Array, guess: jax.Array, opts: NewtonOptions, structure: JacobianStructure
 ) -> tuple[jax.Array, NewtonStats]:
-    """The states `(T, S)` of `s_t = f(s_{t-1}, px_t)` from `s_0`, by Newton from `guess`.
-
+    """The states `(T, S)` of `s_t = f(s_{t-1}, px_t)` from `s_0`, by Newton from `guess`;
     `step_jac(s, px_t)` is `(f, d f / d s)` from one pass, the Jacobian in `structure`.
-    Stops when the residual is at most `tol` (then no update is needed: a converged guess
-    costs no solve, and a linear cell solved exactly stops after one), or, without
-    damping, when an update moves no state by more than `tol` (a damped step is short by
-    design, so it says nothing there); or after `max_iters` solves (returning the iterate
-    of lowest residual), or when a state is not finite (returned as it is: the caller sees it).
+
+    Stops when the residual is at most `tol` (a converged guess costs no solve), or, undamped,
+    when no state moves by more than `tol` (a damped step is short by design); after `max_iters`
+    solves (returning the iterate of lowest residual); or at a non-finite state (returned as is).
     """
     o = ops(structure)
     evaluate = jax.vmap(step_jac)
@@ -298,8 +292,7 @@ def adjoint_plan(layer: Layer, gradient: Jacobian, adjoint: Adjoint) -> str:
     return adjoint
 
 
-# Steps per iteration of the sequential adjoint's loop: on CPU a loop iteration costs about as
-# much as a small step, and 8 is where tuned BPTT lands at T = 1024-4096, hidden 64 (seqpar bench).
+# Steps per loop iteration of the sequential adjoint (a CPU loop iteration costs about a small step): tuned BPTT's.
 ADJOINT_UNROLL = 8
 
 
@@ -338,11 +331,10 @@ def _adjoint(layer, plan, params, px, states, g):
 def _implicit_bwd(layer, plan, res, g):
     params, s0, x, states = res
     lam = _adjoint(layer, plan, params, layer.project(params, x), states, g)
-    # One VJP of the cell over every step at once: Σ_t (∂f(s_{t-1}, x_t)/∂(θ, s_0, x))ᵀ λ_t.
-    prev_rest = states[:-1]
 
+    # One VJP of the cell over every step at once: Σ_t (∂f(s_{t-1}, x_t)/∂(θ, s_0, x))ᵀ λ_t.
     def cells(p, s0_, x_):
-        prev = jnp.concatenate([s0_[None], prev_rest])
+        prev = jnp.concatenate([s0_[None], states[:-1]])
         return jax.vmap(layer.step_projected, in_axes=(None, 0, 0))(p, prev, layer.project(p, x_))
 
     _, vjp = jax.vjp(cells, params, s0, x)
@@ -364,8 +356,7 @@ def solve_rows(solve_one: Callable, x: jax.Array, guess: jax.Array, chunk: int |
 # ----------------------------------------------------------------------------- the model's recurrence
 
 # Rows solved together when a whole set is solved (an evaluation, a table refresh): at most
-# this many floats of Jacobian blocks per chunk, so a full-Jacobian solve of N rows holds
-# one chunk's buffers, not N rows'.
+# this many floats of Jacobian blocks per chunk (one chunk's buffers, not N rows').
 CHUNK_BLOCK_FLOATS = 2**22
 
 # Jacobian-sized buffers per (sequence, step) while a step runs, in blocks (S² floats for a full
