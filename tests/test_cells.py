@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import yaml
 
 from seqpar.methods import METHODS
 from seqpar.methods.bptt import BPTTConfig
@@ -55,7 +56,7 @@ def _reference(cell):
 
 
 def test_the_zoo_is_registered():
-    assert set(CELL_NAMES) >= {"elman", "gru", "lstm", "mingru"}
+    assert set(CELL_NAMES) >= {"elman", "gru", "lstm", "mingru", "paragru", "paralstm"}
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
@@ -158,3 +159,29 @@ def test_every_cell_with_every_method_trains(cell, method):
     assert record["steps_done"] == 2
     assert np.isfinite(record["final"]["rollout_loss_test"])
     assert np.isfinite(record["final"]["objective"])
+
+
+@pytest.mark.parametrize(
+    "cell, expect",
+    [
+        ({"type": "paragru", "heads": 2}, ["model.cell.heads", "recurrent_init"]),  # unknown option: the known ones listed
+        ({"type": "paralstm", "peephole": "maybe"}, ["model.cell.peephole", "bool"]),
+        ({"type": "paralstm", "recurrent_init": 0}, ["model.cell.recurrent_init", "greater than 0"]),
+        ({"type": "gru", "forget_bias": 1.0}, ["model.cell.forget_bias"]),  # an lstm option on a gru
+    ],
+    ids=["unknown option", "wrong type", "out of range", "another cell's option"],
+)
+def test_bad_cell_options_are_one_line_naming_the_key_exit_2(tmp_path, cell, expect):
+    from typer.testing import CliRunner
+
+    from seqpar.cli import app
+
+    raw = _tiny_spec("gru", "bptt").model_dump(mode="json") | {"model": {"cell": cell, "hidden": HIDDEN}}
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["run", str(spec), "--out", str(tmp_path / "out"), "--quiet"])
+    msg = res.output.strip()
+    assert res.exit_code == 2 and len(msg.splitlines()) == 1, msg
+    for s in expect:
+        assert s in msg, (s, msg)
+    assert not (tmp_path / "out").exists()

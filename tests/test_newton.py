@@ -16,9 +16,11 @@ from flax import nnx
 
 from seqpar.methods.bptt import BPTTConfig
 from seqpar.model.cells import CELLS, Cell, CellConfig
+from seqpar.model.cells.base import dense_jacobian
 from seqpar.model.cells.elman import ElmanConfig
 from seqpar.model.model import build_model
 from seqpar.model.newton import (
+    Adjoint,
     Jacobian,
     NewtonOptions,
     differentiable_states,
@@ -45,20 +47,22 @@ def _model(cell, key=0):
 # ----------------------------------------------------------------------------- linear solves
 
 
-def _random_blocks(key, jacobian, s=3, t=7):
+def _random_blocks(key, jacobian, t=7):
     ka, kb, ky = jax.random.split(key, 3)
-    a = 0.9 * jax.random.normal(ka, (t, s, s) if jacobian == "full" else (t, s))
+    s = 4 if jacobian == "block" else 3
+    shape = {"full": (t, s, s), "diagonal": (t, s), "block": (t, s // 2, 2, 2)}[jacobian]  # block: 2×2 per unit
+    a = 0.9 * jax.random.normal(ka, shape)
     return a.at[0].set(0.0), jax.random.normal(kb, (t, s)), jax.random.normal(ky, (t, s))
 
 
-def _dense(a):
-    return np.asarray(a) if a.ndim == 3 else np.stack([np.diag(r) for r in np.asarray(a)])
+def _dense(a, jacobian):
+    return np.stack([np.asarray(dense_jacobian(r, jacobian)) for r in a])
 
 
-@pytest.mark.parametrize("jacobian", ["full", "diagonal"])
+@pytest.mark.parametrize("jacobian", ["full", "diagonal", "block"])
 def test_scans_solve_the_linear_recurrences_of_a_plain_loop(jacobian):
     a, b, _ = _random_blocks(jax.random.key(0), jacobian)
-    A, B = _dense(a), np.asarray(b)
+    A, B = _dense(a, jacobian), np.asarray(b)
     h, forward = np.zeros(B.shape[1]), []
     for t in range(len(B)):
         h = A[t] @ h + B[t]
@@ -71,11 +75,11 @@ def test_scans_solve_the_linear_recurrences_of_a_plain_loop(jacobian):
     np.testing.assert_allclose(reverse_linear_recurrence(a, b, jacobian), backward, atol=1e-5)
 
 
-@pytest.mark.parametrize("jacobian", ["full", "diagonal"])
+@pytest.mark.parametrize("jacobian", ["full", "diagonal", "block"])
 def test_parallel_kalman_filter_is_the_sequential_filter(jacobian):
     """ELK's damped step: the filtered means of dynamics a s + b (unit noise) observed as y (variance 1/λ)."""
     a, b, y = _random_blocks(jax.random.key(1), jacobian)
-    A, B, Y, lam = _dense(a), np.asarray(b), np.asarray(y), 0.7
+    A, B, Y, lam = _dense(a, jacobian), np.asarray(b), np.asarray(y), 0.7
     s = B.shape[1]
     m, p, means = np.zeros(s), np.zeros((s, s)), []
     for t in range(len(B)):
@@ -89,17 +93,42 @@ def test_parallel_kalman_filter_is_the_sequential_filter(jacobian):
 # ----------------------------------------------------------------------------- cells
 
 
+def _outside_structure(model) -> np.ndarray:
+    """True where the cell's declared Jacobian structure says d s'_i / d s_j is exactly zero."""
+    s, k = model.state_dim, model.jacobian_block
+    if model.jacobian_structure == "full":
+        return np.zeros((s, s), bool)
+    if model.jacobian_structure == "diagonal":
+        return ~np.eye(s, dtype=bool)
+    unit = np.arange(s) % (s // k)  # entry a n + j belongs to unit j
+    return unit[:, None] != unit[None, :]
+
+
 @pytest.mark.parametrize("cell", CELL_NAMES)
-def test_every_cell_has_an_analytic_jacobian_diagonal_equal_to_jacfwd(cell):
-    """A new cell runs with the base class's jacfwd fallback, but must write the diagonal out (this test)."""
+def test_every_cell_writes_its_structured_jacobian_out_and_it_is_jacfwd(cell):
+    """One pass gives the next state and the exact Jacobian in the declared structure; jacfwd agrees,
+    and is exactly zero where the structure says so. A new cell runs with the base class's jacfwd
+    fallback, but must write the Jacobian out (this test)."""
     model, params = _model(cell)
     cls = type(CELLS.get(cell)().build(IN, HIDDEN, rngs=nnx.Rngs(0)))
-    assert cls.diag_jacobian is not Cell.diag_jacobian, f"{cell}: write diag_jacobian analytically (jacfwd costs state_dim passes)"
+    assert cls.step_and_jacobian is not Cell.step_and_jacobian, f"{cell}: write step_and_jacobian analytically"
+    assert model.state_dim % model.jacobian_block == 0
     ks, kx = jax.random.split(jax.random.key(2))
+    outside = _outside_structure(model)
     for scale in (0.5, 2.0):  # around zero and in saturation
         s = scale * jax.random.normal(ks, (model.state_dim,))
         x = scale * jax.random.normal(kx, (IN,))
-        np.testing.assert_allclose(model.diag_jacobian(params, s, x), jnp.diagonal(model.jacobian(params, s, x)), atol=1e-6)
+        px = model.project(params, x)
+        new, jac = model.step_and_jacobian(params, s, px)
+        ref = jax.jacfwd(model.step_projected, argnums=1)(params, s, px)
+        np.testing.assert_allclose(new, model.step(params, s, x), atol=1e-6)
+        np.testing.assert_allclose(dense_jacobian(jac, model.jacobian_structure), ref, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(ref)[outside], 0.0)
+        np.testing.assert_allclose(model.jacobian(params, s, x), ref, atol=1e-6)
+        new_d, diag = model.step_and_diagonal(params, s, px)
+        np.testing.assert_allclose(new_d, new, atol=1e-6)
+        np.testing.assert_allclose(diag, jnp.diagonal(ref), atol=1e-6)
+        np.testing.assert_allclose(model.diag_jacobian(params, s, x), jnp.diagonal(ref), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- Newton against the rollout
@@ -124,10 +153,11 @@ def _solved(cell):
         bptt = jax.grad(lambda p: jnp.sum(rollout_states(model, p, x) * cot))(params)
         states = solved[("full", "zeros")][0]
 
-        def adjoint(gradient: Jacobian):
-            return jax.grad(lambda p: jnp.sum(differentiable_states(model, p, x, states, gradient) * cot))(params)
+        def adjoint(gradient: Jacobian, how: Adjoint = "auto"):
+            return jax.grad(lambda p: jnp.sum(differentiable_states(model, p, x, states, gradient, how) * cot))(params)
 
-        return truth, solved, bptt, {"full": adjoint("full"), "diagonal": adjoint("diagonal")}
+        adjoints = {how: adjoint("full", how) for how in ("auto", "sequential", "parallel")}
+        return truth, solved, bptt, {**adjoints, "diagonal": adjoint("diagonal")}
 
     return model, compute(params)
 
@@ -139,6 +169,12 @@ def test_converged_states_are_the_rollout(cell):
         assert bool(jnp.all(stats.converged)), (jac, guess, stats)
         np.testing.assert_allclose(states, truth, atol=1e-5, err_msg=f"{jac} from {guess}")
         assert int(jnp.max(stats.iterations)) <= T  # Newton without damping: at most T iterations
+    if model.jacobian_structure != "full":
+        # The structure is exact: quasi-DEER is full Newton, step for step.
+        for guess in ("zeros", "random"):
+            (full, full_stats), (quasi, quasi_stats) = solved[("full", guess)], solved[("diagonal", guess)]
+            np.testing.assert_array_equal(quasi_stats.iterations, full_stats.iterations)
+            np.testing.assert_allclose(quasi, full, atol=1e-6)
     if model.linear_recurrence:
         # mingru: the diagonal is the whole Jacobian, so one solve is exact: the minGRU parallel scan.
         for guess in ("zeros", "random"):
@@ -152,8 +188,9 @@ def _rel_err(a, b):
 @pytest.mark.parametrize("cell", CELL_NAMES)
 def test_adjoint_gradient_is_the_bptt_gradient(cell):
     model, (_, _, bptt, adjoint) = _solved(cell)
-    assert _rel_err(adjoint["full"], bptt) <= 1e-4
-    if model.linear_recurrence:  # the diagonal adjoint is exact when the Jacobian is diagonal
+    for how in ("auto", "sequential", "parallel"):
+        assert _rel_err(adjoint[how], bptt) <= 1e-4, how
+    if model.jacobian_structure != "full":  # the diagonal adjoint is the exact structured one
         assert _rel_err(adjoint["diagonal"], bptt) <= 1e-4
     else:  # an approximation, and a measurably different one
         assert _rel_err(adjoint["diagonal"], bptt) > 1e-3
@@ -261,6 +298,13 @@ def test_unstable_cell_undamped_run_diverges_and_damped_run_completes():
         ({"damping": -1.0}, "methods.0.damping"),
         ({"max_iters": 0}, "methods.0.max_iters"),
         ({"warm_start": "table"}, "methods.0.warm_start"),
+        ({"tol": "fast"}, "methods.0.tol"),
+        ({"tol": 0.0}, "methods.0.tol"),
+        ({"adjoint": "magic"}, "methods.0.adjoint"),
+        (
+            {"jacobian": "diagonal", "gradient": "diagonal", "adjoint": "parallel"},
+            "methods.0.adjoint: only meaningful with gradient: exact",
+        ),
     ],
 )
 def test_bad_deer_options_name_the_key(options, message):
@@ -315,3 +359,47 @@ def test_memory_estimate_covers_the_compiled_step(method):
     est = memory.estimate(spec)
     mb = compiled_memory_mb(compiled)
     assert mb is not None and mb * 2**20 <= est.total - est.overhead
+
+
+# ----------------------------------------------------------------------------- stopping rule
+
+
+def test_a_solve_stopped_at_max_iters_returns_its_best_iterate_and_says_so():
+    """Plain quasi-DEER on an expanding cell wanders before it converges: the solver returns the
+    iterate of lowest residual (the yardstick's plain iterates, computed apart), not the last one."""
+    from seqpar.bench.yardstick import yardstick_solve
+    from seqpar.model.newton import residual
+
+    model, params = build_model(_unstable(1.5), IN, 8, OUT, jax.random.key(0))
+    x = jax.nn.one_hot(jax.random.randint(jax.random.key(5), (1, 16), 0, IN), IN)
+    guess = jnp.zeros((1, 16, model.state_dim))
+    s0 = model.initial_state()
+
+    @jax.jit
+    def compute(params):
+        def res(states):
+            return residual(lambda s, xt: model.step(params, s, xt), s0, x[0], states[0])
+
+        states, stats = solve_states(model, params, x, guess, NewtonOptions("diagonal", max_iters=4, tol=1e-9))
+        return res(states), stats, jnp.stack([res(yardstick_solve(model, "elman", params, x, k)) for k in range(5)])
+
+    returned, stats, plain = compute(params)
+    assert not bool(stats.converged[0]) and int(stats.iterations[0]) == 4
+    best = int(jnp.argmin(plain))
+    assert np.all(np.isfinite(plain)) and 0 < best < 4  # neither the guess nor the last iterate
+    np.testing.assert_allclose(float(stats.residual[0]), float(plain[best]), rtol=1e-5)
+    np.testing.assert_allclose(float(returned), float(stats.residual[0]), rtol=1e-5)
+
+
+def test_tol_auto_stops_at_the_dtype_accuracy_with_no_more_iterations_than_a_tight_tol():
+    model, params = _model("gru")
+    x = jax.random.normal(jax.random.key(5), (N, T, IN))
+    guess = jnp.zeros((N, T, model.state_dim))
+    auto_states, auto = solve_states(model, params, x, guess, NewtonOptions("diagonal", tol="auto"))
+    _, tight = solve_states(model, params, x, guess, NewtonOptions("diagonal", tol=1e-7))
+    assert bool(jnp.all(auto.converged))
+    assert bool(jnp.all(auto.iterations <= tight.iterations))
+    scale = np.max(np.linalg.norm(np.asarray(auto_states), axis=-1), axis=-1)
+    bound = np.sqrt(np.finfo(np.float32).eps) * (1.0 + scale)
+    # Stopped by the residual (at most the bound) or by a step no longer than it (then within ~it of the rollout).
+    np.testing.assert_allclose(auto_states, rollout_states(model, params, x), atol=float(np.max(bound)))

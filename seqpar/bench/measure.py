@@ -64,6 +64,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqpar.bench.grid import SCHEMA, Grid, point_spec, with_baseline
 from seqpar.bench.machine import device_peak_mb, machine, matmul_peak, reset_peak_rss, rss_mb
+from seqpar.bench.yardstick import quasi_deer_method, yardstick_rows
 from seqpar.records.writer import environment
 from seqpar.spec import Spec
 from seqpar.train.loop import build_experiment, compiled_memory_mb, init_state, make_train_step
@@ -183,6 +184,27 @@ def measure(exp, cfg, grid: Grid) -> dict[str, Any]:
     return out
 
 
+def time_function(fn: Callable, args: tuple, grid: Grid) -> tuple[dict[str, Any], Any]:
+    """Compile `jax.jit(fn)` for `args` apart, warm up, then time calls as `measure` times steps;
+    returns the measurement and the last output."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    out = None
+
+    def one():
+        nonlocal out
+        out = jax.block_until_ready(compiled(*args))
+
+    for _ in range(grid.warmup):
+        one()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < grid.max_repeats and (len(times) < grid.min_repeats or time.perf_counter() - start < grid.min_time_s):
+        times.append(_timed(one))
+    return {"compile_s": compile_s, "step_ms": summarize_ms(times), **_cost(compiled), "memory": _memory(compiled)}, out
+
+
 def too_big(pspec: Spec, cfg) -> str | None:
     """Why `cfg` cannot run at this point (its memory estimate exceeds the machine's), or None."""
     from seqpar.train import memory
@@ -226,6 +248,7 @@ def run_bench(
         "matmul_peak": matmul_peak(),
         "points": [],
         "skipped": [],  # (method, point) pairs whose memory estimate exceeds the machine's
+        "yardstick": [],  # seqpar's quasi-DEER solve beside a minimal one (`seqpar.bench.yardstick`)
     }
     for cell in cells:
         for length in grid.lengths:
@@ -269,6 +292,14 @@ def run_bench(
                     result["points"].append(row)
                     if on_point:
                         on_point(row)
+                quasi = quasi_deer_method(methods, exp.model)
+                trained = [r for r in rows if quasi is not None and r["label"] == quasi.display_label]
+                if trained:
+                    iters = max(1, round(trained[0]["step_metrics"].get("newton_iters_max", 1.0)))
+                    for row in yardstick_rows(exp, quasi, cell, grid, iters, time_function):
+                        result["yardstick"].append(row)
+                        if on_point:
+                            on_point(row)
                 if save:
                     save(result)
                 del exp
@@ -278,13 +309,15 @@ def run_bench(
     result["machine"]["load_avg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["peak_flops_per_s"] = peak = max(result["matmul_peak"]["flops_per_s"], result["matmul_peak_after"]["flops_per_s"])
     _derive(result["points"], peak)
+    _derive(result["yardstick"], peak, result["points"])
     return result
 
 
-def _derive(rows: list[dict[str, Any]], peak: float) -> None:
-    """FLOP/s, fraction of the measured peak, and speedup over full BPTT at the same point."""
+def _derive(rows: list[dict[str, Any]], peak: float, baselines: list[dict[str, Any]] | None = None) -> None:
+    """FLOP/s, fraction of the measured peak, and speedup over full BPTT at the same point
+    (BPTT's row among `rows`, or among `baselines` when given)."""
     for r in rows:
-        same = [o for o in rows if o["method"] == "bptt" and all(o[k] == r[k] for k in ("cell", "length", "batch"))]
+        same = [o for o in baselines or rows if o["method"] == "bptt" and all(o[k] == r[k] for k in ("cell", "length", "batch"))]
         base, base_min = [o["step_ms"]["median"] for o in same], [o["step_ms"]["min"] for o in same]
         sec = r["step_ms"]["median"] / 1e3
         r["flops_per_s"] = r["flops"] / sec if r["flops"] else None

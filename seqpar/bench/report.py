@@ -27,13 +27,14 @@ def bench_table(result: dict[str, Any]) -> Table:
         "speedup: tuned BPTT's median / this median; it: Newton iterations (mean over the batch, last timed step); "
         "prog MB: compiled step (args + outputs + temps - aliases); "
         "faults: minor page faults per step (many: large buffers are faulted in afresh every step; "
-        "try GLIBC_TUNABLES=glibc.malloc.hugetlb=1)",
+        "try GLIBC_TUNABLES=glibc.malloc.hugetlb=1); "
+        "ms/it, ÷yard: a Newton solve alone per iteration, and over the yardstick's (a minimal quasi-DEER, seqpar.bench.yardstick)",
     )
     cols = ("method", "cell", "T", "B", "k", "it", "ms", "min", "n", "compile s", "GF/s", "%pk", "speedup", "prog MB", "RSS MB", "table MB")
-    cols += ("faults",)
+    cols += ("faults", "ms/it", "÷yard")
     for c in cols:
         t.add_column(c, justify="left" if c in ("method", "cell") else "right")
-    for r in result["points"]:
+    for r in [*result["points"], *result.get("yardstick", [])]:
         lower = "" if r.get("flops_exact", True) else "≥"
         gf, pf, sp = r.get("flops_per_s"), r.get("peak_fraction"), r.get("speedup_vs_bptt")
         t.add_row(
@@ -53,7 +54,9 @@ def bench_table(result: dict[str, Any]) -> Table:
             fmt(r["memory"].get("compiled_mb"), ".1f"),
             fmt(r.get("peak_rss_mb"), ".0f"),
             fmt(r["table_bytes"] / 2**20, ".2f") if r["table_bytes"] else "—",
-            f"{r['minor_faults_per_step']:.0f}",
+            fmt(r.get("minor_faults_per_step"), ".0f"),
+            fmt(r.get("ms_per_iteration"), ".3g"),
+            f"{r['vs_yardstick']:.2f}×" if r.get("vs_yardstick") else "—",
         )
     for r in result.get("skipped", []):  # estimated over the machine's memory: not run (bench.json has the estimate)
         t.add_row(r["label"], r["cell"], str(r["length"]), str(r["batch"]), "—", "—", "[yellow]skipped: memory", *["—"] * (len(cols) - 7))

@@ -8,28 +8,37 @@ the same scan backwards in time; the Newton loop is never differentiated. At
 convergence the states are the rollout's and the gradient (`gradient: exact`) is
 BPTT's, so DEER is BPTT computed in log T depth per iteration instead of T steps.
 
-- `jacobian: full` (DEER, Lim et al. 2024): `J_t` by forward-mode autodiff, S×S per
-  step; few iterations, each O(T·S³) work. `diagonal` (quasi-DEER, Gonzalez et al.
-  2024): the cell's analytic diagonal; elementwise scans, more iterations. For a cell
-  whose recurrence is linear and diagonal in the state (mingru) the diagonal is the
-  whole Jacobian: one iteration, the minGRU paper's parallel scan.
+- `jacobian: full` (DEER, Lim et al. 2024): the cell's analytic S×S Jacobian per step;
+  few iterations, each O(T·S³) work. `diagonal` (quasi-DEER, Gonzalez et al. 2024): its
+  diagonal; elementwise scans, more iterations. On a cell whose exact Jacobian is
+  structured (`Cell.jacobian_structure`: diagonal for mingru and paragru, 2×2 blocks per
+  unit for paralstm) both settings are full Newton in that structure, never an S×S
+  matrix; for mingru (linear and diagonal in the state) one iteration, the minGRU
+  paper's parallel scan.
+- `gradient: exact`: BPTT's gradient by the adjoint; `adjoint` says how a `full` cell's is
+  solved: `sequential` (reverse scan of per-step VJPs, BPTT's cost), `parallel` (S×S
+  associative scan, log T depth, for accelerators), `auto` (sequential on CPU, parallel
+  elsewhere). A structured cell's exact adjoint is its elementwise/block scan.
 - `gradient: diagonal` (only with `jacobian: diagonal`): the adjoint with the diagonal
-  Jacobians too, an approximate gradient that never builds an S×S block.
+  Jacobians too, an approximate gradient that never builds an S×S block (exact on a
+  structured cell).
+- `tol: auto` (the default): stop at `sqrt(eps) · (1 + max_t ‖s_t‖)` for the states'
+  dtype (`seqpar.model.newton`), where float32 Newton stops improving.
 - `damping` λ > 0: ELK's Levenberg–Marquardt step (a parallel Kalman filter), for
   cells whose linearisation expands and would overflow plain Newton.
 - `warm_start: previous` keeps each training sequence's last solution as a per-row
   state (sharded like the embedding table) and starts its next solve there (the DEER
   paper's training trick); `zeros` starts every solve from zeros.
 
-Newton stops at `tol` or after `max_iters`; a row that hits `max_iters` unconverged is
-counted (never silent): `newton_hit_max` in the step, `newton_hit_max_total` over the
+Newton stops at `tol` or after `max_iters`; a row that hits `max_iters` unconverged keeps
+its best iterate (lowest residual) and is counted (never silent): `newton_hit_max` in the step, `newton_hit_max_total` over the
 run so far. A non-finite state makes the loss non-finite, so the loop marks the run
 `diverged`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,16 +47,19 @@ from pydantic import Field, model_validator
 
 from seqpar.config import KeyedError
 from seqpar.methods.base import METHODS, Method, MethodConfig, scan_depth
+from seqpar.model.cells.base import JacobianStructure
 from seqpar.model.newton import (
     BLOCKS_PER_TRANSITION,
     DAMPED_BLOCKS_PER_TRANSITION,
     Jacobian,
     NewtonOptions,
     NewtonStats,
+    adjoint_plan,
     block_floats,
     differentiable_states,
     rows_per_chunk,
     solve_states,
+    solve_structure,
 )
 from seqpar.model.rollout import readout_all
 from seqpar.sharding import put_rows, take_rows
@@ -57,24 +69,39 @@ from seqpar.sharding import put_rows, take_rows
 class DEERConfig(MethodConfig):
     type: Literal["deer"] = "deer"
     jacobian: Literal["full", "diagonal"] = Field(
-        "full", description="full: DEER (S×S Jacobians by jacfwd); diagonal: quasi-DEER (the cell's analytic diagonal)"
+        "full",
+        description="full: DEER (the cell's S×S Jacobians); diagonal: quasi-DEER (their diagonals). On a cell whose exact "
+        "Jacobian is structured (diagonal: mingru, paragru; k×k blocks per unit: paralstm) both mean full Newton with that "
+        "exact structure: elementwise or block scans, never an S×S matrix",
     )
     max_iters: int = Field(100, ge=1, description="Newton iterations at most per solve (T always suffices without damping)")
-    tol: float = Field(
-        1e-5, gt=0, allow_inf_nan=False, description="stop when max_t ‖residual‖ (or, undamped, max_t ‖state change‖) is at most this"
+    tol: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Literal["auto"] = Field(
+        "auto",
+        description="stop when max_t ‖residual‖ (or, undamped, max_t ‖state change‖) is at most this; "
+        "auto: sqrt(eps of the states' dtype) · (1 + max_t ‖s_t‖), e.g. 3.5e-4 · (1 + scale) in float32",
     )
     damping: float = Field(0.0, ge=0, allow_inf_nan=False, description="λ of ELK's damped (Levenberg–Marquardt) step; 0: plain Newton")
     warm_start: Literal["zeros", "previous"] = Field(
         "zeros", description="start each solve from zeros or from the sequence's last solution"
     )
     gradient: Literal["exact", "diagonal"] = Field(
-        "exact", description="adjoint with full Jacobians (BPTT's gradient) or their diagonals (approximate; jacobian: diagonal only)"
+        "exact",
+        description="adjoint with exact Jacobians (BPTT's gradient) or their diagonals (approximate; jacobian: diagonal only); "
+        "on a structured cell both are the exact structured adjoint",
+    )
+    adjoint: Literal["sequential", "parallel", "auto"] = Field(
+        "auto",
+        description="how the exact adjoint of a full-Jacobian cell is solved: sequential (reverse scan of per-step VJPs, "
+        "O(T·S²), BPTT's cost), parallel (associative scan of S×S blocks, O(log T) depth, O(T·S³) work: for accelerators), "
+        "auto (sequential on CPU, parallel on accelerators). Structured cells always use their exact elementwise/block scan",
     )
 
     @model_validator(mode="after")
     def _gradient_fits(self):
         if self.gradient == "diagonal" and self.jacobian != "diagonal":
             raise KeyedError("gradient", "diagonal is offered with jacobian: diagonal only (a full Jacobian gives the exact adjoint)")
+        if "adjoint" in self.model_fields_set and self.gradient == "diagonal":
+            raise KeyedError("adjoint", "only meaningful with gradient: exact (the diagonal adjoint is always an elementwise scan)")
         return self
 
     @property
@@ -121,7 +148,7 @@ class DEER(Method):
 
     def loss(self, params, states, x, y, mask):
         """Task loss on the solved `states`, differentiable in `params` through the adjoint."""
-        states = differentiable_states(self.model, params, x, states, self.gradient)
+        states = differentiable_states(self.model, params, x, states, self.gradient, self.cfg.adjoint)
         return self.task.loss(readout_all(self.model, params, states), y, mask)
 
     def train_step(self, state, train, batch, step, key):
@@ -152,7 +179,7 @@ class DEER(Method):
         # rollout loss only if Newton converged.
         params = state["params"]
         x = train.x
-        chunk = rows_per_chunk(self.cfg.jacobian, x.shape[1], self.model.state_dim)
+        chunk = rows_per_chunk(solve_structure(self.model, self.cfg.jacobian), x.shape[1], self.model.state_dim, self.model.jacobian_block)
         states, stats = solve_states(self.model, params, x, self.guess(state, None, x), self.opts, chunk)
         objective = self.task.loss(readout_all(self.model, params, states), train.y, train.mask)
         dist = jnp.linalg.norm(states - rollout_train_states, axis=-1)
@@ -175,9 +202,13 @@ class DEER(Method):
 
     def extra_activation_bytes(self, batch, length, sequences):
         per_block = DAMPED_BLOCKS_PER_TRANSITION if self.cfg.damping > 0 else BLOCKS_PER_TRANSITION
-        s = self.model.state_dim
-        forward = per_block * block_floats(self.cfg.jacobian, s)
-        adjoint = BLOCKS_PER_TRANSITION * block_floats("full" if self.gradient == "full" else "diagonal", s)
+        s, k = self.model.state_dim, self.model.jacobian_block
+        structure = solve_structure(self.model, self.cfg.jacobian)
+        forward = per_block * block_floats(structure, s, k)
+        plan = adjoint_plan(self.model, self.gradient, self.cfg.adjoint)
+        # The sequential adjoint stores no Jacobian (λ and the states only: diagonal-sized).
+        adjoint_structure: JacobianStructure = "full" if plan == "parallel" else structure if plan == "structured" else "diagonal"
+        adjoint = BLOCKS_PER_TRANSITION * block_floats(adjoint_structure, s, k)
         step = batch * length * max(forward, adjoint)
-        evaluation = min(rows_per_chunk(self.cfg.jacobian, length, s), sequences) * length * forward
+        evaluation = min(rows_per_chunk(structure, length, s, k), sequences) * length * forward
         return 4 * max(step, evaluation)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqpar.model.cells import CELLS, Cell, CellConfig
+from seqpar.model.cells.base import JacobianStructure
 
 Params = Any
 
@@ -43,6 +44,8 @@ class Model:
     state_dim: int
     hidden: int
     linear_recurrence: bool = False  # the cell's new state is affine in the old one (see `Cell`)
+    jacobian_structure: JacobianStructure = "full"  # the cell's exact d step / d s structure (see `Cell`)
+    jacobian_block: int = 1  # k of a "block" structure
 
     def step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
         return nnx.merge(self.graphdef, params).cell(s, x)
@@ -54,6 +57,21 @@ class Model:
     def jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
         """`d step / d s`, `(state_dim, state_dim)`, by forward mode (DEER's Jacobian)."""
         return jax.jacfwd(self.step, argnums=1)(params, s, x)
+
+    def project(self, params: Params, x: jax.Array) -> jax.Array:
+        """The cell's input-only part, `(..., D) -> (..., P)`: computed once per sequence or solve."""
+        return nnx.merge(self.graphdef, params).cell.project(x)
+
+    def step_projected(self, params: Params, s: jax.Array, px: jax.Array) -> jax.Array:
+        return nnx.merge(self.graphdef, params).cell.step_projected(s, px)
+
+    def step_and_jacobian(self, params: Params, s: jax.Array, px: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(s', J)` from one evaluation of the gates, `J` in `jacobian_structure`."""
+        return nnx.merge(self.graphdef, params).cell.step_and_jacobian(s, px)
+
+    def step_and_diagonal(self, params: Params, s: jax.Array, px: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(s', diag J)` from one evaluation of the gates (quasi-DEER on a `full` cell)."""
+        return nnx.merge(self.graphdef, params).cell.step_and_diagonal(s, px)
 
     def readout(self, params: Params, s: jax.Array) -> jax.Array:
         m = nnx.merge(self.graphdef, params)
@@ -71,14 +89,20 @@ class Model:
         return jax.vmap(self.readout, in_axes=(None, 0))(params, s)
 
 
+def _view(graphdef: Any, cell: Cell, hidden: int) -> Model:
+    if cell.state_dim % cell.jacobian_block:  # a cell's own declaration, checked once: no user input sets it
+        raise ValueError(f"{type(cell).__name__}: jacobian_block={cell.jacobian_block} must divide state_dim={cell.state_dim}")
+    return Model(graphdef, cell.state_dim, hidden, cell.linear_recurrence, cell.jacobian_structure, cell.jacobian_block)
+
+
 def build_model(cell: CellConfig | str, input_dim: int, hidden: int, output_dim: int, key: jax.Array) -> tuple[Model, Params]:
     module = RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=key))
     graphdef, params = nnx.split(module, nnx.Param)
-    return Model(graphdef, module.cell.state_dim, hidden, module.cell.linear_recurrence), params
+    return _view(graphdef, module.cell, hidden), params
 
 
 def abstract_model(cell: CellConfig | str, input_dim: int, hidden: int, output_dim: int) -> tuple[Model, Params]:
     """`build_model`'s result as shapes only (nothing allocated), for memory estimates."""
     module = nnx.eval_shape(lambda: RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=0)))
     graphdef, params = nnx.split(module, nnx.Param)
-    return Model(graphdef, module.cell.state_dim, hidden, module.cell.linear_recurrence), params
+    return _view(graphdef, module.cell, hidden), params

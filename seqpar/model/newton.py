@@ -12,21 +12,35 @@ first k states exact: at most T iterations, like Jacobi sweeps, usually a handfu
 quasi-DEER (Gonzalez et al. 2024) keeps only the diagonal of `J_t`: the scan is
 elementwise (T·S numbers instead of T·S²), each iteration far cheaper, more of them.
 
-Damping (ELK, "Evaluating Levenberg-Marquardt with Kalman", same paper): with
-`damping` λ > 0 the step minimises the linearised residual plus `λ Σ_t ‖s_t − s^k_t‖²`,
-a trust region around the current guess. That is inference in a linear-Gaussian
-state-space model (dynamics the linearisation with unit noise, observations the
-current guess with variance 1/λ), done by a parallel Kalman filter
-(Särkkä & García-Fernández 2021) over the same associative scan. As in the authors'
-reference code, the next iterate is the *filtered* mean. The filter shrinks the
-linearised dynamics where they expand, so Newton cannot overshoot to infinity on an
-unstable cell; the true trajectory stays a fixed point.
+The scan's structure follows the cell's exact Jacobian (`Cell.jacobian_structure`):
+a `full` cell (dense recurrent weights) is solved with S×S blocks (`jacobian: full`)
+or their diagonals (`diagonal`, quasi-DEER); a `diagonal` cell (per-unit recurrences:
+mingru, paragru) or a `block` cell (k×k per unit: paralstm) is always solved with its
+exact structure, whatever `jacobian` says: there quasi-DEER *is* full Newton, and no
+S×S matrix is ever built.
+
+One pass of the cell per iteration: `step_and_jacobian` (or `step_and_diagonal`) gives
+`f(s^k)` and `J` from one evaluation of the gates; the residual that decides whether
+to stop is taken from the same evaluation, and the input projection (`Cell.project`)
+is computed once per solve for all T steps. With `tol: auto` the solve stops when
+`max_t ‖r_t‖ <= sqrt(eps) · (1 + max_t ‖s_t‖)` (eps of the states' dtype: 3.5e-4 ×
+the scale in float32), the accuracy at which float32 Newton stops improving. A solve
+that stops at `max_iters` unconverged returns its best iterate (lowest residual);
+the caller counts it (`NewtonStats.converged`).
+
+Damping (ELK, same paper): with `damping` λ > 0 the step minimises the linearised
+residual plus `λ Σ_t ‖s_t − s^k_t‖²`, a trust region around the current guess: inference
+in a linear-Gaussian state-space model done by a parallel Kalman filter (Särkkä &
+García-Fernández 2021); as in the authors' code, the next iterate is the filtered mean.
 
 Gradients never pass through the Newton loop: `implicit_states` returns the solved
 states with a `jax.custom_vjp` whose backward pass is the adjoint of the recurrence,
-`λ_t = g_t + J_{t+1}ᵀ λ_{t+1}`, solved by the same scan run backwards in time, then
-one batched VJP of the cell over all t. At convergence this is exactly BPTT's
-gradient; with the diagonal of J it is the cheap approximate adjoint.
+`λ_t = g_t + J_{t+1}ᵀ λ_{t+1}`, then one batched VJP of the cell over all t. The adjoint
+is solved `sequential`ly (a reverse `lax.scan` of per-step VJPs: O(T·S²) work, no
+Jacobian stored, BPTT's cost) or in `parallel` (the associative scan over S×S blocks:
+O(log T) depth, O(T·S³) work, for accelerators); on a structured cell it is the
+elementwise / k×k-block scan, exact and cheap. At convergence this is BPTT's gradient;
+with the diagonals of a `full` cell's J it is the cheap approximate adjoint.
 
 Everything here works on one sequence (`x: (T, D)`, states `(T, S)`); callers `vmap`.
 Control flow is `lax.while_loop`, so one jitted program serves any number of iterations.
@@ -37,24 +51,28 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from seqpar.model.model import Model, Params
+from seqpar.model.cells.base import JacobianStructure
+from seqpar.model.model import Params
 
-Jacobian = Literal["full", "diagonal"]
+Jacobian = Literal["full", "diagonal"]  # what a method asks for; a structured cell answers exactly
+Adjoint = Literal["sequential", "parallel", "auto"]
+Layer = Any  # a single-layer model view: `Model` (see the module doc for what it must offer)
 StepFn = Callable[[jax.Array, jax.Array], jax.Array]  # (s_prev, x_t) -> s_t, one example
+StepJacFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]  # (s_prev, px_t) -> (s_t, J_t)
 
 
 @dataclass(frozen=True)
 class NewtonOptions:
-    """How to solve: Jacobian structure, stopping rule, damping (0: plain Newton)."""
+    """How to solve: Jacobian, stopping rule (`"auto"`: from the dtype, see the module doc), damping."""
 
     jacobian: Jacobian = "full"
     max_iters: int = 100
-    tol: float = 1e-5  # on max_t ‖s_t^{k+1} − s_t^k‖ (undamped) or max_t ‖residual_t‖, whichever comes first
+    tol: float | Literal["auto"] = 1e-5  # on max_t ‖residual_t‖ or, undamped, max_t ‖s_t^{k+1} − s_t^k‖
     damping: float = 0.0
 
 
@@ -68,7 +86,7 @@ class NewtonStats(NamedTuple):
 
 
 class _Ops(NamedTuple):
-    """Products of Jacobian-like blocks: matrices `(..., S, S)` or their diagonals `(..., S)`."""
+    """Products of matrices `(..., S, S)`, diagonals `(..., S)` or unit blocks `(..., n, k, k)` (on k chunks of n)."""
 
     mm: Callable[[jax.Array, jax.Array], jax.Array]  # block @ block
     mv: Callable[[jax.Array, jax.Array], jax.Array]  # block @ vector
@@ -76,27 +94,47 @@ class _Ops(NamedTuple):
     inv1p: Callable[[jax.Array], jax.Array]  # (I + a)^{-1}
 
 
+def _inv1p(a: jax.Array) -> jax.Array:
+    return jnp.linalg.inv(jnp.eye(a.shape[-1], dtype=a.dtype) + a)
+
+
+def _units(v: jax.Array, k: int) -> jax.Array:
+    """`(..., S)` -> `(..., n, k)`: entry `a n + j` to unit j, component a."""
+    return jnp.swapaxes(v.reshape(*v.shape[:-1], k, v.shape[-1] // k), -1, -2)
+
+
+def _flat(u: jax.Array) -> jax.Array:
+    return jnp.swapaxes(u, -1, -2).reshape(*u.shape[:-2], u.shape[-2] * u.shape[-1])
+
+
 FULL = _Ops(
     mm=jnp.matmul,
     mv=lambda a, v: jnp.einsum("...ij,...j->...i", a, v),
     t=lambda a: jnp.swapaxes(a, -1, -2),
-    inv1p=lambda a: jnp.linalg.inv(jnp.eye(a.shape[-1], dtype=a.dtype) + a),
+    inv1p=_inv1p,
 )
 DIAGONAL = _Ops(mm=jnp.multiply, mv=jnp.multiply, t=lambda a: a, inv1p=lambda a: 1.0 / (1.0 + a))
+# k is 2 or so: broadcast products vectorise where a batched k×k matmul would not.
+BLOCK = _Ops(
+    mm=lambda a, b: jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2),
+    mv=lambda a, v: _flat(jnp.sum(a * _units(v, a.shape[-1])[..., None, :], axis=-1)),
+    t=lambda a: jnp.swapaxes(a, -1, -2),
+    inv1p=_inv1p,
+)
 
 
-def ops(jacobian: Jacobian) -> _Ops:
-    return FULL if jacobian == "full" else DIAGONAL
+def ops(structure: JacobianStructure) -> _Ops:
+    return {"full": FULL, "diagonal": DIAGONAL, "block": BLOCK}[structure]
 
 
 # ----------------------------------------------------------------------------- parallel linear solves
 
 
-def linear_recurrence(a: jax.Array, b: jax.Array, jacobian: Jacobian) -> jax.Array:
+def linear_recurrence(a: jax.Array, b: jax.Array, jacobian: JacobianStructure) -> jax.Array:
     """`h_t = a_t h_{t-1} + b_t` for t = 1..T (axis 0) from `h_0 = 0`, by an associative scan.
 
-    `a`: `(T, S, S)` matrices or `(T, S)` diagonals; `b`: `(T, S)`. A nonzero `h_0` is
-    folded in by the caller as `b_1 += a_1 h_0`.
+    `a`: `(T, S, S)` matrices, `(T, S)` diagonals or `(T, S // k, k, k)` unit blocks;
+    `b`: `(T, S)`. A nonzero `h_0` is folded in by the caller as `b_1 += a_1 h_0`.
     """
     o = ops(jacobian)
 
@@ -110,24 +148,24 @@ def linear_recurrence(a: jax.Array, b: jax.Array, jacobian: Jacobian) -> jax.Arr
     return h
 
 
-def reverse_linear_recurrence(a: jax.Array, b: jax.Array, jacobian: Jacobian) -> jax.Array:
+def reverse_linear_recurrence(a: jax.Array, b: jax.Array, jacobian: JacobianStructure) -> jax.Array:
     """`h_t = a_t h_{t+1} + b_t` for t = T..1 from `h_{T+1} = 0` (`a_T` is unused)."""
     a = jnp.concatenate([jnp.zeros_like(a[:1]), a[::-1][1:]])  # reversed time, a_T -> the (ignored) first slot
     return linear_recurrence(a, b[::-1], jacobian)[::-1]
 
 
-def kalman_filter_means(a: jax.Array, b: jax.Array, y: jax.Array, damping: float, jacobian: Jacobian) -> jax.Array:
+def kalman_filter_means(a: jax.Array, b: jax.Array, y: jax.Array, damping: float, jacobian: JacobianStructure) -> jax.Array:
     """Filtered means of `s_t = a_t s_{t-1} + b_t + w_t`, `y_t = s_t + v_t` (w ~ N(0, I), v ~ N(0, I/λ)).
 
     The parallel filter's elements (Särkkä & García-Fernández 2021, specialised to unit
     dynamics noise, identity emissions and emission variance 1/λ), composed by one
     associative scan; `a_1` must be 0 (the state before step 1 is known). With diagonal
-    blocks every product is elementwise.
+    or unit blocks every product stays in that structure.
     """
     o = ops(jacobian)
     gain = damping / (1.0 + damping)  # Kalman gain of a unit-variance prior against variance 1/λ
     innov = y - b
-    eye = jnp.ones_like(b) if jacobian == "diagonal" else jnp.broadcast_to(jnp.eye(b.shape[-1], dtype=b.dtype), a.shape)
+    eye = jnp.ones_like(b) if jacobian == "diagonal" else jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=b.dtype), a.shape)
     elems = (
         (1.0 - gain) * a,  # A: map from s_{t-1}
         b + gain * innov,  # b: mean given s_{t-1} = 0
@@ -165,83 +203,139 @@ def _max_norm(d: jax.Array) -> jax.Array:
     return jnp.max(jnp.sqrt(jnp.sum(jnp.square(d), axis=-1)))
 
 
+def auto_tol(states: jax.Array) -> jax.Array:
+    """`tol: auto`: `sqrt(eps) · (1 + max_t ‖s_t‖)` for the states' dtype (see the module doc)."""
+    return jnp.sqrt(jnp.finfo(states.dtype).eps) * (1.0 + _max_norm(states))
+
+
 def residual(step: StepFn, s0: jax.Array, x: jax.Array, states: jax.Array) -> jax.Array:
     """`max_t ‖f(s_{t-1}, x_t) − s_t‖`: zero exactly on the true rollout."""
     return _max_norm(jax.vmap(step)(_shifted(s0, states), x) - states)
 
 
 def newton_solve(
-    step: StepFn, jac: StepFn, s0: jax.Array, x: jax.Array, guess: jax.Array, opts: NewtonOptions
+    step_jac: StepJacFn, s0: jax.Array, px: jax.Array, guess: jax.Array, opts: NewtonOptions, structure: JacobianStructure
 ) -> tuple[jax.Array, NewtonStats]:
-    """The states `(T, S)` of `s_t = step(s_{t-1}, x_t)` from `s_0`, by Newton from `guess`.
+    """The states `(T, S)` of `s_t = f(s_{t-1}, px_t)` from `s_0`, by Newton from `guess`;
+    `step_jac(s, px_t)` is `(f, d f / d s)` from one pass, the Jacobian in `structure`.
 
-    `jac(s, x)` is `d step / d s`: an `(S, S)` matrix (`opts.jacobian == "full"`) or its
-    diagonal `(S,)`. Stops when the residual is at most `tol` (then no update is
-    needed: a converged guess costs no solve, and a linear cell solved exactly stops
-    after one), or, without damping, when an update moves no state by more than `tol`
-    (a damped step is short by design, so it says nothing there); or after `max_iters`
-    solves, or when a state is not finite (its residual is NaN; the caller sees it).
+    Stops when the residual is at most `tol` (a converged guess costs no solve), or, undamped,
+    when no state moves by more than `tol` (a damped step is short by design); after `max_iters`
+    solves (returning the iterate of lowest residual); or at a non-finite state (returned as is).
     """
-    evaluate = jax.vmap(step)
-    f0 = evaluate(_shifted(s0, guess), x)
-    inf = jnp.array(jnp.inf, f0.dtype)
+    o = ops(structure)
+    evaluate = jax.vmap(step_jac)
 
-    def converged(res, change):
+    def linearise(s):
+        f, jac = evaluate(_shifted(s0, s), px)
+        return f, jac.at[0].set(0.0)  # s_0 is fixed: no dependence before step 1
+
+    def tol(s):
+        return auto_tol(s) if opts.tol == "auto" else opts.tol
+
+    def converged(s, res, change):
         # A damped step is short by design, so only the residual says a damped solve is done.
-        return (res <= opts.tol) | ((change <= opts.tol) & (opts.damping == 0))
+        return (res <= tol(s)) | ((change <= tol(s)) & (opts.damping == 0))
 
     def going(carry):
-        _, _, res, change, k = carry
-        return (k < opts.max_iters) & ~converged(res, change) & jnp.isfinite(res)
+        s, _, _, res, change, k, _, _ = carry
+        return (k < opts.max_iters) & ~converged(s, res, change) & jnp.isfinite(res)
 
     def update(carry):
-        s, fs, _, _, k = carry
-        prev = _shifted(s0, s)
-        a = jax.vmap(jac)(prev, x).at[0].set(0.0)  # s_0 is fixed: no dependence before step 1
-        b = fs - ops(opts.jacobian).mv(a, prev)  # fs_1 = f(s_0, x_1) exactly
+        s, fs, jac, _, _, k, best, best_res = carry
+        b = fs - o.mv(jac, _shifted(s0, s))  # fs_1 = f(s_0, x_1) exactly
         if opts.damping > 0:
-            new = kalman_filter_means(a, b, s, opts.damping, opts.jacobian)
+            new = kalman_filter_means(jac, b, s, opts.damping, structure)
         else:
-            new = linear_recurrence(a, b, opts.jacobian)
-        f_new = evaluate(_shifted(s0, new), x)
-        return new, f_new, _max_norm(f_new - new), _max_norm(new - s), k + 1
+            new = linear_recurrence(jac, b, structure)
+        f_new, jac_new = linearise(new)
+        res = _max_norm(f_new - new)
+        better = res < best_res
+        best, best_res = jnp.where(better, new, best), jnp.where(better, res, best_res)
+        return new, f_new, jac_new, res, _max_norm(new - s), k + 1, best, best_res
 
-    carry = (guess, f0, _max_norm(f0 - guess), inf, jnp.int32(0))
-    states, _, res, change, k = jax.lax.while_loop(going, update, carry)
-    return states, NewtonStats(k, res, converged(res, change))
+    f0, j0 = linearise(guess)
+    res0 = _max_norm(f0 - guess)
+    carry = (guess, f0, j0, res0, jnp.array(jnp.inf, f0.dtype), jnp.int32(0), guess, res0)
+    states, _, _, res, change, k, best, best_res = jax.lax.while_loop(going, update, carry)
+    done = converged(states, res, change)
+    use_best = ~done & jnp.isfinite(res)  # stopped at max_iters: the best iterate, never a worse later one
+    states = jnp.where(use_best, best, states)
+    return states, NewtonStats(k, jnp.where(use_best, best_res, res), done)
+
+
+def solve_structure(layer: Layer, jacobian: Jacobian) -> JacobianStructure:
+    """The structure Newton runs with: the cell's own when it is structured (exact and cheap),
+    else the method's choice (`full` S×S, or the `diagonal` approximation)."""
+    return layer.jacobian_structure if layer.jacobian_structure != "full" else jacobian
+
+
+def _linearisation(layer: Layer, structure: JacobianStructure) -> Callable:
+    """`(params, s, px) -> (s', J)` from one pass, J in `structure`."""
+    if layer.jacobian_structure == "full" and structure == "diagonal":
+        return layer.step_and_diagonal
+    return layer.step_and_jacobian
 
 
 # ----------------------------------------------------------------------------- gradient by the adjoint
 
 
-ParamStep = Callable[..., jax.Array]  # (params, s_prev, x_t) -> s_t
+def adjoint_plan(layer: Layer, gradient: Jacobian, adjoint: Adjoint) -> str:
+    """How the backward pass solves the adjoint: `structured` (the cell's exact elementwise or
+    block scan), `diagonal` (the approximate adjoint), `sequential` or `parallel` (exact, S×S)."""
+    if layer.jacobian_structure != "full":
+        return "structured"
+    if gradient == "diagonal":
+        return "diagonal"
+    if adjoint == "auto":
+        return "sequential" if jax.default_backend() == "cpu" else "parallel"
+    return adjoint
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def implicit_states(step: ParamStep, jac: ParamStep, jacobian: Jacobian, params, s0, x, states):
+# Steps per loop iteration of the sequential adjoint (a CPU loop iteration costs about a small step): tuned BPTT's.
+ADJOINT_UNROLL = 8
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def implicit_states(layer: Layer, plan: str, params, s0, x, states):
     """`states` (solved elsewhere, e.g. by `newton_solve`) as a differentiable function of
     `params`, `s0` and `x`: the backward pass is the adjoint recurrence (see the module doc)
-    with `jac` blocks of structure `jacobian` (`full`: the exact gradient when `states` is
-    the true rollout). The solver's iterations are never differentiated."""
+    solved as `plan` says (`adjoint_plan`). The solver's iterations are never differentiated."""
     return states
 
 
-def _implicit_fwd(step, jac, jacobian, params, s0, x, states):
+def _implicit_fwd(layer, plan, params, s0, x, states):
     return states, (params, s0, x, states)
 
 
-def _implicit_bwd(step, jac, jacobian, res, g):
-    params, s0, x, states = res
-    o = ops(jacobian)
-    # λ_t = g_t + J_{t+1}ᵀ λ_{t+1}, with J_{t+1} = ∂f(s_t, x_{t+1})/∂s_t for t = 1..T-1.
-    j_next = jax.vmap(jac, in_axes=(None, 0, 0))(params, states[:-1], x[1:])
-    a = jnp.concatenate([o.t(j_next), jnp.zeros_like(j_next[:1])])  # a_T: nothing after the last step
-    lam = reverse_linear_recurrence(a, g, jacobian)
-    # One VJP of the cell over every step at once: Σ_t (∂f(s_{t-1}, x_t)/∂(θ, s_0, x))ᵀ λ_t.
-    prev_rest = states[:-1]
+def _adjoint(layer, plan, params, px, states, g):
+    """λ_t = g_t + J_{t+1}ᵀ λ_{t+1}, J_{t+1} = ∂f(s_t, x_{t+1})/∂s_t for t = 1..T-1; λ_T = g_T."""
+    if plan == "sequential":
 
+        def back(lam_next, inputs):
+            s_t, px_next, g_t = inputs
+            _, vjp = jax.vjp(lambda s: layer.step_projected(params, s, px_next), s_t)
+            lam = g_t + vjp(lam_next)[0]
+            return lam, lam
+
+        _, lam = jax.lax.scan(back, g[-1], (states[:-1], px[1:], g[:-1]), reverse=True, unroll=ADJOINT_UNROLL)
+        return jnp.concatenate([lam, g[-1:]])
+    structure = layer.jacobian_structure if plan == "structured" else ("diagonal" if plan == "diagonal" else "full")
+    linearise = _linearisation(layer, structure)
+    _, j_next = jax.vmap(linearise, in_axes=(None, 0, 0))(params, states[:-1], px[1:])
+    o = ops(structure)
+    a = jnp.concatenate([o.t(j_next), jnp.zeros_like(j_next[:1])])  # a_T: nothing after the last step
+    return reverse_linear_recurrence(a, g, structure)
+
+
+def _implicit_bwd(layer, plan, res, g):
+    params, s0, x, states = res
+    lam = _adjoint(layer, plan, params, layer.project(params, x), states, g)
+
+    # One VJP of the cell over every step at once: Σ_t (∂f(s_{t-1}, x_t)/∂(θ, s_0, x))ᵀ λ_t.
     def cells(p, s0_, x_):
-        return jax.vmap(step, in_axes=(None, 0, 0))(p, jnp.concatenate([s0_[None], prev_rest]), x_)
+        prev = jnp.concatenate([s0_[None], states[:-1]])
+        return jax.vmap(layer.step_projected, in_axes=(None, 0, 0))(p, prev, layer.project(p, x_))
 
     _, vjp = jax.vjp(cells, params, s0, x)
     g_params, g_s0, g_x = vjp(lam)
@@ -262,50 +356,51 @@ def solve_rows(solve_one: Callable, x: jax.Array, guess: jax.Array, chunk: int |
 # ----------------------------------------------------------------------------- the model's recurrence
 
 # Rows solved together when a whole set is solved (an evaluation, a table refresh): at most
-# this many floats of Jacobian blocks per chunk, so a full-Jacobian solve of N rows holds
-# one chunk's buffers, not N rows'.
+# this many floats of Jacobian blocks per chunk (one chunk's buffers, not N rows').
 CHUNK_BLOCK_FLOATS = 2**22
 
 # Jacobian-sized buffers per (sequence, step) while a step runs, in blocks (S² floats for a full
-# Jacobian, S for a diagonal): the blocks themselves, the associative scan's partial products
-# and its output, forward and adjoint. Damping's Kalman elements hold three blocks per step and
-# invert one per combination. Calibrated against XLA's memory analysis (tests/test_newton.py).
+# Jacobian, S for a diagonal, k·S for unit blocks): the blocks themselves, the associative scan's
+# partial products and its output, forward and adjoint. Damping's Kalman elements hold three
+# blocks per step and invert one per combination. Calibrated against XLA's memory analysis
+# (tests/test_newton.py).
 BLOCKS_PER_TRANSITION = 4
 DAMPED_BLOCKS_PER_TRANSITION = 8
 
 
-def block_floats(jacobian: Jacobian, state_dim: int) -> int:
-    """Floats of one step's Jacobian block: S² (full) or S (diagonal)."""
-    return state_dim * state_dim if jacobian == "full" else state_dim
+def block_floats(jacobian: JacobianStructure, state_dim: int, block: int = 1) -> int:
+    """Floats of one step's Jacobian block: S² (full), S (diagonal) or k·S (k×k unit blocks)."""
+    return {"full": state_dim * state_dim, "diagonal": state_dim, "block": block * state_dim}[jacobian]
 
 
-def rows_per_chunk(jacobian: Jacobian, length: int, state_dim: int) -> int:
-    return max(1, CHUNK_BLOCK_FLOATS // (length * block_floats(jacobian, state_dim)))
-
-
-def _jacobian_fn(model: Model, jacobian: Jacobian) -> ParamStep:
-    return model.jacobian if jacobian == "full" else model.diag_jacobian
+def rows_per_chunk(jacobian: JacobianStructure, length: int, state_dim: int, block: int = 1) -> int:
+    return max(1, CHUNK_BLOCK_FLOATS // (length * block_floats(jacobian, state_dim, block)))
 
 
 def solve_states(
-    model: Model, params: Params, x: jax.Array, guess: jax.Array, opts: NewtonOptions, chunk: int | None = None
+    layer: Layer, params: Params, x: jax.Array, guess: jax.Array, opts: NewtonOptions, chunk: int | None = None
 ) -> tuple[jax.Array, NewtonStats]:
-    """Newton-solved states `(N, T, S)` of the model's rollout over `x: (N, T, D)` from the fixed
+    """Newton-solved states `(N, T, S)` of the layer's rollout over `x: (N, T, D)` from the fixed
     initial state, each row from its `guess`; per-row `NewtonStats`. No gradient flows
     (see `differentiable_states`)."""
     params = jax.lax.stop_gradient(params)
-    s0 = model.initial_state().astype(x.dtype)
-    jac = _jacobian_fn(model, opts.jacobian)
+    s0 = layer.initial_state().astype(x.dtype)
+    structure = solve_structure(layer, opts.jacobian)
+    linearise = _linearisation(layer, structure)
 
     def one(xi, gi):
-        return newton_solve(lambda s, xt: model.step(params, s, xt), lambda s, xt: jac(params, s, xt), s0, xi, gi, opts)
+        px = layer.project(params, xi)  # every step's input projection, once per solve
+        return newton_solve(lambda s, p: linearise(params, s, p), s0, px, gi, opts, structure)
 
     return solve_rows(one, x, jax.lax.stop_gradient(guess), chunk)
 
 
-def differentiable_states(model: Model, params: Params, x: jax.Array, states: jax.Array, gradient: Jacobian = "full") -> jax.Array:
+def differentiable_states(
+    layer: Layer, params: Params, x: jax.Array, states: jax.Array, gradient: Jacobian = "full", adjoint: Adjoint = "auto"
+) -> jax.Array:
     """`states (N, T, S)` (solved by `solve_states`) with the adjoint gradient attached
-    (`gradient: full` exact at convergence, `diagonal` the approximate adjoint)."""
-    s0 = model.initial_state().astype(x.dtype)
-    attach = functools.partial(implicit_states, model.step, _jacobian_fn(model, gradient), gradient)
+    (`gradient: full` exact at convergence, solved as `adjoint` says; `diagonal` the
+    approximate adjoint; a structured cell's adjoint is always its exact structured scan)."""
+    s0 = layer.initial_state().astype(x.dtype)
+    attach = functools.partial(implicit_states, layer, adjoint_plan(layer, gradient, adjoint))
     return jax.vmap(attach, in_axes=(None, None, 0, 0))(params, s0, x, states)

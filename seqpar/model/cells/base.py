@@ -5,11 +5,26 @@ vector `x` to the next state. Keeping the state flat means the embedding-paralle
 method's table is always `(sequences, length, state_dim)` whatever the cell: an
 LSTM's table holds both `h` and `c` (concatenated, `h` first).
 
-`output(s)` returns the features the readout sees (`h`; for LSTM the first half).
-`diag_jacobian(s, x)` is the diagonal of `d cell(s, x) / d s`, written out by hand in
-each cell: the Newton methods (quasi-DEER) need it every iteration, and `jax.jacfwd`
-costs `state_dim` forward passes for it. The base class falls back to `jacfwd` so a
-new cell runs at once; the cell tests require every registered cell to override it.
+A step is split in two so the Newton solvers (`seqpar.model.newton`) pay for the
+input-only work once per sequence: `project(x)` (the input projection `x W_x + b`,
+any leading shape) and `step_projected(s, px)`; `cell(s, x)` is the composition.
+`step_and_jacobian(s, px)` returns the next state *and* `d s' / d s` from one
+evaluation of the gates, written out by hand in each cell, in the cell's exact
+Jacobian structure (`jacobian_structure`):
+
+- `full`: an `(S, S)` matrix (gru, lstm, elman: dense recurrent weights);
+- `diagonal`: its diagonal `(S,)`, exact because every off-diagonal entry is zero
+  (per-unit recurrent weights: mingru, paragru);
+- `block`: `(S // k, k, k)` with `k = jacobian_block`; the state is k contiguous
+  chunks of `n = S // k` and unit j couples only entries `j, n + j, ..., (k-1)n + j`:
+  `J[j, a, b] = d s'[a n + j] / d s[b n + j]` (paralstm: `[h, c]`, k = 2).
+
+`step_and_diagonal(s, px)` is the same pass returning only the diagonal of the
+Jacobian (quasi-DEER's approximation on a `full` cell, O(S) per step, never S²).
+The base class falls back to `jax.jacfwd` so a new cell runs at once; the cell tests
+require every registered cell to write `step_and_jacobian` out, and compare it with
+`jacfwd` (and check `jacfwd` is zero outside the declared structure).
+`output(s)` returns the features the readout sees (`h`; for LSTMs the first half).
 The cells are written for a single example; methods batch them with `jax.vmap`.
 
 A cell is one module in this package: an `nnx.Module` subclass of `Cell` and a
@@ -19,6 +34,8 @@ name `model: {cell: gru}`), discovered by `seqpar.model.cells`.
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,27 +44,72 @@ from seqpar.config import Config, Registry
 
 CELLS: Registry[type[CellConfig]] = Registry("cell")
 
+JacobianStructure = Literal["full", "diagonal", "block"]
+
 _recurrent_init = nnx.initializers.orthogonal()
 
 
 class Cell(nnx.Module):
-    """Base class: `__call__(s, x) -> s'` and `output(s) -> h`."""
+    """Base class: `project`, `step_projected`, `step_and_jacobian`, `output`; `__call__(s, x) -> s'`."""
 
     hidden: int
     state_dim: int
     #: True when the new state is an affine function of the old one (no
     #: state-dependent gates); such recurrences provably cannot compute parity.
     linear_recurrence: bool = False
+    #: The EXACT structure of d s'/d s (see the module doc); block size k for "block", 1 otherwise.
+    jacobian_structure: ClassVar[JacobianStructure] = "full"
+    jacobian_block: ClassVar[int] = 1
 
-    def __call__(self, s: jax.Array, x: jax.Array) -> jax.Array:  # pragma: no cover - interface
-        raise NotImplementedError
+    def project(self, x: jax.Array) -> jax.Array:
+        """The input-only part of a step, `(..., D) -> (..., P)`; identity unless a cell hoists it."""
+        return x
+
+    def step_projected(self, s: jax.Array, px: jax.Array) -> jax.Array:
+        """One step from a projected input. Default: `__call__` (right when `project` is the identity)."""
+        return self(s, px)
+
+    def __call__(self, s: jax.Array, x: jax.Array) -> jax.Array:
+        return self.step_projected(s, self.project(x))
+
+    def step_and_jacobian(self, s: jax.Array, px: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(s', d s'/d s)`, the Jacobian in `jacobian_structure`. Override with the analytic form
+        (this fallback runs `jacfwd`, `state_dim` passes, and understands `full` cells only)."""
+        return self.step_projected(s, px), jax.jacfwd(self.step_projected)(s, px)
+
+    def step_and_diagonal(self, s: jax.Array, px: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(s', diag(d s'/d s))` from one pass: quasi-DEER's linearisation. Override on `full`
+        cells to skip the S×S matrix; structured cells take the diagonal of their blocks."""
+        new, jac = self.step_and_jacobian(s, px)
+        return new, structured_diagonal(jac, self.jacobian_structure)
+
+    def diag_jacobian(self, s: jax.Array, x: jax.Array) -> jax.Array:
+        """`diag(d cell(s, x) / d s)`, shape `(state_dim,)`."""
+        return self.step_and_diagonal(s, self.project(x))[1]
 
     def output(self, s: jax.Array) -> jax.Array:
         return s
 
-    def diag_jacobian(self, s: jax.Array, x: jax.Array) -> jax.Array:
-        """`diag(d cell(s, x) / d s)`, shape `(state_dim,)`. Override with the analytic form."""
-        return jnp.diagonal(jax.jacfwd(self.__call__)(s, x))
+
+def structured_diagonal(jac: jax.Array, structure: JacobianStructure) -> jax.Array:
+    """The diagonal `(S,)` of a Jacobian given in `structure` (blocks: in the state's layout)."""
+    if structure == "diagonal":
+        return jac
+    if structure == "full":
+        return jnp.diagonal(jac, axis1=-2, axis2=-1)
+    d = jnp.diagonal(jac, axis1=-2, axis2=-1)  # (..., n, k): entry a of unit j sits at a n + j
+    return jnp.swapaxes(d, -1, -2).reshape(*d.shape[:-2], d.shape[-2] * d.shape[-1])
+
+
+def dense_jacobian(jac: jax.Array, structure: JacobianStructure) -> jax.Array:
+    """A structured Jacobian as the `(S, S)` matrix it stands for (tests and small checks only)."""
+    if structure == "full":
+        return jac
+    if structure == "diagonal":
+        return jnp.diag(jac)
+    n, k = jac.shape[0], jac.shape[-1]
+    # J[a n + i, b n + j] = jac[i, a, b] δ_ij
+    return jnp.einsum("iab,ij->aibj", jac, jnp.eye(n, dtype=jac.dtype)).reshape(k * n, k * n)
 
 
 class CellConfig(Config):
@@ -59,6 +121,13 @@ class CellConfig(Config):
     def is_default(self) -> bool:
         """True when nothing but `type` is set: the spec then records the bare name."""
         return self == type(self)()  # every registered cell config has defaults for all its options
+
+
+def recurrent_blocks(layer: nnx.Linear, blocks: int) -> list[jax.Array]:
+    """A recurrent kernel `(n, blocks·n)` as its `blocks` transposed `(n, n)` pieces: `[k][i, j]` is
+    how gate k's pre-activation i depends on state unit j (the layer computes `s @ kernel`)."""
+    kernel = layer.kernel[...]
+    return [piece.T for piece in jnp.split(kernel, blocks, axis=-1)]
 
 
 def block_diagonals(layer: nnx.Linear, blocks: int) -> jax.Array:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 from pydantic import Field
 
-from seqpar.model.cells.base import CELLS, Cell, CellConfig, block_diagonals, linear
+from seqpar.model.cells.base import CELLS, Cell, CellConfig, block_diagonals, linear, recurrent_blocks
 
 
 @CELLS.register("elman")
@@ -32,9 +32,16 @@ class Elman(Cell):
         if recurrent_scale != 1.0:
             self.wh.kernel[...] = recurrent_scale * self.wh.kernel[...]
 
-    def __call__(self, s, x):
-        return jnp.tanh(self.wx(x) + self.wh(s))
+    def project(self, x):
+        return self.wx(x)
 
-    def diag_jacobian(self, s, x):
-        h = self(s, x)
-        return (1.0 - h * h) * block_diagonals(self.wh, 1)[0]
+    def step_projected(self, s, px):
+        return jnp.tanh(px + self.wh(s))
+
+    def step_and_jacobian(self, s, px):
+        h = self.step_projected(s, px)
+        return h, (1.0 - h * h)[:, None] * recurrent_blocks(self.wh, 1)[0]
+
+    def step_and_diagonal(self, s, px):
+        h = self.step_projected(s, px)
+        return h, (1.0 - h * h) * block_diagonals(self.wh, 1)[0]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from pydantic import Field
 
-from seqpar.model.cells.base import CELLS, Cell, CellConfig, block_diagonals, linear
+from seqpar.model.cells.base import CELLS, Cell, CellConfig, block_diagonals, linear, recurrent_blocks
 
 
 @CELLS.register("lstm")
@@ -34,24 +34,38 @@ class LSTM(Cell):
         bias = self.wx.bias[...]
         self.wx.bias[...] = bias.at[hidden : 2 * hidden].set(forget_bias)
 
-    def __call__(self, s, x):
-        h, c = jnp.split(s, 2, axis=-1)
-        i, f, g, o = jnp.split(self.wx(x) + self.wh(h), 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return jnp.concatenate([h, c], axis=-1)
+    def project(self, x):
+        return self.wx(x)
 
-    def diag_jacobian(self, s, x):
+    def _pass(self, s, px):
         h, c = jnp.split(s, 2, axis=-1)
-        i, f, g, o = jnp.split(self.wx(x) + self.wh(h), 4, axis=-1)
+        i, f, g, o = jnp.split(px + self.wh(h), 4, axis=-1)
         si, sf, so, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
         c_new = sf * c + si * tg
         tc = jnp.tanh(c_new)
+        new = jnp.concatenate([so * tc, c_new], axis=-1)
+        # dc'/dh = cf Uf + ci Ui + cg Ug (rows scaled); dh'/dh = co Uo + dtc dc'/dh; dc'/dc = sf.
+        coef = (sf * (1.0 - sf) * c, si * (1.0 - si) * tg, si * (1.0 - tg * tg), so * (1.0 - so) * tc, so * (1.0 - tc * tc))
+        return new, sf, coef
+
+    def step_projected(self, s, px):
+        return self._pass(s, px)[0]
+
+    def step_and_jacobian(self, s, px):
+        new, sf, (cf, ci, cg, co, dtc) = self._pass(s, px)
+        ui, uf, ug, uo = recurrent_blocks(self.wh, 4)
+        dc_dh = cf[:, None] * uf + ci[:, None] * ui + cg[:, None] * ug
+        dh_dh = co[:, None] * uo + dtc[:, None] * dc_dh
+        top = jnp.concatenate([dh_dh, jnp.diag(dtc * sf)], axis=1)
+        bottom = jnp.concatenate([dc_dh, jnp.diag(sf)], axis=1)
+        return new, jnp.concatenate([top, bottom], axis=0)
+
+    def step_and_diagonal(self, s, px):
+        new, sf, (cf, ci, cg, co, dtc) = self._pass(s, px)
         ui, uf, ug, uo = block_diagonals(self.wh, 4)
         # dc'_j/dc_j = sigmoid(f_j): the gates read h only. dh'_j/dh_j goes through o and through c'.
-        dc_dh = sf * (1.0 - sf) * uf * c + si * (1.0 - si) * ui * tg + si * (1.0 - tg * tg) * ug
-        dh_dh = so * (1.0 - so) * uo * tc + so * (1.0 - tc * tc) * dc_dh
-        return jnp.concatenate([dh_dh, sf], axis=-1)
+        dc_dh = cf * uf + ci * ui + cg * ug
+        return new, jnp.concatenate([co * uo + dtc * dc_dh, sf], axis=-1)
 
     def output(self, s):
         return s[..., : self.hidden]
