@@ -234,8 +234,9 @@ def newton_solve(
         return auto_tol(s) if opts.tol == "auto" else opts.tol
 
     def converged(s, res, change):
-        # A damped step is short by design, so only the residual says a damped solve is done.
-        return (res <= tol(s)) | ((change <= tol(s)) & (opts.damping == 0))
+        # A damped step is short by design, so only the residual says a damped solve is done; a
+        # non-finite residual (an overflowed state) is never converged, whatever the change says.
+        return ((res <= tol(s)) | ((change <= tol(s)) & (opts.damping == 0))) & jnp.isfinite(res)
 
     def going(carry):
         s, _, _, res, change, k, _, _ = carry
