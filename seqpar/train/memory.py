@@ -88,7 +88,7 @@ def estimate(spec: Spec) -> Estimate:
     train = jax.eval_shape(lambda k: task.make_data(k, spec.task.train_sequences), key)
     test = jax.eval_shape(lambda k: task.make_data(k, spec.task.test_sequences, split="test"), key)
     val = jax.eval_shape(lambda k: task.make_data(k, spec.task.val_sequences, split="val"), key)
-    model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim)
+    model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, **spec.model.structure())
     length = train.x.shape[1]
     state, label, extra = 0, spec.methods[0].display_label, 0
     for cfg in spec.methods:

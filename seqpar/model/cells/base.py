@@ -45,6 +45,14 @@ class Cell(nnx.Module):
     def output(self, s: jax.Array) -> jax.Array:
         return s
 
+    def project(self, x: jax.Array) -> jax.Array:
+        """The input-only part of the step, for any leading shape (default: the input itself)."""
+        return x
+
+    def step_projected(self, s: jax.Array, px: jax.Array) -> jax.Array:
+        """One step from a projected input (default: the step, as `project` is the identity)."""
+        return self(s, px)
+
     def diag_jacobian(self, s: jax.Array, x: jax.Array) -> jax.Array:
         """`diag(d cell(s, x) / d s)`, shape `(state_dim,)`. Override with the analytic form."""
         return jnp.diagonal(jax.jacfwd(self.__call__)(s, x))
