@@ -38,6 +38,7 @@ from pydantic import Field, model_validator
 
 from seqpar.config import KeyedError
 from seqpar.methods.base import METHODS, Method, MethodConfig
+from seqpar.model.model import Model, Params
 from seqpar.model.newton import (
     BLOCKS_PER_TRANSITION,
     DAMPED_BLOCKS_PER_TRANSITION,
@@ -49,7 +50,6 @@ from seqpar.model.newton import (
     rows_per_chunk,
     solve_states,
 )
-from seqpar.model.model import Model, Params
 from seqpar.model.rollout import readout_all
 from seqpar.sharding import put_rows, take_rows
 
@@ -107,12 +107,12 @@ def solve_stack(
     params = jax.lax.stop_gradient(params)
     guesses = model.split(jax.lax.stop_gradient(guess))
     z, parts, stats = x, [], []
-    for l in range(model.layers):
-        layer = model.layer(l)
-        s, st = solve_states(layer, params, model.cell_input(params, l, z), guesses[l], opts, chunk)
+    for i in range(model.layers):
+        layer = model.layer(i)
+        s, st = solve_states(layer, params, model.cell_input(params, i, z), guesses[i], opts, chunk)
         parts.append(s)
         stats.append(st)
-        z = model.pass_up(params, l, z, s)
+        z = model.pass_up(params, i, z, s)
     return model.join(parts), stats
 
 
@@ -129,8 +129,8 @@ def stack_metrics(stats: list[NewtonStats], max_iters: int) -> dict[str, jax.Arr
     if len(stats) == 1:
         return newton_metrics(stats[0], max_iters)
     out = newton_metrics(NewtonStats(*(jnp.stack(f) for f in zip(*stats, strict=True))), max_iters)
-    for l, st in enumerate(stats):
-        out.update({f"{k}_layer{l}": v for k, v in newton_metrics(st, max_iters).items()})
+    for i, st in enumerate(stats):
+        out.update({f"{k}_layer{i}": v for k, v in newton_metrics(st, max_iters).items()})
     return out
 
 
@@ -139,7 +139,7 @@ def layer_distances(model: Model, prefix: str, states: jax.Array, truth: jax.Arr
     out = {}
     pairs = [("", states, truth)]
     if model.layers > 1:
-        pairs += [(f"_layer{l}", s, t) for l, (s, t) in enumerate(zip(model.split(states), model.split(truth), strict=True))]
+        pairs += [(f"_layer{i}", s, t) for i, (s, t) in enumerate(zip(model.split(states), model.split(truth), strict=True))]
     for suffix, s, t in pairs:
         dist = jnp.linalg.norm(s - t, axis=-1)
         out[f"{prefix}{suffix}"] = jnp.mean(dist)

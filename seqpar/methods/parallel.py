@@ -80,8 +80,8 @@ from pydantic import Field, model_validator
 from seqpar.config import Config, KeyedError
 from seqpar.config.registry import Registry, tagged_union
 from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec
-from seqpar.model.model import Model, Params
 from seqpar.methods.deer import solve_stack
+from seqpar.model.model import Model, Params
 from seqpar.model.newton import BLOCKS_PER_TRANSITION, NewtonOptions, block_floats, rows_per_chunk
 from seqpar.model.rollout import readout_all, rollout_states
 from seqpar.sharding import put_rows, take_rows
@@ -227,15 +227,15 @@ def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array
     b, t = rows.shape[:2]
     tables = model.split(rows)
     z, preds = x, []
-    for l in range(model.layers):
-        layer, table = model.layer(l), tables[l]
+    for i in range(model.layers):
+        layer, table = model.layer(i), tables[i]
         s0 = jnp.broadcast_to(layer.initial_state().astype(rows.dtype), (b, 1, layer.state_dim))
         prev = jnp.concatenate([s0, table[:, :-1]], axis=1)
-        px = layer.project(params, model.cell_input(params, l, z))
+        px = layer.project(params, model.cell_input(params, i, z))
         step = jax.vmap(layer.step_projected, in_axes=(None, 0, 0))
         pred = step(params, prev.reshape(b * t, layer.state_dim), px.reshape(b * t, -1)).reshape(b, t, layer.state_dim)
         preds.append(pred)
-        z = model.pass_up(params, l, z, pred if pass_up == "cell" else table)
+        z = model.pass_up(params, i, z, pred if pass_up == "cell" else table)
     return model.join(preds)
 
 
@@ -248,7 +248,7 @@ def _per_layer(model: Model, name: str, value: jax.Array, reduce: Callable[[jax.
     """`{name}_layer{l}`: `reduce` of layer l's part of `value: (..., L·S)`; nothing for one layer."""
     if model.layers == 1:
         return {}
-    return {f"{name}_layer{l}": reduce(part) for l, part in enumerate(model.split(value))}
+    return {f"{name}_layer{i}": reduce(part) for i, part in enumerate(model.split(value))}
 
 
 def _mean_norm(d: jax.Array) -> jax.Array:

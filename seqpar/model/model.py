@@ -64,13 +64,13 @@ class RNN(nnx.Module):
         cfg = as_cell_config(cell)
         # Built in this order (cells bottom up, then norms, then the readout) so that one layer
         # draws its initial weights exactly as the one-cell model did.
-        for l in range(layers):
-            setattr(self, cell_name(l), cfg.build(input_dim if l == 0 else hidden, hidden, rngs=rngs))
-        for l in range(1, layers):
+        for i in range(layers):
+            setattr(self, cell_name(i), cfg.build(input_dim if i == 0 else hidden, hidden, rngs=rngs))
+        for i in range(1, layers):
             if norm == "layer":
-                setattr(self, norm_name(l), nnx.LayerNorm(hidden, rngs=rngs))
+                setattr(self, norm_name(i), nnx.LayerNorm(hidden, rngs=rngs))
             elif norm == "rms":
-                setattr(self, norm_name(l), nnx.RMSNorm(hidden, rngs=rngs))
+                setattr(self, norm_name(i), nnx.RMSNorm(hidden, rngs=rngs))
         self.readout = nnx.Linear(hidden, output_dim, rngs=rngs)
 
 
@@ -209,8 +209,8 @@ class Model:
     def features(self, params: Params, s: jax.Array) -> jax.Array:
         """The readout's input `z_L` from joint states `(..., L·S)`."""
         z = None
-        for l, part in enumerate(self.split(s)):
-            z = self.pass_up(params, l, z, part)  # type: ignore[arg-type]  # z is unused by layer 0
+        for i, part in enumerate(self.split(s)):
+            z = self.pass_up(params, i, z, part)  # type: ignore[arg-type]  # z is unused by layer 0
         return z  # type: ignore[return-value]
 
     def over_layers(self, params: Params, x: jax.Array, layer_states: LayerFn) -> jax.Array:
@@ -219,10 +219,10 @@ class Model:
         the layer below's output being the input of the one above (mathematically the
         joint recurrence, since a layer reads only the layers below at the same step)."""
         z, parts = x, []
-        for l in range(self.layers):
-            s = layer_states(self.layer(l), self.cell_input(params, l, z))
+        for i in range(self.layers):
+            s = layer_states(self.layer(i), self.cell_input(params, i, z))
             parts.append(s)
-            z = self.pass_up(params, l, z, s)
+            z = self.pass_up(params, i, z, s)
         return self.join(parts)
 
     # ------------------------------------------------------------------ the single-layer interface, on the joint state
@@ -230,10 +230,10 @@ class Model:
     def joint_step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
         """Advance the whole stack one time step: joint state `(L·S,)`, task input `(D,)`."""
         z, new = x, []
-        for l, part in enumerate(self.split(s)):
-            s_l = self.layer(l).step(params, part, self.cell_input(params, l, z))
+        for i, part in enumerate(self.split(s)):
+            s_l = self.layer(i).step(params, part, self.cell_input(params, i, z))
             new.append(s_l)
-            z = self.pass_up(params, l, z, s_l)
+            z = self.pass_up(params, i, z, s_l)
         return self.join(new)
 
     def step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
@@ -264,10 +264,10 @@ class Model:
         """`diag(d step / d s)`, `(L·S,)`: each layer's analytic diagonal at its own input
         (a layer's new state depends on its own old state only through its cell)."""
         z, diags = x, []
-        for l, part in enumerate(self.split(s)):
-            layer, a = self.layer(l), self.cell_input(params, l, z)
+        for i, part in enumerate(self.split(s)):
+            layer, a = self.layer(i), self.cell_input(params, i, z)
             diags.append(layer.diag_jacobian(params, part, a))
-            z = self.pass_up(params, l, z, layer.step(params, part, a))
+            z = self.pass_up(params, i, z, layer.step(params, part, a))
         return self.join(diags)
 
     def jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
