@@ -46,6 +46,11 @@ class SpecError(Exception):
         self.source = source
 
 
+# Every layer is its own traced program piece (the stack is a Python loop over layers), so compile
+# time grows with L; far beyond what anyone stacks, and a bound a typo cannot hang the estimate on.
+MAX_LAYERS = 256
+
+
 class BlockConfig(Config):
     """What sits between two layers of a stack (minGRU's and ParaRNN's pre-norm residual blocks)."""
 
@@ -56,7 +61,12 @@ class BlockConfig(Config):
 class ModelConfig(Config):
     cell: CellSpec = Field(default="gru", description="recurrent cell: a type name, or {type: NAME, ...its options}")
     hidden: int = Field(default=64, gt=0, description="hidden size")
-    layers: int = Field(default=1, gt=0, description="L: cells stacked, each reading the layer below's output; the readout reads the top")
+    layers: int = Field(
+        default=1,
+        gt=0,
+        le=MAX_LAYERS,
+        description=f"L: cells stacked, each reading the layer below's output, the readout the top (at most {MAX_LAYERS})",
+    )
     block: BlockConfig = Field(default=BlockConfig(), description="between layers: {residual: bool, norm: none|layer|rms} (layers >= 2)")
 
     @field_validator("cell", mode="before")

@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 
 from seqpar.config import KeyedError
 from seqpar.methods.base import METHODS, Method, MethodConfig
-from seqpar.model.model import Model, Params
+from seqpar.model.model import Layer, Model, Params
 from seqpar.model.newton import (
     BLOCKS_PER_TRANSITION,
     DAMPED_BLOCKS_PER_TRANSITION,
@@ -109,7 +109,8 @@ def solve_stack(
     z, parts, stats = x, [], []
     for i in range(model.layers):
         layer = model.layer(i)
-        s, st = solve_states(layer, params, model.cell_input(params, i, z), guesses[i], opts, chunk)
+        # newton.py takes any single-layer object (a layer view or a one-layer Model); it annotates Model.
+        s, st = solve_states(layer, params, model.cell_input(params, i, z), guesses[i], opts, chunk)  # pyright: ignore[reportArgumentType]
         parts.append(s)
         stats.append(st)
         z = model.pass_up(params, i, z, s)
@@ -121,7 +122,11 @@ def differentiable_stack(model: Model, params: Params, x: jax.Array, states: jax
     also gives the gradient of its input, so the backward pass runs the layers in reverse, each
     over the whole sequence in parallel (exact at convergence with `gradient: full`)."""
     parts = model.split(states)
-    return model.over_layers(params, x, lambda layer, u: differentiable_states(layer, params, u, parts[layer.index], gradient))
+
+    def one_layer(layer: Layer, u: jax.Array) -> jax.Array:
+        return differentiable_states(layer, params, u, parts[layer.index], gradient)  # pyright: ignore[reportArgumentType]
+
+    return model.over_layers(params, x, one_layer)
 
 
 def stack_metrics(stats: list[NewtonStats], max_iters: int) -> dict[str, jax.Array]:

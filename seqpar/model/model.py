@@ -64,8 +64,9 @@ class RNN(nnx.Module):
         cfg = as_cell_config(cell)
         # Built in this order (cells bottom up, then norms, then the readout) so that one layer
         # draws its initial weights exactly as the one-cell model did.
-        for i in range(layers):
-            setattr(self, cell_name(i), cfg.build(input_dim if i == 0 else hidden, hidden, rngs=rngs))
+        self.cell: Cell = cfg.build(input_dim, hidden, rngs=rngs)
+        for i in range(1, layers):
+            setattr(self, cell_name(i), cfg.build(hidden, hidden, rngs=rngs))
         for i in range(1, layers):
             if norm == "layer":
                 setattr(self, norm_name(i), nnx.LayerNorm(hidden, rngs=rngs))
