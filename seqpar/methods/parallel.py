@@ -219,7 +219,10 @@ def _where_rows(mask, new, old):
     return jax.tree.map(lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
 
 
-def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array, pass_up: str = "cell") -> jax.Array:
+PassUp = Literal["cell", "table"]  # what a stack's layer passes up: its predictions or its table
+
+
+def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array, pass_up: PassUp = "cell") -> jax.Array:
     """`cell(E[t-1], x[t])` for every transition of the joint `rows: (B, T, state_dim)`, no scan:
     per layer one batched call over all (row, step) pairs, its input projection computed once.
     A layer's input is the stream of the layer below read from its predictions (`pass_up: cell`)
@@ -239,8 +242,9 @@ def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array
     return model.join(preds)
 
 
-def jacobi_sweeps(model: Model, params: Params, table: jax.Array, x: jax.Array, sweeps: int, pass_up: str = "cell") -> jax.Array:
-    """`sweeps` parallel updates `E[t] <- cell(E[t-1], x[t])`; after m sweeps steps 0..m-1 are exact."""
+def jacobi_sweeps(model: Model, params: Params, table: jax.Array, x: jax.Array, sweeps: int, pass_up: PassUp = "cell") -> jax.Array:
+    """`sweeps` parallel updates `E[t] <- cell(E[t-1], x[t])`; after m sweeps steps 0..m-1 are exact
+    (in every layer of a stack with `pass_up: cell`; reading the table below, layer l lags l sweeps)."""
     return jax.lax.fori_loop(0, sweeps, lambda _, e: cell_predictions(model, params, e, x, pass_up), table)
 
 
