@@ -27,7 +27,7 @@ from seqpar.model.rollout import readout_all, rollout_states
 from seqpar.records.reader import read_metrics
 from seqpar.spec import validate_spec
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
-from seqpar.train.loop import build_experiment, init_state, make_eval, make_train_step, run_method
+from seqpar.train.loop import build_experiment, init_state, make_train_step, run_method
 from seqpar.train.runner import run_experiment
 
 CELL_NAMES = CELLS.names()
@@ -198,8 +198,9 @@ def _method_config(name):
 @pytest.mark.parametrize("cell", CELL_NAMES)
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_every_method_trains_a_two_layer_stack_of_every_cell(method, cell):
-    """Two steps of the loop's own jitted step, then its evaluation: every layer's parameters
-    (and the norm between them) move, and the rollout and the objective are finite."""
+    """Two steps of the loop's own jitted step: every layer's parameters (and the norm between
+    them) move, and the objective is finite. (Each method's evaluation of a stack is run by the
+    tests above and by the end-to-end runs below.)"""
     spec = _spec([_method_config(method)], cell=cell, steps=2, block={"residual": True, "norm": "rms"})
     exp = build_experiment(spec)
     m = spec.methods[0].build(exp.model, exp.task)
@@ -212,8 +213,6 @@ def test_every_method_trains_a_two_layer_stack_of_every_cell(method, cell):
     after = m.params(state)
     for name in ("cell", "cell_1", "norm_1", "readout"):
         assert _max_diff(before[name], after[name]) > 0, (method, cell, name)
-    ev = jax.jit(make_eval(m, exp.model, exp.task))(state, exp.train, exp.val, exp.test)
-    assert np.isfinite(float(ev["rollout_loss_test"])) and np.isfinite(float(ev["objective"]))
 
 
 def test_deer_at_two_layers_tracks_bptt_for_50_sgd_steps():
@@ -271,14 +270,14 @@ def _lines(run_dir: Path) -> list[dict]:
 def test_a_stack_resumes_from_its_checkpoint_exactly(tmp_path):
     # The checkpoint holds every layer's table, side by side, and their per-row optimizer states.
     methods = [{"type": "parallel", "optimizer": SGD}]
-    spec = _spec(methods, block={"residual": True, "norm": "rms"}, steps=6, log_every=1, checkpoint_every=2)
+    spec = _spec(methods, block={"residual": True, "norm": "rms"}, steps=4, log_every=1, checkpoint_every=2)
     reference = tmp_path / "reference"
     assert run_experiment(spec, reference)["status"] == "completed"
     out = tmp_path / "run"
     with pytest.raises(_Crash):
-        run_experiment(spec, out, _CrashAt("parallel", 5))
+        run_experiment(spec, out, _CrashAt("parallel", 3))
     summary = run_experiment(spec, out, resume=True)
-    assert summary["resumes"][0]["from_step"] == {"parallel": 4}
+    assert summary["resumes"][0]["from_step"] == {"parallel": 2}
     assert _lines(out) == _lines(reference)
     a, b = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
     assert [r["final"] for r in a["runs"]] == [r["final"] for r in b["runs"]]
