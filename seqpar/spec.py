@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_serializer, model_validator
 
 from seqpar.config import Config, KeyedError
 from seqpar.config.registry import tagged_union
@@ -46,19 +46,61 @@ class SpecError(Exception):
         self.source = source
 
 
+# Every layer is its own traced program piece (the stack is a Python loop over layers), so compile
+# time grows with L; far beyond what anyone stacks, and a bound a typo cannot hang the estimate on.
+MAX_LAYERS = 256
+
+
+class BlockConfig(Config):
+    """What sits between two layers of a stack (minGRU's and ParaRNN's pre-norm residual blocks)."""
+
+    residual: bool = Field(default=False, description="add each layer's input stream to its output (layers above the first)")
+    norm: Literal["none", "layer", "rms"] = Field(default="none", description="norm of each upper layer's input: none, layer or rms")
+
+
 class ModelConfig(Config):
     cell: CellSpec = Field(default="gru", description="recurrent cell: a type name, or {type: NAME, ...its options}")
     hidden: int = Field(default=64, gt=0, description="hidden size")
+    layers: int = Field(
+        default=1,
+        gt=0,
+        le=MAX_LAYERS,
+        description=f"L: cells stacked, each reading the layer below's output, the readout the top (at most {MAX_LAYERS})",
+    )
+    block: BlockConfig = Field(default=BlockConfig(), description="between layers: {residual: bool, norm: none|layer|rms} (layers >= 2)")
 
     @field_validator("cell", mode="before")
     @classmethod
     def _bare_name(cls, v: Any) -> Any:
         return {"type": v} if isinstance(v, str) else v
 
+    @model_validator(mode="after")
+    def _block_between_layers(self):
+        if self.layers == 1:
+            for key in ("residual", "norm"):
+                if getattr(self.block, key) != BlockConfig.model_fields[key].default:
+                    raise KeyedError(f"block.{key}", "only meaningful with layers >= 2 (a block sits between layers; layers is 1)")
+        return self
+
     @field_serializer("cell")
     def _record_bare_name(self, v: Any) -> Any:  # a registered CellConfig
         # A cell with default options is recorded as its bare name, as written before cells had options.
         return v.type if v.is_default() else v.model_dump()
+
+    @model_serializer(mode="wrap")
+    def _record_stack_only_when_set(self, handler: Any) -> Any:
+        # One layer is recorded as before stacks existed, so its records, hashes and resumes are unchanged.
+        out = handler(self)
+        if isinstance(out, dict):
+            if self.layers == 1:
+                out.pop("layers", None)
+            if self.block == BlockConfig():
+                out.pop("block", None)
+        return out
+
+    def structure(self) -> dict[str, Any]:
+        """The stack's keyword arguments of `seqpar.model.model.build_model`."""
+        return {"layers": self.layers, "residual": self.block.residual, "norm": self.block.norm}
 
 
 class TrainConfig(Config):

@@ -31,8 +31,8 @@ from seqpar.analysis.plots import (
     _maybe_log,
     _method_colors,
     _panels,
-    _plain_log_ticks,
     _save,
+    plain_log_ticks,
 )
 from seqpar.records.reader import Result, load, results
 
@@ -91,7 +91,7 @@ def plot_pareto(rs: list[Result], keys: list[str], cost: Callable[[Result, float
             handles.setdefault(_baseline_label(members), b)
             ys.append(float(np.asarray(b.get_ydata())[0]))
         ax.set_xscale("log")
-        _plain_log_ticks(ax, "x")
+        plain_log_ticks(ax, "x")
         _maybe_log(ax, ys)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)

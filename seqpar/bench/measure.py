@@ -3,7 +3,8 @@
     seqpar bench [SPEC] --lengths 256,1024,4096 --batch 1,8,64 --hidden 64
 
 For every point of the grid the spec is rewritten (`task.length`, `model.cell`,
-`model.hidden`, `train.batch_size`, `task.train_sequences`) and every method of
+`model.hidden`, `train.batch_size`, `task.train_sequences`; a stack's `model.layers`
+and `model.block` are the spec's, recorded per point as `layers`) and every method of
 the spec is measured through the *same* step `seqpar run` executes:
 `seqpar.train.loop.make_train_step`, jitted with the state donated, compiled ahead of
 time. Per point we record
@@ -279,6 +280,7 @@ def run_bench(
                         "batch": batch,
                         "sequences": pspec.task.train_sequences,
                         "hidden": grid.hidden,
+                        "layers": pspec.model.layers,
                         **best,
                         "unroll_candidates": [
                             {"unroll": c["unroll"], "step_ms": c["step_ms"]["median"], "compile_s": c["compile_s"]} for c in cands

@@ -137,7 +137,9 @@ def plot_bench(result: dict[str, Any], path: Path) -> None:
         fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=7, frameon=False)
     m = result["machine"]
     peak = result.get("peak_flops_per_s", result["matmul_peak"]["flops_per_s"]) / 1e9
-    title = f"seqpar bench, hidden {result['grid']['hidden']}: {m['summary']}, matmul peak {peak:.0f} GFLOP/s, {result['created']}"
+    layers = result.get("spec", {}).get("model", {}).get("layers", 1)  # recorded only for a stack
+    stack = f" x {layers} layers" if layers > 1 else ""
+    title = f"seqpar bench, hidden {result['grid']['hidden']}{stack}: {m['summary']}, matmul peak {peak:.0f} GFLOP/s, {result['created']}"
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)

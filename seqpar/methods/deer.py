@@ -48,9 +48,11 @@ from pydantic import Field, model_validator
 from seqpar.config import KeyedError
 from seqpar.methods.base import METHODS, Method, MethodConfig, scan_depth
 from seqpar.model.cells.base import JacobianStructure
+from seqpar.model.model import Layer, Model, Params
 from seqpar.model.newton import (
     BLOCKS_PER_TRANSITION,
     DAMPED_BLOCKS_PER_TRANSITION,
+    Adjoint,
     Jacobian,
     NewtonOptions,
     NewtonStats,
@@ -124,6 +126,61 @@ def newton_metrics(stats: NewtonStats, max_iters: int) -> dict[str, jax.Array]:
     }
 
 
+def solve_stack(
+    model: Model, params: Params, x: jax.Array, guess: jax.Array, opts: NewtonOptions, chunk: int | None = None
+) -> tuple[jax.Array, list[NewtonStats]]:
+    """Newton-solved joint states `(N, T, state_dim)` of the whole stack, layer by layer: layer l
+    over the whole sequence in parallel, its input the solved output of the layer below; each
+    layer from its part of the joint `guess`. Per layer, its `NewtonStats`. No gradient flows."""
+    params = jax.lax.stop_gradient(params)
+    guesses = model.split(jax.lax.stop_gradient(guess))
+    z, parts, stats = x, [], []
+    for i in range(model.layers):
+        layer = model.layer(i)
+        s, st = solve_states(layer, params, model.cell_input(params, i, z), guesses[i], opts, chunk)
+        parts.append(s)
+        stats.append(st)
+        z = model.pass_up(params, i, z, s)
+    return model.join(parts), stats
+
+
+def differentiable_stack(
+    model: Model, params: Params, x: jax.Array, states: jax.Array, gradient: Jacobian = "full", adjoint: Adjoint = "auto"
+) -> jax.Array:
+    """The solved joint `states` with the adjoint attached layer by layer: each layer's adjoint
+    also gives the gradient of its input, so the backward pass runs the layers in reverse, each
+    over the whole sequence in parallel (exact at convergence with `gradient: full`)."""
+    parts = model.split(states)
+
+    def one_layer(layer: Layer, u: jax.Array) -> jax.Array:
+        return differentiable_states(layer, params, u, parts[layer.index], gradient, adjoint)
+
+    return model.over_layers(params, x, one_layer)
+
+
+def stack_metrics(stats: list[NewtonStats], max_iters: int) -> dict[str, jax.Array]:
+    """`newton_metrics` over every (row, layer) solve; a stack adds each layer's as `..._layer{l}`."""
+    if len(stats) == 1:
+        return newton_metrics(stats[0], max_iters)
+    out = newton_metrics(NewtonStats(*(jnp.stack(f) for f in zip(*stats, strict=True))), max_iters)
+    for i, st in enumerate(stats):
+        out.update({f"{k}_layer{i}": v for k, v in newton_metrics(st, max_iters).items()})
+    return out
+
+
+def layer_distances(model: Model, prefix: str, states: jax.Array, truth: jax.Array) -> dict[str, jax.Array]:
+    """Mean and max over (row, step) of `‖states − truth‖`, the joint state's and, in a stack, each layer's."""
+    out = {}
+    pairs = [("", states, truth)]
+    if model.layers > 1:
+        pairs += [(f"_layer{i}", s, t) for i, (s, t) in enumerate(zip(model.split(states), model.split(truth), strict=True))]
+    for suffix, s, t in pairs:
+        dist = jnp.linalg.norm(s - t, axis=-1)
+        out[f"{prefix}{suffix}"] = jnp.mean(dist)
+        out[f"{prefix}_max{suffix}"] = jnp.max(dist)
+    return out
+
+
 class DEER(Method):
     cfg: DEERConfig
     row_state_keys = ("guess",)
@@ -148,15 +205,15 @@ class DEER(Method):
 
     def loss(self, params, states, x, y, mask):
         """Task loss on the solved `states`, differentiable in `params` through the adjoint."""
-        states = differentiable_states(self.model, params, x, states, self.gradient, self.cfg.adjoint)
+        states = differentiable_stack(self.model, params, x, states, self.gradient, self.cfg.adjoint)
         return self.task.loss(readout_all(self.model, params, states), y, mask)
 
     def train_step(self, state, train, batch, step, key):
         params = state["params"]
-        states, stats = solve_states(self.model, params, batch.x, self.guess(state, batch.idx, batch.x), self.opts)
+        states, stats = solve_stack(self.model, params, batch.x, self.guess(state, batch.idx, batch.x), self.opts)
         loss, grads = jax.value_and_grad(self.loss)(params, states, batch.x, batch.y, batch.mask)
         updates, opt_state = self.tx.update(grads, state["opt_state"], params)
-        newton = newton_metrics(stats, self.cfg.max_iters)
+        newton = stack_metrics(stats, self.cfg.max_iters)
         hit_max_total = state["hit_max_total"] + newton["newton_hit_max"]
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "hit_max_total": hit_max_total}
         if self.cfg.warm_start == "previous":
@@ -179,16 +236,15 @@ class DEER(Method):
         # rollout loss only if Newton converged.
         params = state["params"]
         x = train.x
-        chunk = rows_per_chunk(solve_structure(self.model, self.cfg.jacobian), x.shape[1], self.model.state_dim, self.model.jacobian_block)
-        states, stats = solve_states(self.model, params, x, self.guess(state, None, x), self.opts, chunk)
+        layer = self.model.layer(0)  # every layer has the same cell, so the same structure and size
+        chunk = rows_per_chunk(solve_structure(layer, self.cfg.jacobian), x.shape[1], layer.state_dim, layer.jacobian_block)
+        states, stats = solve_stack(self.model, params, x, self.guess(state, None, x), self.opts, chunk)
         objective = self.task.loss(readout_all(self.model, params, states), train.y, train.mask)
-        dist = jnp.linalg.norm(states - rollout_train_states, axis=-1)
         return {
             "objective": objective,
             "task_loss": objective,
-            "newton_rollout_dist": jnp.mean(dist),
-            "newton_rollout_dist_max": jnp.max(dist),
-            **newton_metrics(stats, self.cfg.max_iters),
+            **layer_distances(self.model, "newton_rollout_dist", states, rollout_train_states),
+            **stack_metrics(stats, self.cfg.max_iters),
         }
 
     def sequential_depth(self, length, metrics):
@@ -197,15 +253,18 @@ class DEER(Method):
         # the adjoint: the same scan backwards, then one batched VJP of the cell. All rows of a
         # batch run as one while_loop, so the step's iterations are its slowest row's; without a
         # logged count, the cap.
+        # The layers of a stack are solved (and their adjoints taken) one after another.
         iterations = metrics.get("newton_iters_max", self.cfg.max_iters)
-        return (iterations + 1) * (scan_depth(length) + 1)
+        return self.model.layers * (iterations + 1) * (scan_depth(length) + 1)
 
     def extra_activation_bytes(self, batch, length, sequences):
+        # Layers are solved one after another: the Jacobian buffers are one layer's at a time.
         per_block = DAMPED_BLOCKS_PER_TRANSITION if self.cfg.damping > 0 else BLOCKS_PER_TRANSITION
-        s, k = self.model.state_dim, self.model.jacobian_block
-        structure = solve_structure(self.model, self.cfg.jacobian)
+        layer = self.model.layer(0)  # every layer has the same cell
+        s, k = layer.state_dim, layer.jacobian_block
+        structure = solve_structure(layer, self.cfg.jacobian)
         forward = per_block * block_floats(structure, s, k)
-        plan = adjoint_plan(self.model, self.gradient, self.cfg.adjoint)
+        plan = adjoint_plan(layer, self.gradient, self.cfg.adjoint)
         # The sequential adjoint stores no Jacobian (λ and the states only: diagonal-sized).
         adjoint_structure: JacobianStructure = "full" if plan == "parallel" else structure if plan == "structured" else "diagonal"
         adjoint = BLOCKS_PER_TRANSITION * block_floats(adjoint_structure, s, k)

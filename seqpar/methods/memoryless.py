@@ -67,5 +67,6 @@ class Memoryless(Method):
         return {"objective": rollout_train_loss}
 
     def sequential_depth(self, length, metrics):
-        # No step waits for another (each starts from its reset state): one pass forward, one back.
-        return 2
+        # No step waits for another (each starts from its reset state): one pass forward, one back,
+        # per layer (a layer reads the one below).
+        return 2 * self.model.layers

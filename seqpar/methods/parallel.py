@@ -10,6 +10,14 @@ The cell is applied to all pairs `(E[i, t-1], x[i, t])` at once with `vmap`
 
 Gradients update the cell, the readout and the table.
 
+A stack of L layers keeps one table per layer, held side by side as the joint state
+`E: (N, T, L·S)` (`Model.split` gives each layer's): layer l's prediction reads its own
+table's previous entry and, as its input, the stream of the layer below (from its
+predictions, or its table with `readout_from: table`), computed for all steps at once.
+The consistency term is summed over layers (each layer's residual is in the objective);
+each layer's is also reported (`consistency_layer{l}`, `residual_mean_layer{l}`,
+`table_rollout_dist_layer{l}`, ...).
+
 Readout choice (`readout_from`, default `cell`): the readout reads the cell's
 prediction `cell(E[t-1], x[t])`, not the stored `E[t]`. A rollout only ever reads
 states the cell produced, so the task gradient must pass through a cell
@@ -73,8 +81,9 @@ from seqpar.config import Config, KeyedError
 from seqpar.config.registry import Registry, tagged_union
 from seqpar.methods.agreement import agreement_metrics
 from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec, scan_depth
+from seqpar.methods.deer import solve_stack
 from seqpar.model.model import Model, Params
-from seqpar.model.newton import BLOCKS_PER_TRANSITION, NewtonOptions, block_floats, rows_per_chunk, solve_states
+from seqpar.model.newton import BLOCKS_PER_TRANSITION, NewtonOptions, block_floats, rows_per_chunk
 from seqpar.model.rollout import readout_all, rollout_states
 from seqpar.sharding import put_rows, take_rows
 from seqpar.tasks.base import Task
@@ -217,18 +226,44 @@ def _where_rows(mask, new, old):
     return jax.tree.map(lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old)
 
 
-def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array) -> jax.Array:
-    """`cell(E[t-1], x[t])` for every transition of `rows: (B, T, S)`, in one batched call."""
-    b, t, s = rows.shape
-    s0 = jnp.broadcast_to(model.initial_state().astype(rows.dtype), (b, 1, s))
-    prev = jnp.concatenate([s0, rows[:, :-1]], axis=1)
-    pred = model.step_batch(params, prev.reshape(b * t, s), x.reshape(b * t, -1))
-    return pred.reshape(b, t, s)
+PassUp = Literal["cell", "table"]  # what a stack's layer passes up: its predictions or its table
 
 
-def jacobi_sweeps(model: Model, params: Params, table: jax.Array, x: jax.Array, sweeps: int) -> jax.Array:
-    """`sweeps` parallel updates `E[t] <- cell(E[t-1], x[t])`; after m sweeps steps 0..m-1 are exact."""
-    return jax.lax.fori_loop(0, sweeps, lambda _, e: cell_predictions(model, params, e, x), table)
+def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array, pass_up: PassUp = "cell") -> jax.Array:
+    """`cell(E[t-1], x[t])` for every transition of the joint `rows: (B, T, state_dim)`, no scan:
+    per layer one batched call over all (row, step) pairs, its input projection computed once.
+    A layer's input is the stream of the layer below read from its predictions (`pass_up: cell`)
+    or from its table (`table`), as the readout reads the top layer (`readout_from`)."""
+    b, t = rows.shape[:2]
+    tables = model.split(rows)
+    z, preds = x, []
+    for i in range(model.layers):
+        layer, table = model.layer(i), tables[i]
+        s0 = jnp.broadcast_to(layer.initial_state().astype(rows.dtype), (b, 1, layer.state_dim))
+        prev = jnp.concatenate([s0, table[:, :-1]], axis=1)
+        px = layer.project(params, model.cell_input(params, i, z))
+        step = jax.vmap(layer.step_projected, in_axes=(None, 0, 0))
+        pred = step(params, prev.reshape(b * t, layer.state_dim), px.reshape(b * t, -1)).reshape(b, t, layer.state_dim)
+        preds.append(pred)
+        z = model.pass_up(params, i, z, pred if pass_up == "cell" else table)
+    return model.join(preds)
+
+
+def jacobi_sweeps(model: Model, params: Params, table: jax.Array, x: jax.Array, sweeps: int, pass_up: PassUp = "cell") -> jax.Array:
+    """`sweeps` parallel updates `E[t] <- cell(E[t-1], x[t])`; after m sweeps steps 0..m-1 are exact
+    (in every layer of a stack with `pass_up: cell`; reading the table below, layer l lags l sweeps)."""
+    return jax.lax.fori_loop(0, sweeps, lambda _, e: cell_predictions(model, params, e, x, pass_up), table)
+
+
+def _per_layer(model: Model, name: str, value: jax.Array, reduce: Callable[[jax.Array], jax.Array]) -> dict[str, jax.Array]:
+    """`{name}_layer{l}`: `reduce` of layer l's part of `value: (..., L·S)`; nothing for one layer."""
+    if model.layers == 1:
+        return {}
+    return {f"{name}_layer{i}": reduce(part) for i, part in enumerate(model.split(value))}
+
+
+def _mean_norm(d: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.linalg.norm(d, axis=-1))
 
 
 def _by_quartile(prefix: str, dist: jax.Array) -> dict[str, jax.Array]:
@@ -280,17 +315,30 @@ class EmbeddingParallel(Method):
     def loss(self, params, rows, x, y, mask, weight=None):
         """Objective and its parts; `weight` is the scheduled consistency weight (default: unscheduled)."""
         weight = self.cfg.consistency_weight if weight is None else weight
-        pred = cell_predictions(self.model, params, rows, x)
+        pred = cell_predictions(self.model, params, rows, x, self.cfg.readout_from)
         read = pred if self.cfg.readout_from == "cell" else rows
         task_loss = self.task.loss(readout_all(self.model, params, read), y, mask)
         # Stop-gradient only inside the consistency term; the task term is untouched.
         sg = self.cfg.consistency_stop_gradient
         p = jax.lax.stop_gradient(pred) if sg == "prediction" else pred
         target = jax.lax.stop_gradient(rows) if sg == "target" else rows
+        # Summed over the joint state: the objective holds every layer's consistency term, each
+        # weighted as a one-layer model's (each layer's: `layer_metrics`).
         sq_residual = jnp.sum(jnp.square(p - target), axis=-1)  # (B, T)
         consistency = jnp.mean(sq_residual)
         objective = task_loss + weight * consistency
-        return objective, {"task_loss": task_loss, "consistency": consistency, "sq_residual": sq_residual}
+        aux = {"task_loss": task_loss, "consistency": consistency, "sq_residual": sq_residual, "diff": p - target}
+        return objective, aux
+
+    def layer_metrics(self, diff):
+        """Each layer's consistency and residual norms (a stack only), from `prediction − table`."""
+        m = self.model
+        sq = lambda d: jnp.sum(jnp.square(d), axis=-1)  # noqa: E731
+        return {
+            **_per_layer(m, "consistency", diff, lambda d: jnp.mean(sq(d))),
+            **_per_layer(m, "residual_mean", diff, lambda d: jnp.mean(jnp.sqrt(sq(d)))),
+            **_per_layer(m, "residual_max", diff, lambda d: jnp.max(jnp.sqrt(sq(d)))),
+        }
 
     @property
     def newton_options(self) -> NewtonOptions:
@@ -299,15 +347,15 @@ class EmbeddingParallel(Method):
     def newton_refresh(self, params, table, x):
         """At most `iterations` Newton iterations from the table, a chunk of rows at a time."""
         opts = self.newton_options
-        chunk = rows_per_chunk(opts.jacobian, x.shape[1], self.model.state_dim)
-        return solve_states(self.model, params, x, table, opts, chunk)[0].astype(table.dtype)
+        chunk = rows_per_chunk(opts.jacobian, x.shape[1], self.model.layer_state_dim)
+        return solve_stack(self.model, params, x, table, opts, chunk)[0].astype(table.dtype)
 
     def refreshed_table(self, params, table, x):
         if self.cfg.refresh == "rollout":
             return rollout_states(self.model, params, x).astype(table.dtype)
         if self.cfg.refresh == "newton":
             return self.newton_refresh(params, table, x)
-        return jacobi_sweeps(self.model, params, table, x, self.cfg.sweeps)
+        return jacobi_sweeps(self.model, params, table, x, self.cfg.sweeps, self.cfg.readout_from)
 
     def train_step(self, state, train, batch, step, key):
         cfg, params, table = self.cfg, state["params"], state["table"]
@@ -339,6 +387,7 @@ class EmbeddingParallel(Method):
             "residual_max": jnp.max(residual),
             "grad_norm_params": optax.tree.norm(g_params),
             "grad_norm_table": optax.tree.norm(g_rows),
+            **self.layer_metrics(aux["diff"]),
         }
         return new_state, metrics
 
@@ -381,26 +430,32 @@ class EmbeddingParallel(Method):
             "table_rollout_dist": jnp.mean(dist),
             **_by_quartile("table_rollout_dist", dist),
             **agreement_metrics(table, rollout_train_states),
+            **self.layer_metrics(aux["diff"]),
+            **_per_layer(self.model, "table_rollout_dist", table - rollout_train_states, _mean_norm),
         }
         if self.cfg.refresh == "jacobi":
             # How close a Jacobi refresh taken now (current cell, current table) gets to the true
             # rollout; measured here, outside the timed step, because it needs a rollout.
-            swept = jacobi_sweeps(self.model, params, table, train.x, self.cfg.sweeps)
+            swept = jacobi_sweeps(self.model, params, table, train.x, self.cfg.sweeps, self.cfg.readout_from)
             jdist = jnp.linalg.norm(swept - rollout_train_states, axis=-1)
             out["jacobi_rollout_dist"] = jnp.mean(jdist)
             out.update(_by_quartile("jacobi_rollout_dist", jdist))
+            out.update(_per_layer(self.model, "jacobi_rollout_dist", swept - rollout_train_states, _mean_norm))
         if self.cfg.refresh == "newton":
             # The same for a Newton refresh: how far `iterations` iterations from this table get.
-            ndist = jnp.linalg.norm(self.newton_refresh(params, table, train.x) - rollout_train_states, axis=-1)
+            ndiff = self.newton_refresh(params, table, train.x) - rollout_train_states
+            ndist = jnp.linalg.norm(ndiff, axis=-1)
             out["newton_rollout_dist"] = jnp.mean(ndist)
             out.update(_by_quartile("newton_rollout_dist", ndist))
+            out.update(_per_layer(self.model, "newton_rollout_dist", ndiff, _mean_norm))
         return out
 
     def sequential_depth(self, length, metrics):
-        # The cell at every transition at once, forward and backward: 2, whatever the length.
-        # A refresh adds its own chain once every refresh_every steps, counted per step on
-        # average: a rollout T steps, Jacobi one pass per sweep, Newton up to `iterations`
-        # iterations of (linearise, scan) as in DEER.
+        # The cell at every transition at once, forward and backward: 2 per layer (a layer reads
+        # the predictions of the one below), whatever the length. A refresh adds its own chain
+        # once every refresh_every steps, counted per step on average: a rollout T steps, Jacobi
+        # one pass per sweep, Newton up to `iterations` iterations of (linearise, scan) as in
+        # DEER; each of them layer after layer.
         cfg = self.cfg
         refresh = {
             "none": 0,
@@ -408,15 +463,16 @@ class EmbeddingParallel(Method):
             "jacobi": cfg.sweeps or 0,
             "newton": (cfg.iterations or 0) * (scan_depth(length) + 1),
         }[cfg.refresh]
-        return 2 + refresh / (cfg.refresh_every or 1)
+        return self.model.layers * (2 + refresh / (cfg.refresh_every or 1))
 
     def extra_activation_bytes(self, batch, length, sequences):
         if self.cfg.refresh != "newton":
             return 0
         # A Newton refresh solves the whole table a chunk of rows at a time (see `seqpar.methods.deer`).
         opts = self.newton_options
-        rows = min(rows_per_chunk(opts.jacobian, length, self.model.state_dim), sequences)
-        return 4 * BLOCKS_PER_TRANSITION * rows * length * block_floats(opts.jacobian, self.model.state_dim)
+        s = self.model.layer_state_dim  # layers are solved one after another
+        rows = min(rows_per_chunk(opts.jacobian, length, s), sequences)
+        return 4 * BLOCKS_PER_TRANSITION * rows * length * block_floats(opts.jacobian, s)
 
     def state_table_bytes(self, state):
         return int(state["table"].nbytes)

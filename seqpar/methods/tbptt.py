@@ -1,7 +1,7 @@
 """Truncated BPTT: the rollout run window by window, no gradient across window boundaries.
 
 The sequence is cut into windows of `window` steps (the last one shorter when the
-length is not a multiple). Each window is a plain `seqpar.model.rollout.rollout_states`
+length is not a multiple). Each window is a plain `seqpar.model.rollout.scan_layer`
 scan that starts from the previous window's last state, so the forward pass, the
 states and the loss value are exactly full BPTT's; only the gradient differs: the
 state entering a window is a constant (`stop_gradient`), so a loss at step t
@@ -24,8 +24,8 @@ from pydantic import Field
 
 from seqpar.methods.base import METHODS, MethodConfig
 from seqpar.methods.bptt import ScanMethod
-from seqpar.model.model import Model, Params
-from seqpar.model.rollout import rollout_states
+from seqpar.model.model import Layer, Model, Params
+from seqpar.model.rollout import initial_states, scan_layer
 
 
 @METHODS.register("truncated_bptt")
@@ -38,25 +38,36 @@ class TruncatedBPTTConfig(MethodConfig):
         return TruncatedBPTT(self, model, task)
 
 
-def truncated_rollout_states(model: Model, params: Params, x: jax.Array, window: int, unroll: int = 1) -> jax.Array:
-    """The rollout's states `(N, T, S)` (same values), with the gradient cut every `window` steps."""
-    n, t = x.shape[:2]
+def truncated_layer(layer: Layer, params: Params, px: jax.Array, s0: jax.Array, window: int, unroll: int = 1) -> jax.Array:
+    """One layer's states `(N, T, S)` over its projected inputs, the gradient cut every `window` steps."""
+    n, t = px.shape[:2]
     k = min(window, t)
     full, rest = divmod(t, k)
-    s0 = jnp.broadcast_to(model.initial_state().astype(x.dtype), (n, model.state_dim))
 
-    def one_window(s, xw):
-        states = rollout_states(model, params, xw, s0=jax.lax.stop_gradient(s), unroll=unroll)
+    def one_window(s, pxw):
+        states = scan_layer(layer, params, pxw, jax.lax.stop_gradient(s), unroll)
         return states[:, -1], states
 
-    # Windows become the leading (scanned) axis: (W, N, k, D).
-    xs = jnp.swapaxes(x[:, : full * k].reshape(n, full, k, x.shape[-1]), 0, 1)
-    s, states = jax.lax.scan(one_window, s0, xs)
+    # Windows become the leading (scanned) axis: (W, N, k, P).
+    pxs = jnp.swapaxes(px[:, : full * k].reshape(n, full, k, px.shape[-1]), 0, 1)
+    s, states = jax.lax.scan(one_window, s0, pxs)
     states = jnp.swapaxes(states, 0, 1).reshape(n, full * k, -1)
     if rest:  # the shorter last window
-        _, tail = one_window(s, x[:, full * k :])
+        _, tail = one_window(s, px[:, full * k :])
         states = jnp.concatenate([states, tail], axis=1)
     return states
+
+
+def truncated_rollout_states(model: Model, params: Params, x: jax.Array, window: int, unroll: int = 1) -> jax.Array:
+    """The rollout's joint states `(N, T, state_dim)` (same values), with the gradient cut every
+    `window` steps. Layer by layer, each layer's projection hoisted out of its scan: cutting
+    every layer's state at a window edge is cutting the joint state there."""
+    starts = model.split(initial_states(model, x.shape[0], x.dtype))
+
+    def one_layer(layer: Layer, u: jax.Array) -> jax.Array:
+        return truncated_layer(layer, params, layer.project(params, u), starts[layer.index], window, unroll)
+
+    return model.over_layers(params, x, one_layer)
 
 
 class TruncatedBPTT(ScanMethod):

@@ -1,15 +1,28 @@
-"""The one model every method trains: a registered cell plus a linear readout.
+"""The one model every method trains: a stack of `layers` registered cells plus a linear readout.
 
 The Flax NNX module is split once (`nnx.split`) into a static graph definition
 and a parameter pytree; everything downstream is a plain function of that pytree,
 so `jax.jit`, `lax.scan` and `vmap` see ordinary arrays (the Flax performance
 guide's advice for small models inside scan).
+
+A stack is L layers of the same cell. Layer 0 reads the task's input; layer l >= 1
+reads the stream `z_l` below it, through an optional norm (pre-norm, as minGRU and
+ParaRNN stack their cells). The stream is `z_1 = h_0` and `z_{l+1} = h_l`, or with
+`residual` `z_{l+1} = z_l + h_l`, where `h_l = output(s_l)` are layer l's features;
+the readout reads `z_L`. So the stream, and the readout's input, are functions of
+the layers' states alone, and a stack's state is their concatenation `(L * S,)`, layer
+0 first: the *joint* state. `Model` itself runs on the joint state (`step` advances the
+whole stack one step, `state_dim` is L·S), so every caller written for one layer keeps
+working unchanged; `model.layer(l)` is one layer's view, with the same single-layer
+interface on its own state, for methods that run the stack layer by layer.
+With L = 1 the joint state is the cell's state and everything is exactly the one-cell model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +32,8 @@ from seqpar.model.cells import CELLS, Cell, CellConfig
 from seqpar.model.cells.base import JacobianStructure
 
 Params = Any
+Norm = Literal["none", "layer", "rms"]
+LayerFn = Callable[["Layer", jax.Array], jax.Array]  # (layer, its input sequence (..., T, D_l)) -> its states (..., T, S)
 
 
 def as_cell_config(cell: CellConfig | str) -> CellConfig:
@@ -26,10 +41,111 @@ def as_cell_config(cell: CellConfig | str) -> CellConfig:
     return CELLS.get(cell)() if isinstance(cell, str) else cell
 
 
+def cell_name(index: int) -> str:
+    """The attribute (and params key) of layer `index`'s cell: `cell` for the first, as a one-cell model."""
+    return "cell" if index == 0 else f"cell_{index}"
+
+
+def norm_name(index: int) -> str:
+    return f"norm_{index}"
+
+
 class RNN(nnx.Module):
-    def __init__(self, cell: CellConfig | str, input_dim: int, hidden: int, output_dim: int, *, rngs: nnx.Rngs):
-        self.cell: Cell = as_cell_config(cell).build(input_dim, hidden, rngs=rngs)
+    def __init__(
+        self,
+        cell: CellConfig | str,
+        input_dim: int,
+        hidden: int,
+        output_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        layers: int = 1,
+        norm: Norm = "none",
+    ):
+        cfg = as_cell_config(cell)
+        # Built in this order (cells bottom up, then norms, then the readout) so that one layer
+        # draws its initial weights exactly as the one-cell model did.
+        self.cell: Cell = cfg.build(input_dim, hidden, rngs=rngs)
+        for i in range(1, layers):
+            setattr(self, cell_name(i), cfg.build(hidden, hidden, rngs=rngs))
+        for i in range(1, layers):
+            if norm == "layer":
+                setattr(self, norm_name(i), nnx.LayerNorm(hidden, rngs=rngs))
+            elif norm == "rms":
+                setattr(self, norm_name(i), nnx.RMSNorm(hidden, rngs=rngs))
         self.readout = nnx.Linear(hidden, output_dim, rngs=rngs)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a `Model`: the single-layer interface on that layer's own state `(S,)`.
+
+    `params` is always the whole model's pytree; the view picks its cell, so a gradient
+    taken through it lands in the right place. `x` is the layer's own input (the task's
+    input for layer 0, the normed stream below it otherwise: `Model.cell_input`).
+    Frozen and hashable, so its bound methods can be static arguments."""
+
+    model: Model
+    index: int
+
+    @property
+    def state_dim(self) -> int:
+        return self.model.layer_state_dim
+
+    @property
+    def hidden(self) -> int:
+        return self.model.hidden
+
+    @property
+    def linear_recurrence(self) -> bool:
+        return self.model.cell_linear_recurrence
+
+    @property
+    def jacobian_structure(self) -> JacobianStructure:
+        return self.model.cell_jacobian_structure
+
+    @property
+    def jacobian_block(self) -> int:
+        return self.model.cell_jacobian_block
+
+    def cell(self, params: Params) -> Cell:
+        return getattr(nnx.merge(self.model.graphdef, params), cell_name(self.index))
+
+    def step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        return self.cell(params)(s, x)
+
+    def project(self, params: Params, x: jax.Array) -> jax.Array:
+        """The input-only part of the step, for inputs of any leading shape `(..., D)`."""
+        return self.cell(params).project(x)
+
+    def step_projected(self, params: Params, s: jax.Array, px: jax.Array) -> jax.Array:
+        return self.cell(params).step_projected(s, px)
+
+    def step_and_jacobian(self, params: Params, s: jax.Array, px: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(s', J)` from one evaluation of the gates, `J` in the cell's `jacobian_structure`."""
+        return self.cell(params).step_and_jacobian(s, px)
+
+    def step_and_diagonal(self, params: Params, s: jax.Array, px: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`(s', diag J)` from one evaluation of the gates (quasi-DEER on a `full` cell)."""
+        return self.cell(params).step_and_diagonal(s, px)
+
+    def diag_jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        """`diag(d step / d s)`, `(S,)`: the cell's analytic form (quasi-DEER's Jacobian)."""
+        return self.cell(params).diag_jacobian(s, x)
+
+    def jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        """`d step / d s`, `(S, S)`, by forward mode (DEER's Jacobian)."""
+        return jax.jacfwd(self.step, argnums=1)(params, s, x)
+
+    def output(self, params: Params, s: jax.Array) -> jax.Array:
+        """The features `h` this layer passes up (and, on top, to the readout); any leading shape."""
+        return self.cell(params).output(s)
+
+    def initial_state(self) -> jax.Array:
+        return jnp.zeros((self.state_dim,), jnp.float32)
+
+    def step_batch(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        return jax.vmap(self.step, in_axes=(None, 0, 0))(params, s, x)
 
 
 @dataclass(frozen=True)
@@ -37,45 +153,141 @@ class Model:
     """Pure view of an `RNN`: `graphdef` is static, params travel as a pytree.
 
     All functions take a single example (`s: (state_dim,)`, `x: (input_dim,)`);
-    callers batch them with `jax.vmap`.
+    callers batch them with `jax.vmap`. `state_dim` is the joint state's, L·S;
+    `layer(l)` gives layer l's own view (state `(S,)`).
     """
 
     graphdef: Any
-    state_dim: int
+    state_dim: int  # the joint state: layers * layer_state_dim
     hidden: int
-    linear_recurrence: bool = False  # the cell's new state is affine in the old one (see `Cell`)
-    jacobian_structure: JacobianStructure = "full"  # the cell's exact d step / d s structure (see `Cell`)
-    jacobian_block: int = 1  # k of a "block" structure
+    cell_linear_recurrence: bool = False  # each cell's new state is affine in its old one (see `Cell`)
+    layers: int = 1
+    residual: bool = False
+    norm: Norm = "none"
+    cell_jacobian_structure: JacobianStructure = "full"
+    cell_jacobian_block: int = 1
+
+    @property
+    def layer_state_dim(self) -> int:
+        return self.state_dim // self.layers
+
+    @property
+    def linear_recurrence(self) -> bool:
+        """The joint state's new value is affine in its old one: one linear cell. A stack feeds each
+        layer's gates with the layer below's new state, which is not affine in the joint state."""
+        return self.cell_linear_recurrence and self.layers == 1
+
+    def layer(self, index: int) -> Layer:
+        if not 0 <= index < self.layers:
+            raise IndexError(f"layer {index} of a {self.layers}-layer model")
+        return Layer(self, index)
+
+    # ------------------------------------------------------------------ the joint state
+
+    def split(self, s: jax.Array) -> tuple[jax.Array, ...]:
+        """Joint states `(..., L·S)` -> each layer's `(..., S)`, layer 0 first."""
+        if self.layers == 1:
+            return (s,)
+        return tuple(jnp.split(s, self.layers, axis=-1))
+
+    def join(self, parts) -> jax.Array:
+        """Each layer's states `(..., S)` -> the joint states `(..., L·S)`."""
+        parts = tuple(parts)
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+    # ------------------------------------------------------------------ between layers (any leading shape)
+
+    def cell_input(self, params: Params, index: int, z: jax.Array) -> jax.Array:
+        """What layer `index`'s cell reads: the task's input for layer 0, the (normed) stream `z` otherwise."""
+        if index == 0 or self.norm == "none":
+            return z
+        return getattr(nnx.merge(self.graphdef, params), norm_name(index))(z)
+
+    def pass_up(self, params: Params, index: int, z: jax.Array, s: jax.Array) -> jax.Array:
+        """The stream above layer `index`, from the stream `z` below it and the layer's states `s`."""
+        h = self.layer(index).output(params, s)
+        return z + h if self.residual and index > 0 else h
+
+    def features(self, params: Params, s: jax.Array) -> jax.Array:
+        """The readout's input `z_L` from joint states `(..., L·S)`."""
+        z = None
+        for i, part in enumerate(self.split(s)):
+            z = self.pass_up(params, i, z, part)  # type: ignore[arg-type]  # z is unused by layer 0
+        return z  # type: ignore[return-value]
+
+    def over_layers(self, params: Params, x: jax.Array, layer_states: LayerFn) -> jax.Array:
+        """Joint states `(..., T, L·S)` of a stack run layer by layer over whole sequences
+        `x: (..., T, D)`: layer l's states are `layer_states(layer(l), its input sequence)`,
+        the layer below's output being the input of the one above (mathematically the
+        joint recurrence, since a layer reads only the layers below at the same step)."""
+        z, parts = x, []
+        for i in range(self.layers):
+            s = layer_states(self.layer(i), self.cell_input(params, i, z))
+            parts.append(s)
+            z = self.pass_up(params, i, z, s)
+        return self.join(parts)
+
+    # ------------------------------------------------------------------ the single-layer interface, on the joint state
+
+    def joint_step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        """Advance the whole stack one time step: joint state `(L·S,)`, task input `(D,)`."""
+        z, new = x, []
+        for i, part in enumerate(self.split(s)):
+            s_l = self.layer(i).step(params, part, self.cell_input(params, i, z))
+            new.append(s_l)
+            z = self.pass_up(params, i, z, s_l)
+        return self.join(new)
 
     def step(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
-        return nnx.merge(self.graphdef, params).cell(s, x)
-
-    def diag_jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
-        """`diag(d step / d s)`, `(state_dim,)`: the cell's analytic form (quasi-DEER's Jacobian)."""
-        return nnx.merge(self.graphdef, params).cell.diag_jacobian(s, x)
-
-    def jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
-        """`d step / d s`, `(state_dim, state_dim)`, by forward mode (DEER's Jacobian)."""
-        return jax.jacfwd(self.step, argnums=1)(params, s, x)
+        return self.joint_step(params, s, x)
 
     def project(self, params: Params, x: jax.Array) -> jax.Array:
-        """The cell's input-only part, `(..., D) -> (..., P)`: computed once per sequence or solve."""
-        return nnx.merge(self.graphdef, params).cell.project(x)
+        """One layer: its cell's projection. A stack: the input itself (only layer 0 reads `x`)."""
+        return self.layer(0).project(params, x) if self.layers == 1 else x
 
     def step_projected(self, params: Params, s: jax.Array, px: jax.Array) -> jax.Array:
-        return nnx.merge(self.graphdef, params).cell.step_projected(s, px)
+        return self.layer(0).step_projected(params, s, px) if self.layers == 1 else self.joint_step(params, s, px)
 
     def step_and_jacobian(self, params: Params, s: jax.Array, px: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """`(s', J)` from one evaluation of the gates, `J` in `jacobian_structure`."""
-        return nnx.merge(self.graphdef, params).cell.step_and_jacobian(s, px)
+        if self.layers == 1:
+            return self.layer(0).step_and_jacobian(params, s, px)
+        return self.joint_step(params, s, px), jax.jacfwd(self.joint_step, argnums=1)(params, s, px)
 
     def step_and_diagonal(self, params: Params, s: jax.Array, px: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """`(s', diag J)` from one evaluation of the gates (quasi-DEER on a `full` cell)."""
-        return nnx.merge(self.graphdef, params).cell.step_and_diagonal(s, px)
+        if self.layers == 1:
+            return self.layer(0).step_and_diagonal(params, s, px)
+        return self.joint_step(params, s, px), self.diag_jacobian(params, s, px)
+
+    @property
+    def jacobian_structure(self) -> JacobianStructure:
+        # A stack's joint Jacobian is block lower-triangular (each layer reads the new state below).
+        return self.cell_jacobian_structure if self.layers == 1 else "full"
+
+    @property
+    def jacobian_block(self) -> int:
+        return self.cell_jacobian_block if self.layers == 1 else 1
+
+    def diag_jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        """`diag(d step / d s)`, `(L·S,)`: each layer's analytic diagonal at its own input
+        (a layer's new state depends on its own old state only through its cell)."""
+        z, diags = x, []
+        for i, part in enumerate(self.split(s)):
+            layer, a = self.layer(i), self.cell_input(params, i, z)
+            diags.append(layer.diag_jacobian(params, part, a))
+            z = self.pass_up(params, i, z, layer.step(params, part, a))
+        return self.join(diags)
+
+    def jacobian(self, params: Params, s: jax.Array, x: jax.Array) -> jax.Array:
+        """`d step / d s`, `(L·S, L·S)`, by forward mode (DEER's Jacobian)."""
+        return jax.jacfwd(self.step, argnums=1)(params, s, x)
+
+    def head(self, params: Params, h: jax.Array) -> jax.Array:
+        """The linear readout on the top features `z_L`, any leading shape."""
+        return nnx.merge(self.graphdef, params).readout(h)
 
     def readout(self, params: Params, s: jax.Array) -> jax.Array:
-        m = nnx.merge(self.graphdef, params)
-        return m.readout(m.cell.output(s))
+        """The readout of a joint state: `head(features(s))`."""
+        return self.head(params, self.features(params, s))
 
     def initial_state(self) -> jax.Array:
         """The fixed, untrained state before step 0 (zeros) shared by all methods."""
@@ -89,20 +301,50 @@ class Model:
         return jax.vmap(self.readout, in_axes=(None, 0))(params, s)
 
 
-def _view(graphdef: Any, cell: Cell, hidden: int) -> Model:
+def _model(graphdef, module: RNN, hidden: int, layers: int, residual: bool, norm: Norm) -> Model:
+    cell: Cell = module.cell
     if cell.state_dim % cell.jacobian_block:  # a cell's own declaration, checked once: no user input sets it
         raise ValueError(f"{type(cell).__name__}: jacobian_block={cell.jacobian_block} must divide state_dim={cell.state_dim}")
-    return Model(graphdef, cell.state_dim, hidden, cell.linear_recurrence, cell.jacobian_structure, cell.jacobian_block)
+    return Model(
+        graphdef,
+        layers * cell.state_dim,
+        hidden,
+        cell.linear_recurrence,
+        layers,
+        residual,
+        norm,
+        cell.jacobian_structure,
+        cell.jacobian_block,
+    )
 
 
-def build_model(cell: CellConfig | str, input_dim: int, hidden: int, output_dim: int, key: jax.Array) -> tuple[Model, Params]:
-    module = RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=key))
+def build_model(
+    cell: CellConfig | str,
+    input_dim: int,
+    hidden: int,
+    output_dim: int,
+    key: jax.Array,
+    *,
+    layers: int = 1,
+    residual: bool = False,
+    norm: Norm = "none",
+) -> tuple[Model, Params]:
+    module = RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=key), layers=layers, norm=norm)
     graphdef, params = nnx.split(module, nnx.Param)
-    return _view(graphdef, module.cell, hidden), params
+    return _model(graphdef, module, hidden, layers, residual, norm), params
 
 
-def abstract_model(cell: CellConfig | str, input_dim: int, hidden: int, output_dim: int) -> tuple[Model, Params]:
+def abstract_model(
+    cell: CellConfig | str,
+    input_dim: int,
+    hidden: int,
+    output_dim: int,
+    *,
+    layers: int = 1,
+    residual: bool = False,
+    norm: Norm = "none",
+) -> tuple[Model, Params]:
     """`build_model`'s result as shapes only (nothing allocated), for memory estimates."""
-    module = nnx.eval_shape(lambda: RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=0)))
+    module = nnx.eval_shape(lambda: RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=0), layers=layers, norm=norm))
     graphdef, params = nnx.split(module, nnx.Param)
-    return _view(graphdef, module.cell, hidden), params
+    return _model(graphdef, module, hidden, layers, residual, norm), params

@@ -1,10 +1,17 @@
 """The one sequential evaluator every method is judged by.
 
-`rollout_states` runs the cell with `lax.scan` from the fixed initial state; the
+`rollout_states` runs the model with `lax.scan` from the fixed initial state; the
 BPTT loss, the truncated-BPTT loss, the embedding-parallel diagnostics and the
 held-out evaluation all call it, so "rollout loss" means the same thing for
-every method: the task loss of the trained cell run sequentially, with no
+every method: the task loss of the trained model run sequentially, with no
 trainable state anywhere but its parameters.
+
+A stack is run layer by layer over whole sequences (`Model.over_layers`): the
+same states as scanning the joint state, since a layer reads only the layers
+below it at the same step. Each layer's input projection (`project`, the part of
+a step that does not depend on the state) is then computed once for the whole
+`(N, T, D)` sequence, one matrix product outside the scan, and the scan carries
+only what depends on the state (`step_projected`).
 """
 
 from __future__ import annotations
@@ -14,34 +21,58 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqpar.model.model import Model, Params
+from seqpar.model.model import Layer, Model, Params
 from seqpar.tasks.base import Dataset, Task, masked_mean
+
+
+def scan_layer(layer: Layer, params: Params, px: jax.Array, s0: jax.Array, unroll: int = 1) -> jax.Array:
+    """One layer's states `(N, T, S)` from `s0: (N, S)` over its projected inputs `px: (N, T, P)`."""
+    step = jax.vmap(layer.step_projected, in_axes=(None, 0, 0))
+
+    def body(s, pxt):
+        s = step(params, s, pxt)
+        return s, s
+
+    _, states = jax.lax.scan(body, s0, jnp.swapaxes(px, 0, 1), unroll=unroll)
+    return jnp.swapaxes(states, 0, 1)
+
+
+def memoryless_layer(layer: Layer, params: Params, px: jax.Array, reset: jax.Array) -> jax.Array:
+    """One layer's states `(N, T, S)` when the state entering step t is `reset[t]: (T, S)` whatever came before."""
+    s = jnp.broadcast_to(reset.astype(px.dtype), (px.shape[0], *reset.shape))
+    return jax.vmap(jax.vmap(layer.step_projected, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))(params, s, px)
+
+
+def initial_states(model: Model, n: int, dtype) -> jax.Array:
+    """The fixed initial joint state for `n` rows, `(n, state_dim)`."""
+    return jnp.broadcast_to(model.initial_state().astype(dtype), (n, model.state_dim))
 
 
 def rollout_states(
     model: Model, params: Params, x: jax.Array, s0: jax.Array | None = None, unroll: int = 1, reset: jax.Array | None = None
 ) -> jax.Array:
-    """States after every step, `(N, T, state_dim)`, from `s0` (default: the fixed initial state).
+    """Joint states after every step, `(N, T, state_dim)` (`model.split` gives each layer's), from
+    `s0: (N, state_dim)` (default: the fixed initial state).
 
     With `reset: (T, state_dim)` the rollout is memoryless: the state entering step t is
-    `reset[t]` whatever came before, so step t sees only `x[t]` (and, through `reset`, t).
-    That is the memoryless baseline's model: the same cell, its recurrence cut."""
-    if reset is not None:
-        s = jnp.broadcast_to(reset.astype(x.dtype), (x.shape[0], *reset.shape))
-        return jax.vmap(jax.vmap(model.step, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))(params, s, x)
+    `reset[t]` whatever came before, in every layer, so step t sees only `x[t]` (and, through
+    `reset`, t). That is the memoryless baseline's model: the same model, its recurrence cut."""
     if s0 is None:
-        s0 = jnp.broadcast_to(model.initial_state().astype(x.dtype), (x.shape[0], model.state_dim))
+        s0 = initial_states(model, x.shape[0], x.dtype)
+    starts = model.split(s0)
+    resets = model.split(reset) if reset is not None else None
 
-    def body(s, xt):
-        s = model.step_batch(params, s, xt)
-        return s, s
+    def one_layer(layer: Layer, u: jax.Array) -> jax.Array:
+        px = layer.project(params, u)  # hoisted: the whole sequence at once
+        if resets is not None:
+            return memoryless_layer(layer, params, px, resets[layer.index])
+        return scan_layer(layer, params, px, starts[layer.index], unroll)
 
-    _, states = jax.lax.scan(body, s0, jnp.swapaxes(x, 0, 1), unroll=unroll)
-    return jnp.swapaxes(states, 0, 1)
+    return model.over_layers(params, x, one_layer)
 
 
 def readout_all(model: Model, params: Params, states: jax.Array) -> jax.Array:
-    """Apply the readout to states of any leading shape `(..., state_dim)`."""
+    """Apply the readout to joint states of any leading shape `(..., state_dim)`."""
     lead = states.shape[:-1]
     out = model.readout_batch(params, states.reshape(-1, states.shape[-1]))
     return out.reshape(*lead, out.shape[-1])
@@ -50,7 +81,7 @@ def readout_all(model: Model, params: Params, states: jax.Array) -> jax.Array:
 class RolloutResult(NamedTuple):
     loss: jax.Array
     acc: jax.Array  # NaN where the task has no accuracy
-    states: jax.Array
+    states: jax.Array  # joint states (N, T, state_dim); `model.split(states)` gives each layer's
 
 
 def evaluate(model: Model, task: Task, params: Params, data: Dataset, reset: jax.Array | None = None) -> RolloutResult:

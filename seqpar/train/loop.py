@@ -85,7 +85,7 @@ def build_experiment(spec: Spec) -> Experiment:
     train = task.make_data(jax.random.fold_in(data_key, 0), t.train_sequences)
     test = task.make_data(jax.random.fold_in(data_key, 1), t.test_sequences, split="test")
     val = task.make_data(jax.random.fold_in(data_key, 2), t.val_sequences, split="val")
-    model, params = build_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, init_key)
+    model, params = build_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, init_key, **spec.model.structure())
     return Experiment(
         spec=spec,
         task=task,

@@ -88,7 +88,7 @@ def estimate(spec: Spec) -> Estimate:
     train = jax.eval_shape(lambda k: task.make_data(k, spec.task.train_sequences), key)
     test = jax.eval_shape(lambda k: task.make_data(k, spec.task.test_sequences, split="test"), key)
     val = jax.eval_shape(lambda k: task.make_data(k, spec.task.val_sequences, split="val"), key)
-    model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim)
+    model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, **spec.model.structure())
     length = train.x.shape[1]
     state, label, extra = 0, spec.methods[0].display_label, 0
     for cfg in spec.methods:
@@ -101,7 +101,8 @@ def estimate(spec: Spec) -> Estimate:
     # One "unit" is a float per (sequence, step, state or output feature): a step holds a few
     # per row of its minibatch (states, gates, their gradients, gathered table rows and their
     # optimizer state), an evaluation a few per row of the three data sets (rollout states,
-    # logits, the parallel method's residuals over the whole table).
+    # logits, the parallel method's residuals over the whole table). The state is the joint
+    # one, so a stack of L layers counts L layers' states.
     units = model.state_dim + task.output_dim
     step = STEP_FLOATS_PER_UNIT * spec.train.batch_size * length * units
     evaluation = EVAL_FLOATS_PER_UNIT * (spec.task.train_sequences + spec.task.val_sequences + spec.task.test_sequences) * length * units
@@ -181,7 +182,7 @@ def check(spec: Spec, force: bool = False) -> str:
         if force:
             return f"memory: {reason} (--force)"
         raise MemoryLimitError(
-            f"{reason}; its sizes (task.train_sequences, task.length, model.hidden, train.batch_size) may be too large "
+            f"{reason}; its sizes (task.train_sequences, task.length, model.hidden, model.layers, train.batch_size) may be too large "
             "to allocate. Pass --force to try anyway"
         ) from None
     limit = available()
@@ -192,7 +193,7 @@ def check(spec: Spec, force: bool = False) -> str:
     if est.total > free and not force:
         raise MemoryLimitError(
             f"estimated memory {fmt_bytes(est.total)} ({est.describe()}) exceeds the {fmt_bytes(free)} {where}; "
-            "reduce task.train_sequences, task.length, model.hidden or train.batch_size, or pass --force to run anyway"
+            "reduce task.train_sequences, task.length, model.hidden, model.layers or train.batch_size, or pass --force to run anyway"
         )
     return line + (" (over the limit: --force)" if est.total > free else "")
 
