@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from seqpar.sweep import MAX_POINTS
+from seqpar.tune import MAX_TRIALS
 
 app = typer.Typer(
     add_completion=False,
@@ -206,15 +207,20 @@ def _load_plan(spec_path: Path, overrides: list[str] | None, max_points: int | N
 MaxPointsOpt = Annotated[
     int, typer.Option("--max-points", min=1, help="refuse a sweep of more points than this (every point is validated up front)")
 ]
+MaxTrialsOpt = Annotated[int, typer.Option("--max-trials", min=1, help="refuse a study of more trials (all methods together) than this")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")]
 
 
 @app.command()
+@_one_line_errors
 def validate(
     spec: Annotated[Path, typer.Argument(help="YAML experiment spec")],
     set_: SetOpt = None,
     max_points: MaxPointsOpt = MAX_POINTS,
+    max_trials: MaxTrialsOpt = MAX_TRIALS,
     force: Annotated[bool, typer.Option("--force", help="pass even if the estimated memory exceeds the machine's")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Check a spec without running it: the spec, every sweep point (or every corner of a `tune:`
     block's search spaces), and that this machine can run it (devices, estimated memory).
@@ -226,7 +232,7 @@ def validate(
         if "tune" in read_yaml(spec):
             from seqpar.tune.space import load_tune
 
-            study = load_tune(spec, set_ or [])
+            study = load_tune(spec, set_ or [], max_trials)
             console.print(
                 f"[green]ok[/] {spec}: {study.spec.name}, study of {len(study.labels)} method(s) x {study.tune.trials} trials, "
                 f"every corner of every search space valid"
@@ -390,6 +396,7 @@ def tune(
         bool, typer.Option("--tensorboard", help="live TensorBoard event files for every trial (needs tensorboardX)")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")] = False,
+    max_trials: MaxTrialsOpt = MAX_TRIALS,
     debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
     workers: WorkersOpt = 1,
     devices_per_worker: DevicesPerWorkerOpt = None,
@@ -411,7 +418,7 @@ def tune(
 
     wopts = _worker_options(workers, devices_per_worker, launcher, None, partition, gpus_per_task, time_min, array_parallelism)
     try:
-        plan = load_tune(spec, set_ or [])
+        plan = load_tune(spec, set_ or [], max_trials)
     except SpecError as e:
         _fail(with_yaml_line(e, spec, set_ or []))
     if tensorboard:
@@ -423,9 +430,10 @@ def tune(
     if out is None:
         out = results_root / plan.spec.name / f"tune-{_time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        store = S.storage_for(out, storage) if storage else None  # a URL that cannot be opened fails before anything is written
         continuing = S.prepare_study_dir(plan, out)
-        store = S.storage_for(out, storage)
-    except S.StudyDirMismatch as e:
+        store = store or S.storage_for(out)
+    except (S.StudyDirMismatch, S.StorageError) as e:
         _fail(str(e))
     t = plan.tune
     console.print(

@@ -9,9 +9,9 @@ ever write the same file.
 
 While it works, the owner touches the file every `HEARTBEAT_S` (a thread), so a claim is
 *live* while its heartbeat is fresh and, on the owner's own host, its pid exists. A claim
-whose owner died (SIGKILL, a lost node) is *stale*: another worker takes it over only when
-told to (`seqpar run --resume`), under a lock file, so two workers never take over the
-same point. Across hosts, a dead owner is noticed after `STALE_AFTER_S` without a heartbeat.
+whose owner died (SIGKILL, a lost node) is *stale*: a live worker of the same sweep takes
+it over (and continues its checkpoints), under a lock file, so two workers never take over
+the same point. Across hosts, a dead owner is noticed after `STALE_AFTER_S` without a heartbeat.
 """
 
 from __future__ import annotations

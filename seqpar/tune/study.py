@@ -65,6 +65,10 @@ class StudyDirMismatch(Exception):
     """The directory holds another study; the message is one line (exit 2)."""
 
 
+class StorageError(Exception):
+    """`--storage URL` cannot be opened (unknown scheme, missing directory, no server); one line (exit 2)."""
+
+
 # ----------------------------------------------------------------------------- storage and studies
 
 
@@ -76,7 +80,11 @@ def storage_for(study_dir: Path, url: str | None = None) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url:
-        return optuna.storages.RDBStorage(url)
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as e:  # SQLAlchemy's OperationalError, NoSuchModuleError, ArgumentError; a missing driver
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StorageError(f"--storage {url}: cannot open this Optuna storage ({reason})") from None
     return JournalStorage(JournalFileBackend(str(Path(study_dir) / STUDY_JOURNAL)))
 
 
@@ -424,7 +432,7 @@ def tune_worker(job: WorkerJob, on_trial: Callable[[str, Any, dict[str, Any]], N
     from seqpar.train.runner import stop_on_signals
 
     study_dir = Path(job.directory)
-    plan = load_tune(study_dir / TUNE_SPEC)
+    plan = load_tune(study_dir / TUNE_SPEC, max_trials=None)  # its size was accepted when it started
     storage = storage_for(study_dir, job.options.get("storage"))
     owner = Owner.me(job.session)
     salt = 1000 * job.worker  # workers draw different trials; one worker on a fresh study is reproducible
