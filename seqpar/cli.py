@@ -165,6 +165,7 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=Non
     except ResumeError as e:
         _fail(str(e))
     _check_machine([s], force, run_dir / SPEC)
+    run_dir = _resume_dir(run_dir)
     console.print(f"[bold]{s.name}[/]: resuming {escape(str(run_dir))}")
     try:
         if quiet:
@@ -178,6 +179,29 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=Non
     console.print(results_table(summary))
     console.print(f"run record: {run_dir}", markup=False)
     return _exit_code(summary, run_dir, debug)
+
+
+def _resume_dir(run_dir: Path) -> Path:
+    """Where this process resumes: the run directory for process 0, a scratch copy for the others.
+
+    Only process 0 writes the record; the others continue from a copy of it (the same
+    checkpoints, the same finished methods), taken before process 0 changes anything."""
+    import jax
+
+    if jax.process_count() == 1:
+        return run_dir
+    from jax.experimental import multihost_utils
+
+    from seqpar.sharding import is_writer
+
+    here = run_dir
+    if not is_writer():
+        import shutil
+
+        here = Path(tempfile.mkdtemp(prefix="seqpar-worker-"))
+        shutil.copytree(run_dir, here, dirs_exist_ok=True)
+    multihost_utils.sync_global_devices("seqpar resume: every copy taken")
+    return here
 
 
 def _resume_warnings(run_dir: Path) -> None:

@@ -41,18 +41,26 @@ def maybe_initialize_distributed() -> bool:
 
     Recognised: `JAX_COORDINATOR_ADDRESS` (+ `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`),
     or SLURM with more than one task (`SLURM_NTASKS` > 1), which JAX auto-detects.
+    `SEQPAR_HEARTBEAT_TIMEOUT_S` (default 100, JAX's): after this many seconds without a
+    heartbeat from a process (killed, its node lost), the others stop with an error
+    instead of waiting in a collective forever. On CPU the processes talk through gloo
+    unless `JAX_CPU_COLLECTIVES_IMPLEMENTATION` says otherwise.
     """
     env = os.environ
     if not launched_multiprocess():
         return False
+    if not env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes; GPUs use NCCL
+    timeouts = {"heartbeat_timeout_seconds": int(env.get("SEQPAR_HEARTBEAT_TIMEOUT_S", "100"))}
     if env.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
             process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None,
+            **timeouts,
         )
         return True
-    jax.distributed.initialize()  # SLURM: JAX reads the rest from its environment
+    jax.distributed.initialize(**timeouts)  # SLURM: JAX reads the rest from its environment
     return True
 
 
