@@ -45,7 +45,8 @@ def _launch(args: list[str], processes: int, devices: int, logs: Path, heartbeat
     port = _port()
     procs = []
     for i in range(processes):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+        env = {**os.environ, "XLA_FLAGS": flags}
         env["SEQPAR_HEARTBEAT_TIMEOUT_S"] = str(heartbeat_s)
         env.pop("JAX_NUM_CPU_DEVICES", None)
         if processes > 1:

@@ -350,9 +350,11 @@ def _run(
                 summary["error"] = str(write_error)
                 raise write_error
             atomic_write_json(run_dir / SUMMARY, summary)
-            if record["status"] in DONE:
+            # After the summary holds the result: they only serve resuming. A diverged method keeps
+            # them: the last one before the non-finite step is where a retry with other solver settings starts.
+            if record["status"] == "completed":
                 with contextlib.suppress(OSError):  # leftovers are harmless; losing the next method is not
-                    checkpoints[i].clear()  # after the summary holds the result: they only serve resuming
+                    checkpoints[i].clear()
             stopping = stopping or record["status"] == "interrupted"
     except WriteError as e:
         summary.setdefault("error", str(e))

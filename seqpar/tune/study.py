@@ -59,6 +59,7 @@ from seqpar.train.runner import StopRequest
 from seqpar.tune.space import TunePlan, load_tune, spec_yaml
 
 POLL_S = 2.0
+LOST = "lost"  # user attribute of a trial marked FAIL because its worker died: replaced, never counted against the space
 
 
 class StudyDirMismatch(Exception):
@@ -147,16 +148,25 @@ def open_studies(plan: TunePlan, study_dir: Path, storage: Any, salt: int = 0) -
 def counts(study: Any) -> dict[str, int]:
     from optuna.trial import TrialState
 
-    out = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
+    out = {"completed": 0, "pruned": 0, "failed": 0, "running": 0, "lost": 0}
     names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running"}
     for t in study.get_trials(deepcopy=False):
         if t.state in names:
             out[names[t.state]] += 1
+        out["lost"] += t.state == TrialState.FAIL and bool(t.user_attrs.get(LOST))
     return out
 
 
+def gave_up(c: dict[str, int], trials: int) -> bool:
+    """As many trials failed as the budget: the space is broken. Trials lost with their worker do not count."""
+    return c["failed"] - c["lost"] >= trials
+
+
 def fail_dead_trials(study: Any, study_dir: Path) -> list[int]:
-    """Mark FAIL every RUNNING trial whose worker is gone (stale claim); their numbers."""
+    """Mark FAIL (and `lost`) every RUNNING trial whose worker is gone (stale claim); their numbers.
+
+    Call under the study lock: a trial is asked and given its attributes under it, so a
+    RUNNING trial seen there without them was asked by a worker killed in between."""
     from optuna.trial import TrialState
 
     failed = []
@@ -166,11 +176,14 @@ def fail_dead_trials(study: Any, study_dir: Path) -> list[int]:
         info = read_claim(Path(study_dir) / rel) if rel else None
         if info is not None:
             dead = not is_live(info, now)
+        elif "worker" not in t.user_attrs:
+            dead = True
         else:  # asked but not yet claimed: judge by the asking process, if it ran here
             host, _, pid = str(t.user_attrs.get("worker", "")).partition(":")
             dead = host == here and pid.isdigit() and not pid_alive(int(pid))
         if dead:
             with contextlib.suppress(Exception):  # another worker marked it first
+                study._storage.set_trial_user_attr(t._trial_id, LOST, True)  # Optuna's public API sets attrs only from a live Trial
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
                 failed.append(t.number)
     return failed
@@ -288,7 +301,7 @@ def next_trial(plan: TunePlan, index: int, study: Any, study_dir: Path, owner: O
     with file_lock(Path(study_dir) / STUDY_LOCK):
         fail_dead_trials(study, study_dir)
         c = counts(study)
-        if c["completed"] + c["pruned"] + c["running"] >= plan.tune.trials or c["failed"] >= plan.tune.trials:
+        if c["completed"] + c["pruned"] + c["running"] >= plan.tune.trials or gave_up(c, plan.tune.trials):
             return None
         trial = study.ask()
         rel = f"{TRIALS}/{method_dirname(index, plan.labels[index])}/{trial.number:04d}"
@@ -302,7 +315,7 @@ def search_done(plan: TunePlan, studies: list[Any]) -> bool:
     """Every method has its trials (or has failed as many times), and none is running."""
     for s in studies:
         c = counts(s)
-        if c["running"] or (c["completed"] + c["pruned"] < plan.tune.trials and c["failed"] < plan.tune.trials):
+        if c["running"] or (c["completed"] + c["pruned"] < plan.tune.trials and not gave_up(c, plan.tune.trials)):
             return False
     return True
 
