@@ -117,3 +117,35 @@ def test_killing_one_process_stops_the_other_and_resume_continues_both(tmp_path)
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 100, 200, 300]  # every eval once: no repeated or lost line
     assert f"run record: {run}" in (tmp_path / "p0.log").read_text() and f"run record: {run}" not in (tmp_path / "p1.log").read_text()
+
+
+def _seqpar(args: list[str]) -> int:
+    """One task of a submitit job: `seqpar run` in the task's own process."""
+    from seqpar.cli import app
+
+    try:
+        code = app(args, standalone_mode=False)
+    except SystemExit as e:
+        code = e.code
+    return int(code or 0)
+
+
+def test_submitit_local_runs_the_two_processes_as_one_job_of_two_tasks(tmp_path, monkeypatch):
+    """The SLURM `--ntasks 2` path, on submitit's local executor: one job, two tasks, one 4-device mesh."""
+    submitit = pytest.importorskip("submitit")
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task process cannot import this test module
+    raw = json.loads(json.dumps(SPEC))
+    raw["methods"] = raw["methods"][1:2]
+    raw["train"]["steps"] = 2
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip())
+    executor = submitit.AutoExecutor(folder=tmp_path / "job", cluster="local")
+    executor.update_parameters(tasks_per_node=2, timeout_min=10)
+    job = executor.submit(_seqpar, ["run", str(spec), "--out", str(tmp_path / "run"), "--quiet"])
+    assert job.results() == [0, 0]
+    summary = json.loads((tmp_path / "run" / SUMMARY).read_text())
+    assert summary["status"] == "completed" and summary["runs"][0]["mesh"]["data"] == 4
+    assert len(list(tmp_path.glob(f"**/{SUMMARY}"))) == 1  # task 1 wrote its scratch copy elsewhere
