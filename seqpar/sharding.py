@@ -53,13 +53,13 @@ def maybe_initialize_distributed() -> bool:
         return False
     if not env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes; GPUs use NCCL
-    timeouts = {"heartbeat_timeout_seconds": int(env.get("SEQPAR_HEARTBEAT_TIMEOUT_S", "100"))}
+    heartbeat = int(env.get("SEQPAR_HEARTBEAT_TIMEOUT_S", "100"))
     if env.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
             process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None,
-            **timeouts,
+            heartbeat_timeout_seconds=heartbeat,
         )
         return True
     if int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
@@ -67,10 +67,10 @@ def maybe_initialize_distributed() -> bool:
             coordinator_address=f"127.0.0.1:{20000 + int(env['SUBMITIT_LOCAL_JOB_ID']) % 20000}",
             num_processes=int(env["SUBMITIT_LOCAL_NTASKS"]),
             process_id=int(env["SUBMITIT_LOCAL_GLOBALID"]),
-            **timeouts,
+            heartbeat_timeout_seconds=heartbeat,
         )
         return True
-    jax.distributed.initialize(**timeouts)  # SLURM: JAX reads the rest from its environment
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)  # SLURM: JAX reads the rest from its environment
     return True
 
 
