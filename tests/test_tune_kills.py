@@ -40,6 +40,14 @@ def _spec(tiny_spec) -> dict:
     return tiny_spec
 
 
+def _written(out: Path) -> int:
+    """Bytes of the study's own files (not the workers' logs, written at startup): grows with every
+    trial asked, record line and checkpoint."""
+    if not out.exists():
+        return 0
+    return sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and "workers" not in f.relative_to(out).parts)
+
+
 def _finished(out: Path) -> int:
     """Trials finished so far, from the journal (what a kill interrupted)."""
     if not (out / "study.journal").exists():
@@ -55,9 +63,16 @@ def test_a_study_killed_ten_times_ends_with_its_budget_and_the_numbers_of_an_unk
     while True:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         if kills < KILLS:
-            time.sleep(rng.uniform(1.0, 12.0))
+            # Kills spread over the whole study: the i-th once this life has written something (startup alone
+            # is not "anywhere") and about i/10 of the trials are finished (the last ones in the final re-runs),
+            # then at a random moment.
+            target = min(2 * TRIALS, round(kills * (2 * TRIALS + 1) / KILLS))
+            start, deadline = _written(out), time.time() + 300
+            while (_written(out) == start or _finished(out) < target) and p.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 6.0))
             if p.poll() is None:
-                at.append(_finished(out))
+                at.append(f"{_finished(out)}{'+final' if (out / 'final').exists() else ''}")
                 os.killpg(p.pid, signal.SIGKILL)  # the launcher and both workers, mid-whatever
                 p.wait()
                 kills += 1
