@@ -123,6 +123,31 @@ def test_a_sigkilled_workers_point_is_taken_over_by_the_next_worker_of_the_sweep
     assert _records(out) == {p.dirname: [0, 500, 1000] for p in plan.points}
 
 
+def test_a_dead_workers_point_is_taken_over_once_then_left_to_resume(tiny_spec, write_spec, tmp_path):
+    """A point whose worker died is continued by the next worker; one that killed a second worker waits for --resume."""
+    from seqpar.sweep.execute import work_points
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    plan = load_plan(write_spec(_sweep(tiny_spec, 2)))
+    out = tmp_path / "sw"
+    prepare_sweep_dir(plan, out)
+    ghost = Owner(Owner.me("s0").host, dead.pid, "s0")
+    try_claim(out / plan.points[0].dirname, ghost)  # died in point 0, never taken over
+    try_claim(out / plan.points[1].dirname, ghost, note={"takeovers": 1})  # died in point 1 after a takeover
+    ran = []
+
+    def run_point(spec, d):
+        ran.append(d.name)
+        return {"status": "completed", "runs": []}
+
+    assert not work_points(plan, out, run_point, owner=Owner.me("s1"), poll_s=0.01)
+    assert ran == [plan.points[0].dirname]
+    assert _claim(out / plan.points[0].dirname)["takeovers"] == 1
+    assert work_points(plan, out, run_point, owner=Owner.me("s2"), resume=True, poll_s=0.01) is False
+    assert ran == [plan.points[0].dirname, plan.points[1].dirname]
+
+
 @pytest.mark.slow
 def test_a_crashed_worker_is_exit_1_and_a_survivor_takes_over_its_point(tiny_spec, write_spec, tmp_path):
     """Two workers; the one running point 0 is SIGKILLed: the other finishes both points, the sweep exits 1 (not 130)."""

@@ -137,16 +137,17 @@ def try_claim(
     *,
     lock_file: Path | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    note: dict[str, Any] | None = None,
 ) -> Claim | None:
     """Claim `directory` for `owner`; None if another worker has it.
 
     An existing claim is replaced only if `may_take_over(info)` says so, and only under
     `lock_file` (default: beside the directory), re-read there so that of two workers
-    deciding to take over the same claim, one does."""
+    deciding to take over the same claim, one does. `note` adds fields to the new claim."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CLAIM
-    body = {"host": owner.host, "pid": owner.pid, "session": owner.session, "started": time.time()}
+    body = {"host": owner.host, "pid": owner.pid, "session": owner.session, "started": time.time(), **(note or {})}
     if not _create(path, body):
         with file_lock(lock_file or directory.parent / f".{directory.name}.lock"):
             info = read_claim(directory)

@@ -49,6 +49,8 @@ from seqpar.sweep.plan import Plan, Point, load_plan, short_value
 
 RunPoint = Callable[[Spec, Path], dict[str, Any]]
 POLL_S = 2.0  # how often a worker with nothing left to claim looks for a point whose worker died
+TAKEOVERS = "takeovers"  # claim field: how many times the point was taken over from a dead worker
+MAX_TAKEOVERS = 1  # without --resume; past it the point waits for `seqpar run --resume`
 
 
 class SweepDirMismatch(Exception):
@@ -170,7 +172,8 @@ def work_points(
 
     Unclaimed points are taken, and so is a point whose worker died in it (its claim is
     unfinished and stale): the survivors of a sweep continue it from its checkpoints, so
-    `run_point` must resume what it finds. While other workers' points are running, this
+    `run_point` must resume what it finds. That happens once per point (`MAX_TAKEOVERS`);
+    a point whose workers keep dying is left to `--resume`. While other workers' points are running, this
     worker waits (polling every `poll_s`) to take over any whose worker dies. With
     `resume`, a point that finished without completing (failed, interrupted) is run again
     too, unless this command's own workers (`owner.session`) already ran it or it finished
@@ -180,8 +183,9 @@ def work_points(
     def may_take_over(info: dict[str, Any]) -> bool:
         if is_live(info) or info.get("status") == "completed":
             return False
-        if info.get("finished") is None:
-            return True  # its worker died mid-point
+        if info.get("finished") is None:  # its worker died mid-point
+            # Once without --resume: a point that killed two workers (out of memory, say) must not kill them all.
+            return resume or int(info.get(TAKEOVERS, 0)) < MAX_TAKEOVERS
         return resume and info.get("session") != owner.session and float(info["finished"]) < since
 
     while True:
@@ -194,9 +198,10 @@ def work_points(
             point_dir = Path(sweep_dir) / point.dirname
             info = read_claim(point_dir)
             if info is not None and not may_take_over(info):
-                others_running |= info.get("finished") is None  # live: its worker may still die in it
+                others_running |= is_live(info)  # its worker may still die in it
                 continue
-            claim = try_claim(point_dir, owner, may_take_over, lock_file=Path(sweep_dir) / CLAIMS_LOCK)
+            note = {TAKEOVERS: int(info.get(TAKEOVERS, 0)) + 1} if info is not None and info.get("finished") is None else None
+            claim = try_claim(point_dir, owner, may_take_over, lock_file=Path(sweep_dir) / CLAIMS_LOCK, note=note)
             if claim is None:
                 others_running = True
                 continue
