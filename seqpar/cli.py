@@ -129,7 +129,7 @@ def _worker_options(workers, devices_per_worker, launcher, shard, partition, gpu
     return opts
 
 
-def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=None) -> int:
+def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=None, overrides: list[str] | None = None) -> int:
     from seqpar.analysis.report import RichProgress, results_table
     from seqpar.records.layout import SPEC, SWEEP_SPEC, is_sweep_dir
     from seqpar.records.writer import RunDirBusy
@@ -138,6 +138,9 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=Non
 
     if is_sweep_dir(run_dir):
         from seqpar.sweep import execute as sweeps
+
+        if overrides:
+            _fail(f"--set with --resume {run_dir}: a sweep resumes with the spec it started with (--set amends one run)")
 
         plan = _load_plan(run_dir / SWEEP_SPEC, [], max_points=None)  # its size was accepted when it started
         _check_machine([p.spec for p in plan.points], force, run_dir / SWEEP_SPEC)
@@ -160,9 +163,14 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=Non
         for point in plan.points:
             _resume_warnings(run_dir / point.dirname)
         return code
+    from seqpar.spec import SpecError
+    from seqpar.train.runner import amend_spec
+
     try:
         s = load_run_spec(run_dir)
-    except ResumeError as e:
+        if overrides:  # e.g. more damping for a Newton solve that diverged: from its last checkpoint
+            s = amend_spec(s, overrides, str(run_dir / SPEC))
+    except (ResumeError, SpecError) as e:
         _fail(str(e))
     _check_machine([s], force, run_dir / SPEC)
     run_dir = _resume_dir(run_dir)
@@ -293,7 +301,11 @@ def run(
     ] = False,
     resume: Annotated[
         Path | None,
-        typer.Option("--resume", help="continue the interrupted or crashed run in RUN_DIR (with its own spec)", metavar="RUN_DIR"),
+        typer.Option(
+            "--resume",
+            help="continue the interrupted or crashed run in RUN_DIR (with its own spec; --set may change a method's solver settings)",
+            metavar="RUN_DIR",
+        ),
     ] = None,
     force: ForceOpt = False,
     max_points: MaxPointsOpt = MAX_POINTS,
@@ -316,9 +328,9 @@ def run(
     if not many:
         maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
     if resume is not None:
-        if spec is not None or out is not None or set_:
-            _fail("--resume RUN_DIR continues a run with the spec it started with; give no SPEC, --out or --set with it")
-        raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force, workers=wopts))
+        if spec is not None or out is not None:
+            _fail("--resume RUN_DIR continues a run with the spec it started with; give no SPEC or --out with it")
+        raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force, workers=wopts, overrides=set_ or []))
     if spec is None:
         _fail("missing SPEC: give a YAML experiment spec, or --resume RUN_DIR")
     plan = _load_plan(spec, set_, max_points)

@@ -48,6 +48,15 @@ def test_a_solve_that_overflows_is_diverged_naming_the_step(tiny_spec, write_spe
     record = json.loads((out / SUMMARY).read_text())["runs"][0]
     assert record["status"] == "diverged" and record["diverged_at_step"] == 1
     assert record["error"] == "non-finite training metric at step 1" and "diverged deer: non-finite training metric at step 1" in res.stderr
+    # Only how states are solved may change on resume; ELK's damping makes the same training finish.
+    res = runner.invoke(app, ["run", "--resume", str(out), "--set", "model.hidden=4"])
+    assert res.exit_code == 2, res.output
+    assert "may change only how states are solved (methods.0.damping, methods.0.max_iters, methods.0.tol)" in res.stderr
+    res = runner.invoke(app, ["run", "--resume", str(out), "--set", "methods.0.damping=1.0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["runs"][0]["status"] == "completed" and summary["resumes"][-1]["set"] == {"deer": {"damping": 1.0}}
+    assert summary["spec"]["methods"][0]["damping"] == 1.0  # recorded: a later --resume continues with it
 
 
 def test_a_method_diverging_mid_run_keeps_the_checkpoint_before_it(tmp_path, write_spec):
@@ -74,3 +83,10 @@ def test_a_method_diverging_mid_run_keeps_the_checkpoint_before_it(tmp_path, wri
     assert ckpts and int(ckpts[-1].stem.split("-")[1]) == k - 1  # the last one before the non-finite step, kept
     res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])  # diverged is final: the record stays as it is
     assert res.exit_code == 0 and json.loads((out / SUMMARY).read_text())["runs"][0]["diverged_at_step"] == k
+    # With a solver setting changed, it continues from that checkpoint (and meets the same bad row at step k).
+    res = runner.invoke(app, ["run", "--resume", str(out), "--set", "methods.0.damping=0.5", "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["resumes"][-1]["from_step"] == {"deer": k - 1} and summary["runs"][0]["diverged_at_step"] == k
+    steps = [x["step"] for x in _lines(out)]
+    assert len(steps) == len(set(steps))  # no line logged twice

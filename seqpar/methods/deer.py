@@ -71,6 +71,8 @@ class DEERConfig(MethodConfig):
         "exact", description="adjoint with full Jacobians (BPTT's gradient) or their diagonals (approximate; jacobian: diagonal only)"
     )
 
+    resume_settable = ("damping", "max_iters", "tol")  # a diverged solve may be retried from its last checkpoint
+
     @model_validator(mode="after")
     def _gradient_fits(self):
         if self.gradient == "diagonal" and self.jacobian != "diagonal":
