@@ -148,7 +148,6 @@ def test_a_dead_workers_point_is_taken_over_once_then_left_to_resume(tiny_spec, 
     assert ran == [plan.points[0].dirname, plan.points[1].dirname]
 
 
-@pytest.mark.slow
 def test_a_crashed_worker_is_exit_1_and_a_survivor_takes_over_its_point(tiny_spec, write_spec, tmp_path):
     """Two workers; the one running point 0 is SIGKILLed: the other finishes both points, the sweep exits 1 (not 130)."""
     spec = _sweep(tiny_spec, 2, steps=300)
