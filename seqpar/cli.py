@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from seqpar.sweep import MAX_POINTS
+from seqpar.tune import MAX_TRIALS
 
 app = typer.Typer(
     add_completion=False,
@@ -147,7 +148,7 @@ def _worker_options(workers, devices_per_worker, launcher, shard, partition, gpu
     return opts
 
 
-def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=None) -> int:
+def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=None, overrides: list[str] | None = None) -> int:
     from seqpar.analysis.report import RichProgress, results_table
     from seqpar.records.layout import SPEC, SWEEP_SPEC, is_sweep_dir
     from seqpar.records.writer import RunDirBusy
@@ -156,6 +157,9 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=Non
 
     if is_sweep_dir(run_dir):
         from seqpar.sweep import execute as sweeps
+
+        if overrides:
+            _fail(f"--set with --resume {run_dir}: a sweep resumes with the spec it started with (--set amends one run)")
 
         plan = _load_plan(run_dir / SWEEP_SPEC, [], max_points=None)  # its size was accepted when it started
         _check_machine([p.spec for p in plan.points], force, run_dir / SWEEP_SPEC)
@@ -178,11 +182,17 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=Non
         for point in plan.points:
             _resume_warnings(run_dir / point.dirname)
         return code
+    from seqpar.spec import SpecError
+    from seqpar.train.runner import amend_spec
+
     try:
         s = load_run_spec(run_dir)
-    except ResumeError as e:
+        if overrides:  # e.g. more damping for a Newton solve that diverged: from its last checkpoint
+            s = amend_spec(s, overrides, str(run_dir / SPEC))
+    except (ResumeError, SpecError) as e:
         _fail(str(e))
     _check_machine([s], force, run_dir / SPEC)
+    run_dir = _resume_dir(run_dir)
     console.print(f"[bold]{s.name}[/]: resuming {escape(str(run_dir))}")
     try:
         if quiet:
@@ -200,6 +210,29 @@ def _resume(run_dir: Path, *, quiet: bool, debug: bool, force: bool, workers=Non
     console.print(results_table(summary))
     console.print(f"run record: {run_dir}", markup=False)
     return _exit_code(summary, run_dir, debug)
+
+
+def _resume_dir(run_dir: Path) -> Path:
+    """Where this process resumes: the run directory for process 0, a scratch copy for the others.
+
+    Only process 0 writes the record; the others continue from a copy of it (the same
+    checkpoints, the same finished methods), taken before process 0 changes anything."""
+    import jax
+
+    if jax.process_count() == 1:
+        return run_dir
+    from jax.experimental import multihost_utils
+
+    from seqpar.sharding import is_writer
+
+    here = run_dir
+    if not is_writer():
+        import shutil
+
+        here = Path(tempfile.mkdtemp(prefix="seqpar-worker-"))
+        shutil.copytree(run_dir, here, dirs_exist_ok=True)
+    multihost_utils.sync_global_devices("seqpar resume: every copy taken")
+    return here
 
 
 def _resume_warnings(run_dir: Path) -> None:
@@ -229,15 +262,20 @@ def _load_plan(spec_path: Path, overrides: list[str] | None, max_points: int | N
 MaxPointsOpt = Annotated[
     int, typer.Option("--max-points", min=1, help="refuse a sweep of more points than this (every point is validated up front)")
 ]
+MaxTrialsOpt = Annotated[int, typer.Option("--max-trials", min=1, help="refuse a study of more trials (all methods together) than this")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")]
 
 
 @app.command()
+@_one_line_errors
 def validate(
     spec: Annotated[Path, typer.Argument(help="YAML experiment spec", metavar="SPEC")],
     set_: SetOpt = None,
     max_points: MaxPointsOpt = MAX_POINTS,
+    max_trials: MaxTrialsOpt = MAX_TRIALS,
     force: Annotated[bool, typer.Option("--force", help="pass even if the estimated memory exceeds the machine's")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Check a spec without running it: the spec, every sweep point (or every corner of a `tune:`
     block's search spaces), and that this machine can run it (devices, estimated memory).
@@ -249,7 +287,7 @@ def validate(
         if "tune" in read_yaml(spec):
             from seqpar.tune.space import load_tune
 
-            study = load_tune(spec, set_ or [])
+            study = load_tune(spec, set_ or [], max_trials)
             console.print(
                 f"[green]ok[/] {spec}: {study.spec.name}, study of {len(study.labels)} method(s) x {study.tune.trials} trials, "
                 f"every corner of every search space valid"
@@ -301,7 +339,11 @@ def run(
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option("--resume", help="continue the interrupted or crashed run in RUN_DIR (with its own spec)", metavar="RUN_DIR"),
+        typer.Option(
+            "--resume",
+            help="continue the interrupted or crashed run in RUN_DIR (with its own spec; --set may change a method's solver settings)",
+            metavar="RUN_DIR",
+        ),
     ] = None,
     force: ForceOpt = False,
     max_points: MaxPointsOpt = MAX_POINTS,
@@ -324,9 +366,9 @@ def run(
     if not many:
         maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
     if resume is not None:
-        if spec is not None or out is not None or set_:
-            _fail("--resume RUN_DIR continues a run with the spec it started with; give no SPEC, --out or --set with it")
-        raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force, workers=wopts))
+        if spec is not None or out is not None:
+            _fail("--resume RUN_DIR continues a run with the spec it started with; give no SPEC or --out with it")
+        raise typer.Exit(_resume(resume, quiet=quiet, debug=debug, force=force, workers=wopts, overrides=set_ or []))
     if spec is None:
         _fail("missing SPEC: give a YAML experiment spec, or --resume RUN_DIR")
     plan = _load_plan(spec, set_, max_points)
@@ -446,6 +488,7 @@ def tune(
         bool, typer.Option("--tensorboard", help="live TensorBoard event files for every trial (needs tensorboardX)")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="run even if the estimated memory exceeds the machine's")] = False,
+    max_trials: MaxTrialsOpt = MAX_TRIALS,
     debug: Annotated[bool, typer.Option("--debug", help="full tracebacks for unexpected errors")] = False,
     workers: WorkersOpt = 1,
     devices_per_worker: DevicesPerWorkerOpt = None,
@@ -467,7 +510,7 @@ def tune(
 
     wopts = _worker_options(workers, devices_per_worker, launcher, None, partition, gpus_per_task, time_min, array_parallelism)
     try:
-        plan = load_tune(spec, set_ or [])
+        plan = load_tune(spec, set_ or [], max_trials)
     except SpecError as e:
         _fail(with_yaml_line(e, spec, set_ or []))
     if tensorboard:
@@ -476,9 +519,10 @@ def tune(
     if out is None:
         out = results_root / plan.spec.name / f"tune-{_time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        store = S.storage_for(out, storage) if storage else None  # a URL that cannot be opened fails before anything is written
         continuing = S.prepare_study_dir(plan, out)
-        store = S.storage_for(out, storage)
-    except S.StudyDirMismatch as e:
+        store = store or S.storage_for(out)
+    except (S.StudyDirMismatch, S.StorageError) as e:
         _fail(str(e))
     t = plan.tune
     console.print(

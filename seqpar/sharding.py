@@ -40,26 +40,44 @@ def maybe_initialize_distributed() -> bool:
     """Join a multi-process run when launched by a cluster launcher; True if distributed.
 
     Recognised: `JAX_COORDINATOR_ADDRESS` (+ `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`),
-    or SLURM with more than one task (`SLURM_NTASKS` > 1), which JAX auto-detects.
+    SLURM with more than one task (`SLURM_NTASKS` > 1), which JAX auto-detects, or a job of
+    several tasks on submitit's local executor (`SUBMITIT_LOCAL_NTASKS` > 1: the tasks of
+    one job on this machine, meeting at a port derived from the job id).
+    `SEQPAR_HEARTBEAT_TIMEOUT_S` (default 100, JAX's): after this many seconds without a
+    heartbeat from a process (killed, its node lost), the others stop with an error
+    instead of waiting in a collective forever. On CPU the processes talk through gloo
+    unless `JAX_CPU_COLLECTIVES_IMPLEMENTATION` says otherwise.
     """
     env = os.environ
     if not launched_multiprocess():
         return False
+    if not env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes; GPUs use NCCL
+    heartbeat = int(env.get("SEQPAR_HEARTBEAT_TIMEOUT_S", "100"))
     if env.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
             process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None,
+            heartbeat_timeout_seconds=heartbeat,
         )
         return True
-    jax.distributed.initialize()  # SLURM: JAX reads the rest from its environment
+    if int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{20000 + int(env['SUBMITIT_LOCAL_JOB_ID']) % 20000}",
+            num_processes=int(env["SUBMITIT_LOCAL_NTASKS"]),
+            process_id=int(env["SUBMITIT_LOCAL_GLOBALID"]),
+            heartbeat_timeout_seconds=heartbeat,
+        )
+        return True
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)  # SLURM: JAX reads the rest from its environment
     return True
 
 
 def launched_multiprocess() -> bool:
     """True when a cluster launcher started this process as one of several (see above)."""
     env = os.environ
-    return bool(env.get("JAX_COORDINATOR_ADDRESS")) or int(env.get("SLURM_NTASKS", "1")) > 1
+    return bool(env.get("JAX_COORDINATOR_ADDRESS")) or any(int(env.get(k, "1")) > 1 for k in ("SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS"))
 
 
 def is_writer() -> bool:

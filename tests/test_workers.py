@@ -98,7 +98,7 @@ def test_three_worker_processes_run_every_point_exactly_once(tiny_spec, write_sp
     assert {d: (out / d / SUMMARY).read_bytes() for d in owners} == before
 
 
-def test_a_sigkilled_worker_leaves_a_point_that_resume_finishes(tiny_spec, write_spec, tmp_path):
+def test_a_sigkilled_workers_point_is_taken_over_by_the_next_worker_of_the_sweep(tiny_spec, write_spec, tmp_path):
     spec = _sweep(tiny_spec, 2, steps=1000)  # point 0 runs long enough to be killed inside
     spec["train"]["eval_every"] = 500
     out = tmp_path / "sw"
@@ -115,15 +115,60 @@ def test_a_sigkilled_worker_leaves_a_point_that_resume_finishes(tiny_spec, write
     worker.wait()
     index = rebuild_index(plan, out)
     assert index["points"][0]["status"] == "interrupted" and "killed" in index["points"][0]["error"]
-    # A plain run joining the sweep does not touch the dead worker's point; --resume finishes it.
+    # A plain run joining the sweep continues the dead worker's point from its checkpoints (no --resume needed).
     res = runner.invoke(app, ["run", str(tmp_path / "spec.yaml"), "--out", str(out), "--quiet"])
-    assert res.exit_code == 130 and "--resume" in res.stderr
-    assert json.loads((out / SWEEP_INDEX).read_text())["points"][1]["status"] == "completed"
-    res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     index = json.loads((out / SWEEP_INDEX).read_text())
     assert [p["status"] for p in index["points"]] == ["completed", "completed"]
     assert _records(out) == {p.dirname: [0, 500, 1000] for p in plan.points}
+
+
+def test_a_dead_workers_point_is_taken_over_once_then_left_to_resume(tiny_spec, write_spec, tmp_path):
+    """A point whose worker died is continued by the next worker; one that killed a second worker waits for --resume."""
+    from seqpar.sweep.execute import work_points
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    plan = load_plan(write_spec(_sweep(tiny_spec, 2)))
+    out = tmp_path / "sw"
+    prepare_sweep_dir(plan, out)
+    ghost = Owner(Owner.me("s0").host, dead.pid, "s0")
+    try_claim(out / plan.points[0].dirname, ghost)  # died in point 0, never taken over
+    try_claim(out / plan.points[1].dirname, ghost, note={"takeovers": 1})  # died in point 1 after a takeover
+    ran = []
+
+    def run_point(spec, d):
+        ran.append(d.name)
+        return {"status": "completed", "runs": []}
+
+    assert not work_points(plan, out, run_point, owner=Owner.me("s1"), poll_s=0.01)
+    assert ran == [plan.points[0].dirname]
+    assert _claim(out / plan.points[0].dirname)["takeovers"] == 1
+    assert work_points(plan, out, run_point, owner=Owner.me("s2"), resume=True, poll_s=0.01) is False
+    assert ran == [plan.points[0].dirname, plan.points[1].dirname]
+
+
+def test_a_crashed_worker_is_exit_1_and_a_survivor_takes_over_its_point(tiny_spec, write_spec, tmp_path):
+    """Two workers; the one running point 0 is SIGKILLed: the other finishes both points, the sweep exits 1 (not 130)."""
+    spec = _sweep(tiny_spec, 2, steps=300)
+    spec["train"]["eval_every"] = 150
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "seqpar", "run", str(write_spec(spec)), "--out", str(out), "--workers", "2", "--quiet"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / load_plan(tmp_path / "spec.yaml").points[0].dirname
+    deadline = time.time() + 120
+    while not ((first / METRICS).exists() and (first / METRICS).read_text()):
+        assert time.time() < deadline and launcher.poll() is None, "no worker started point 0"
+        time.sleep(0.05)
+    victim = _claim(first)["pid"]
+    os.kill(victim, signal.SIGKILL)
+    stdout, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1, stdout + stderr
+    assert "1 worker(s) died" in stderr and "interrupted" not in stderr
+    index = json.loads((out / SWEEP_INDEX).read_text())
+    assert [p["status"] for p in index["points"]] == ["completed", "completed"]
+    assert _claim(first)["pid"] not in (victim, os.getpid())  # the surviving worker took it over
+    assert _records(out) == {p["dir"]: [0, 150, 300] for p in index["points"]}
 
 
 def test_slurm_launcher_runs_a_sweep_as_a_submitit_job_array(tiny_spec, write_spec, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import jax
 from pydantic import Field, field_validator
@@ -108,6 +108,9 @@ def scan_depth(length: int) -> int:
 class MethodConfig(Config):
     label: str | None = Field(None, description="name shown in tables (default: the type)", min_length=1, max_length=100)
     optimizer: OptimizerSpec = Field(description="optimizer of the model parameters")
+    # Fields `seqpar run --resume RUN_DIR --set methods.N.FIELD=...` may change: how a state is
+    # solved, never what is trained, so a checkpoint stays valid across the change.
+    resume_settable: ClassVar[tuple[str, ...]] = ()
 
     @field_validator("label")
     @classmethod

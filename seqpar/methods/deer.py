@@ -98,6 +98,8 @@ class DEERConfig(MethodConfig):
         "auto (sequential on CPU, parallel on accelerators). Structured cells always use their exact elementwise/block scan",
     )
 
+    resume_settable = ("damping", "max_iters", "tol")  # a diverged solve may be retried from its last checkpoint
+
     @model_validator(mode="after")
     def _gradient_fits(self):
         if self.gradient == "diagonal" and self.jacobian != "diagonal":

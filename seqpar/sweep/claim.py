@@ -9,9 +9,9 @@ ever write the same file.
 
 While it works, the owner touches the file every `HEARTBEAT_S` (a thread), so a claim is
 *live* while its heartbeat is fresh and, on the owner's own host, its pid exists. A claim
-whose owner died (SIGKILL, a lost node) is *stale*: another worker takes it over only when
-told to (`seqpar run --resume`), under a lock file, so two workers never take over the
-same point. Across hosts, a dead owner is noticed after `STALE_AFTER_S` without a heartbeat.
+whose owner died (SIGKILL, a lost node) is *stale*: a live worker of the same sweep takes
+it over (and continues its checkpoints), under a lock file, so two workers never take over
+the same point. Across hosts, a dead owner is noticed after `STALE_AFTER_S` without a heartbeat.
 """
 
 from __future__ import annotations
@@ -137,16 +137,17 @@ def try_claim(
     *,
     lock_file: Path | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    note: dict[str, Any] | None = None,
 ) -> Claim | None:
     """Claim `directory` for `owner`; None if another worker has it.
 
     An existing claim is replaced only if `may_take_over(info)` says so, and only under
     `lock_file` (default: beside the directory), re-read there so that of two workers
-    deciding to take over the same claim, one does."""
+    deciding to take over the same claim, one does. `note` adds fields to the new claim."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CLAIM
-    body = {"host": owner.host, "pid": owner.pid, "session": owner.session, "started": time.time()}
+    body = {"host": owner.host, "pid": owner.pid, "session": owner.session, "started": time.time(), **(note or {})}
     if not _create(path, body):
         with file_lock(lock_file or directory.parent / f".{directory.name}.lock"):
             info = read_claim(directory)

@@ -19,8 +19,10 @@ exactly once however many workers, processes or hosts share the directory. The c
 then records the point's outcome, and the index is rebuilt from claims and records, so
 concurrent workers never overwrite each other's news. A point that fails (an exception)
 or whose methods diverge is recorded with its status and the sweep goes on; Ctrl-C
-stops after the current point's record is saved. `--resume` retakes every point that is
-not completed and not live: interrupted, failed, or claimed by a worker that died.
+stops after the current point's record is saved. A point whose worker died (its claim is
+stale) is taken over by a surviving worker, which waits for the others' points for that
+reason; a crash is exit 1, not the 130 of an interrupt. `--resume` retakes every point
+that is not completed and not live: interrupted, failed, or claimed by a worker that died.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ from seqpar.sweep.launch import Launcher, WorkerJob
 from seqpar.sweep.plan import Plan, Point, load_plan, short_value
 
 RunPoint = Callable[[Spec, Path], dict[str, Any]]
+POLL_S = 2.0  # how often a worker with nothing left to claim looks for a point whose worker died
+TAKEOVERS = "takeovers"  # claim field: how many times the point was taken over from a dead worker
+MAX_TAKEOVERS = 1  # without --resume; past it the point waits for `seqpar run --resume`
 
 
 class SweepDirMismatch(Exception):
@@ -161,53 +166,74 @@ def work_points(
     since: float | None = None,
     shard: tuple[int, int] | None = None,
     stop: Callable[[], bool] = lambda: False,
+    poll_s: float = POLL_S,
 ) -> bool:
     """Run every point of `plan` this worker can claim; True if it was interrupted.
 
-    Without `resume`, only unclaimed points are taken. With it, so is any point that is
-    not completed and not live, unless this command's own workers (`owner.session`)
-    already ran it or it finished after `since` (another resume got there first)."""
+    Unclaimed points are taken, and so is a point whose worker died in it (its claim is
+    unfinished and stale): the survivors of a sweep continue it from its checkpoints, so
+    `run_point` must resume what it finds. That happens once per point (`MAX_TAKEOVERS`);
+    a point whose workers keep dying is left to `--resume`. While other workers' points are running, this
+    worker waits (polling every `poll_s`) to take over any whose worker dies. With
+    `resume`, a point that finished without completing (failed, interrupted) is run again
+    too, unless this command's own workers (`owner.session`) already ran it or it finished
+    after `since` (another resume got there first)."""
     since = time.time() if since is None else since
 
     def may_take_over(info: dict[str, Any]) -> bool:
-        if not resume or is_live(info) or info.get("status") == "completed":
+        if is_live(info) or info.get("status") == "completed":
             return False
-        if info.get("finished") is None:
-            return True  # its worker died mid-point
-        return info.get("session") != owner.session and float(info["finished"]) < since
+        if info.get("finished") is None:  # its worker died mid-point
+            # Once without --resume: a point that killed two workers (out of memory, say) must not kill them all.
+            return resume or int(info.get(TAKEOVERS, 0)) < MAX_TAKEOVERS
+        return resume and info.get("session") != owner.session and float(info["finished"]) < since
 
-    for point in plan.points:
-        if shard is not None and point.index % shard[1] != shard[0]:
-            continue
-        if stop():
-            return True
-        point_dir = Path(sweep_dir) / point.dirname
-        info = read_claim(point_dir)
-        if info is not None and not may_take_over(info):
-            continue
-        claim = try_claim(point_dir, owner, may_take_over, lock_file=Path(sweep_dir) / CLAIMS_LOCK)
-        if claim is None:
-            continue
-        on_point(point, "start", None)
-        summary, outcome, interrupted = None, {}, False
-        try:
-            summary = run_point(point.spec, point_dir)
-            status = summary["status"]
-            outcome["methods"] = {r["label"]: r["status"] for r in summary.get("runs", [])}
-        except KeyboardInterrupt:
-            status, interrupted = "interrupted", True
-        except Exception as e:  # noqa: BLE001 - one point's crash must not stop the sweep
-            status = "failed"
-            outcome.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        claim.finish(status, **outcome)
-        rebuild_index(plan, sweep_dir)
-        on_point(point, "end", summary or {"status": status})
-        if interrupted or status == "interrupted":
-            return True
-        try:
-            after_point(point, point_dir)
-        except KeyboardInterrupt:
-            return True
+    while True:
+        others_running = False
+        for point in plan.points:
+            if shard is not None and point.index % shard[1] != shard[0]:
+                continue
+            if stop():
+                return True
+            point_dir = Path(sweep_dir) / point.dirname
+            info = read_claim(point_dir)
+            if info is not None and not may_take_over(info):
+                others_running |= is_live(info)  # its worker may still die in it
+                continue
+            note = {TAKEOVERS: int(info.get(TAKEOVERS, 0)) + 1} if info is not None and info.get("finished") is None else None
+            claim = try_claim(point_dir, owner, may_take_over, lock_file=Path(sweep_dir) / CLAIMS_LOCK, note=note)
+            if claim is None:
+                others_running = True
+                continue
+            if _run_claimed(plan, sweep_dir, point, point_dir, claim, run_point, on_point, after_point):
+                return True
+        if not others_running:
+            return False
+        time.sleep(poll_s)
+
+
+def _run_claimed(plan, sweep_dir, point, point_dir, claim, run_point, on_point, after_point) -> bool:
+    """Run one claimed point and record its outcome in the claim; True if it was interrupted."""
+    on_point(point, "start", None)
+    summary, outcome, interrupted = None, {}, False
+    try:
+        summary = run_point(point.spec, point_dir)
+        status = summary["status"]
+        outcome["methods"] = {r["label"]: r["status"] for r in summary.get("runs", [])}
+    except KeyboardInterrupt:
+        status, interrupted = "interrupted", True
+    except Exception as e:  # noqa: BLE001 - one point's crash must not stop the sweep
+        status = "failed"
+        outcome.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    claim.finish(status, **outcome)
+    rebuild_index(plan, sweep_dir)
+    on_point(point, "end", summary or {"status": status})
+    if interrupted or status == "interrupted":
+        return True
+    try:
+        after_point(point, point_dir)
+    except KeyboardInterrupt:
+        return True
     return False
 
 
@@ -257,7 +283,7 @@ def sweep_worker(job: WorkerJob) -> int:
     with stop_on_signals() as stop:
 
         def run_point(spec: Spec, d: Path) -> dict[str, Any]:
-            return run_experiment(spec, d, NullProgress(), resume=job.resume, stop=stop, tensorboard=job.tensorboard)
+            return run_experiment(spec, d, NullProgress(), resume=True, stop=stop, tensorboard=job.tensorboard)
 
         interrupted = work_points(
             plan, sweep_dir, run_point, on_point, owner=owner, resume=job.resume, since=job.since, shard=job.shard, stop=stop
@@ -433,22 +459,23 @@ def execute_sweep(
     if launcher is not None:
         jobs = [WorkerJob(SWEEP_WORKER, str(sweep_dir), session, since, resume, i, workers, shard, tensorboard) for i in range(workers)]
         codes = follow_workers(launcher, jobs, console, quiet, lambda: rebuild_index(plan, sweep_dir), len(plan.points))
-        interrupted = 130 in codes
-        if any(c not in (0, 1, 130) for c in codes):
+        interrupted, crashed = 130 in codes, sum(c not in (0, 1, 130) for c in codes)
+        if crashed:
             err_console.print(
-                f"[yellow]warning:[/] {sum(c not in (0, 1, 130) for c in codes)} worker(s) crashed; "
+                f"[red]crashed[/]: {crashed} worker(s) died (a surviving worker takes over a dead worker's point); "
                 f"their logs are in {Path(sweep_dir) / WORKER_LOGS}",
                 highlight=False,
             )
     else:
+        crashed = 0
         owner = Owner.me(session)
         with stop_on_signals() as stop:
             if quiet:
-                run_point = lambda spec, d: run_experiment(spec, d, NullProgress(), resume=resume, stop=stop, tensorboard=tensorboard)  # noqa: E731
+                run_point = lambda spec, d: run_experiment(spec, d, NullProgress(), resume=True, stop=stop, tensorboard=tensorboard)  # noqa: E731
                 interrupted = work_points(plan, sweep_dir, run_point, owner=owner, resume=resume, since=since, shard=shard, stop=stop)
             else:
                 with SweepProgress(console, len(plan.points)) as progress:
-                    run_point = lambda spec, d: run_experiment(spec, d, progress, resume=resume, stop=stop, tensorboard=tensorboard)  # noqa: E731
+                    run_point = lambda spec, d: run_experiment(spec, d, progress, resume=True, stop=stop, tensorboard=tensorboard)  # noqa: E731
                     interrupted = work_points(
                         plan, sweep_dir, run_point, progress.on_point, owner=owner, resume=resume, since=since, shard=shard, stop=stop
                     )
@@ -469,10 +496,13 @@ def execute_sweep(
     console.print(f"sweep record: {sweep_dir} ({', '.join(f'{n} {s}' for s, n in counts.items())}; index {SWEEP_INDEX})", highlight=False)
     if index["status"] == "running":
         console.print("other workers are still running points; the index is complete when the last one ends", highlight=False)
-    if interrupted or index["status"] == "interrupted":
+    if interrupted:  # a signal (Ctrl-C, SIGTERM) reached this process or a worker
         err_console.print(f"[yellow]interrupted[/]: finished points are saved; continue with: seqpar run --resume {sweep_dir}")
         return 130
-    return 1 if index["status"] == "failed" else 0
+    if index["status"] == "interrupted":  # nobody asked to stop: workers died and none was left to take over
+        err_console.print(f"[red]crashed[/]: points were left unfinished; continue with: seqpar run --resume {sweep_dir}")
+        return 1
+    return 1 if index["status"] == "failed" or crashed else 0
 
 
 def follow_workers(

@@ -17,7 +17,10 @@ training parts. Classification or regression follows `y`'s dtype (integers: clas
 `classes` = largest label + 1 unless given; floats: MSE) unless `kind` states it.
 
 Every problem with the file is one line naming the file and the array, raised while the
-spec is validated, so the CLI exits 2 before anything is written.
+spec is validated, so the CLI exits 2 before anything is written. That includes a file
+whose arrays declare more than `max_mb` uncompressed (a zip bomb: a few MB on disk that
+inflate to GBs): the sizes in the zip directory and in each `.npy` header are read first,
+and nothing is inflated past them.
 
 Memoryless baseline: for classification on integer tokens, the conditional entropy of the
 target given the current token and the position, H(y_t | x_t, t), estimated like
@@ -51,15 +54,67 @@ PER_SPLIT = ("x", "y", "mask", "score_at")
 KNOWN = tuple(a + s for s in SPLITS.values() for a in PER_SPLIT)
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # add-α smoothing of the baseline's counts, chosen on validation
 MAX_COUNT_CELLS = 10**7  # (t, token, class) cells beyond which the baseline is trained, not counted
+MAX_MB = 1024.0  # default cap on the uncompressed size of one file's arrays (task.max_mb raises it)
 
 
 class DataError(ValueError):
     """A problem with the file; the message names the array (the file is prefixed by the caller)."""
 
 
+def _human(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""  # unreachable
+
+
+def check_sizes(path: str, max_mb: float) -> None:
+    """Refuse an archive whose members declare more than `max_mb` MB, before anything is inflated.
+
+    Two declarations, both read without decompressing the data: the zip directory's
+    uncompressed size of each member, and the shape and dtype in each `.npy` header (what
+    numpy would allocate). Not a zip: left to `np.load`'s own errors."""
+    cap = max_mb * 1e6
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            if f.read(6) == np.lib.format.MAGIC_PREFIX:  # np.load would allocate what its header says
+                raise DataError("holds a single .npy array, expected an .npz archive of named arrays (numpy.savez(path, x=..., y=...))")
+        return
+    total = 0.0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                name = info.filename.removesuffix(".npy")
+                declared = float(info.file_size)
+                if info.filename.endswith(".npy") and declared <= cap:
+                    declared = max(declared, _npy_bytes(z, info, name))
+                total += declared
+                if total > cap:
+                    raise DataError(
+                        f"array {name!r}: declares {_human(declared)} uncompressed, above the cap of {_human(cap)} for the arrays of "
+                        f"one file (task.max_mb: {max_mb:g}); raise task.max_mb if the file is genuine"
+                    )
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as e:
+        raise DataError(f"not a readable .npz archive ({e})") from None
+
+
+def _npy_bytes(z: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> float:
+    """The bytes a member's `.npy` header says its array holds (reads the header only)."""
+    fmt = np.lib.format
+    try:
+        with z.open(info) as f:
+            version = fmt.read_magic(f)
+            shape, _, dtype = fmt.read_array_header_1_0(f) if version == (1, 0) else fmt.read_array_header_2_0(f)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"array {name!r}: unreadable .npy header ({e})") from None
+    return float(math.prod(shape)) * dtype.itemsize
+
+
 @functools.lru_cache(maxsize=4)
-def _load(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+def _load(path: str, mtime_ns: int, size: int, max_mb: float = MAX_MB) -> dict[str, np.ndarray]:
     del mtime_ns, size  # part of the cache key only: an edited file is read again
+    check_sizes(path, max_mb)
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError):
@@ -80,12 +135,13 @@ def _load(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
     return out
 
 
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The file's arrays; OSError if it cannot be opened, DataError if it is not an .npz of plain arrays."""
+def load_arrays(path: Path, max_mb: float = MAX_MB) -> dict[str, np.ndarray]:
+    """The file's arrays; OSError if it cannot be opened, DataError if it is not an .npz of plain
+    arrays or its arrays declare more than `max_mb` MB uncompressed."""
     st = path.stat()
     if path.is_dir():
         raise IsADirectoryError(str(path))
-    return _load(str(path), st.st_mtime_ns, st.st_size)
+    return _load(str(path), st.st_mtime_ns, st.st_size, max_mb)
 
 
 @dataclass(frozen=True)
@@ -284,6 +340,12 @@ class DatasetConfig(TaskConfig):
     val_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False, description="share of x's rows held out for validation")
     test_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False, description="share of x's rows held out for test")
     split_seed: int | None = Field(None, ge=0, description="seed of the row shuffle before splitting (default: the spec's seed)")
+    max_mb: float = Field(
+        MAX_MB,
+        gt=0,
+        allow_inf_nan=False,
+        description="refuse a file whose arrays declare more MB than this uncompressed (checked before anything is read)",
+    )
     # Shown by `seqpar tasks`, which cannot build this task without a file.
     loss_doc: ClassVar[str] = "cross-entropy or mse (from y)"
     baseline_doc: ClassVar[str] = "H(y_t | x_t, t) by counting (tokens, classes); else trained per run"
@@ -310,7 +372,10 @@ class DatasetConfig(TaskConfig):
             return raw.get(key, cls.model_fields[key].default)
 
         path = Path(raw["path"]).expanduser()
-        parsed, explicit = parse(load_arrays(path), get("kind"), get("classes"), get("vocab"))
+        cap = get("max_mb")
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf:
+            cap = MAX_MB  # not a number yet (the field's own check says so): the default cap still holds
+        parsed, explicit = parse(load_arrays(path, cap), get("kind"), get("classes"), get("vocab"))
         return partition(parsed, explicit, get("val_fraction"), get("test_fraction"), get("split_seed") or 0, path)
 
     @model_validator(mode="after")
@@ -336,7 +401,7 @@ class DatasetConfig(TaskConfig):
         return self._splits(self.model_dump())
 
     def build(self) -> Task:
-        parsed, _ = parse(load_arrays(self.file), self.kind, self.classes, self.vocab)
+        parsed, _ = parse(load_arrays(self.file, self.max_mb), self.kind, self.classes, self.vocab)
         base = ClassifiedData if parsed.classification else RegressedData
         return base(self, parsed, self.splits())
 

@@ -214,7 +214,36 @@ def load_run_spec(run_dir: Path) -> Spec:
 
 
 def spec_hash(spec: Spec) -> str:
-    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    """The spec's identity in checkpoints: everything but the methods' `resume_settable` fields
+    (how states are solved), so a resume that changes those continues from the same checkpoints."""
+    dump = spec.model_dump(mode="json")
+    for m, cfg in zip(dump["methods"], spec.methods, strict=True):
+        for key in cfg.resume_settable:
+            m.pop(key, None)
+    return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
+
+
+def amend_spec(spec: Spec, overrides: Sequence[str], source: str) -> Spec:
+    """`spec` with `--set methods.N.FIELD=VALUE` applied, for a resume; only `resume_settable` fields.
+
+    SpecError (one line) for any other key or a value the method refuses."""
+    from seqpar.spec import parse_override, set_dotted, validate_spec
+
+    raw = spec.model_dump(mode="json")
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        ok = len(parts) == 3 and parts[0] == "methods" and parts[1].isdigit() and int(parts[1]) < len(spec.methods)
+        settable = spec.methods[int(parts[1])].resume_settable if ok else ()
+        if not ok or parts[2] not in settable:
+            allowed = ", ".join(f"methods.{i}.{k}" for i, m in enumerate(spec.methods) for k in m.resume_settable) or "none in this run"
+            raise SpecError(
+                f"--set {item}: a resume continues the same training; it may change only how states are solved ({allowed})",
+                key=key,
+                source=source,
+            )
+        set_dotted(raw, key, value, source=f"--set {item}")
+    return validate_spec(raw, source=source)
 
 
 def overall_status(runs: list[dict[str, Any]], n_methods: int, error: str | None = None) -> str:
@@ -290,9 +319,17 @@ def _run(
         # Two runs raced for one empty --out: the first holds (or held) the lock and wrote first.
         raise RunDirBusy(f"{run_dir}: another seqpar run has started in this directory; runs are never overwritten")
     prior = read_summary(run_dir) if resume else None
-    if resume and (run_dir / SPEC).exists() and load_run_spec(run_dir).model_dump() != spec.model_dump():
-        raise ResumeError(f"{run_dir}: its {SPEC} differs from the spec given; a run resumes with the spec it started with")
-    if prior is not None and prior.get("status") == "completed":
+    amended: dict[str, dict[str, Any]] = {}  # label -> the solver settings this resume changes
+    if resume and (run_dir / SPEC).exists():
+        recorded = load_run_spec(run_dir)
+        if recorded.model_dump() != spec.model_dump():
+            if spec_hash(recorded) != spec_hash(spec):
+                raise ResumeError(f"{run_dir}: its {SPEC} differs from the spec given; a run resumes with the spec it started with")
+            for old, new in zip(recorded.methods, spec.methods, strict=True):
+                changed = {k: getattr(new, k) for k in new.resume_settable if getattr(old, k) != getattr(new, k)}
+                if changed:
+                    amended[new.display_label] = changed
+    if prior is not None and prior.get("status") == "completed" and not amended:
         return prior  # every method finished: nothing left to do
 
     # Everything that can refuse the resume happens before anything is written.
@@ -304,7 +341,12 @@ def _run(
     configs = method_configs(spec, exp.task) if exp is not None else list(spec.methods)
     with_baseline = bool(configs) and configs[0].display_label == BASELINE_LABEL
     labels = [m.display_label for m in configs]
-    kept = {r["label"]: r for r in (prior or {}).get("runs", []) if r.get("status") in DONE and r.get("label") in labels}
+    # A method whose solver settings this resume changes runs again from its last checkpoint, even if it diverged.
+    kept = {
+        r["label"]: r
+        for r in (prior or {}).get("runs", [])
+        if r.get("status") in DONE and r.get("label") in labels and r.get("label") not in amended
+    }
     checkpoints: dict[int, MethodCheckpoints] = {}
     resume_from: dict[int, Checkpoint | None] = {}
     if exp is not None:
@@ -337,6 +379,10 @@ def _run(
         summary.update(status="running", runs=[])
         skipped = [w for c in checkpoints.values() for w in c.skipped]
         entry = {"at": now, "from_step": {labels[i]: (c.step if c else 0) for i, c in resume_from.items()}, "env": environment()}
+        if amended:
+            entry["set"] = amended
+            summary["spec"] = spec.model_dump(mode="json")
+            atomic_write_text(run_dir / SPEC, spec_to_yaml(spec))  # the run continues with these settings from here
         summary["resumes"] = [*prior.get("resumes", []), {**entry, **({"warnings": skipped} if skipped else {})}]
     if resume:
         # Lines past a method's checkpoint (or of a method restarting from 0) would be logged twice.
@@ -405,9 +451,11 @@ def _run(
                 summary["error"] = str(write_error)
                 raise write_error
             atomic_write_json(run_dir / SUMMARY, summary)
-            if record["status"] in DONE:
+            # After the summary holds the result: they only serve resuming. A diverged method keeps
+            # them: the last one before the non-finite step is where a retry with other solver settings starts.
+            if record["status"] == "completed":
                 with contextlib.suppress(OSError):  # leftovers are harmless; losing the next method is not
-                    checkpoints[i].clear()  # after the summary holds the result: they only serve resuming
+                    checkpoints[i].clear()
             stopping = stopping or record["status"] == "interrupted"
     except WriteError as e:
         summary.setdefault("error", str(e))

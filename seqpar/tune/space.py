@@ -48,6 +48,7 @@ from seqpar.spec import (
     validate_spec,
 )
 from seqpar.sweep.plan import short_value
+from seqpar.tune import MAX_TRIALS
 
 _KINDS = ("float", "log", "int", "choice")
 
@@ -198,20 +199,22 @@ _ABSENT = object()
 # ----------------------------------------------------------------------------- loading and checking
 
 
-def load_tune(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TunePlan:
-    """Read a spec with a `tune:` block, apply `--set` (`tune.trials=8` works too), check everything."""
+def load_tune(path: str | Path, overrides: list[str] | tuple[str, ...] = (), max_trials: int | None = MAX_TRIALS) -> TunePlan:
+    """Read a spec with a `tune:` block, apply `--set` (`tune.trials=8` works too), check everything.
+
+    A study of more than `max_trials` trials (methods x `tune.trials`) is a `SpecError` (None: no cap)."""
     path = Path(path)
     raw = read_yaml(path)
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value, source=f"--set {item}")
     try:
-        return check_tune(raw, str(path))
+        return check_tune(raw, str(path), max_trials)
     except SpecError as e:
         raise blame_overrides(e, overrides) from None
 
 
-def check_tune(raw: dict[str, Any], source: str) -> TunePlan:
+def check_tune(raw: dict[str, Any], source: str, max_trials: int | None = MAX_TRIALS) -> TunePlan:
     if "tune" not in raw:
         raise SpecError(f"{source}: tune: missing; `seqpar tune` needs a tune: block (trials, space, ...)", key="tune", source=source)
     if "sweep" in raw:
@@ -233,6 +236,14 @@ def check_tune(raw: dict[str, Any], source: str) -> TunePlan:
             f"{source}: tune.pruner.warmup_steps: must be at least half of train.steps ({pruner_warmup(plan)}, got {warm}): "
             "a method that learns late must not be pruned before it has had half its budget",
             key="tune.pruner.warmup_steps",
+            source=source,
+        )
+    total = len(plan.labels) * tune.trials
+    if max_trials is not None and total > max_trials:
+        raise SpecError(
+            f"{source}: tune.trials: {len(plan.labels)} method(s) x {tune.trials} trials = {total} trials exceed the limit of "
+            f"{max_trials}; lower tune.trials, or pass --max-trials {total} to run them all",
+            key="tune.trials",
             source=source,
         )
     _check_space(plan)

@@ -61,10 +61,15 @@ from seqpar.tune.defaults import default_values, run_defaults, verdict, wait_for
 from seqpar.tune.space import TunePlan, load_tune, pruner_warmup, spec_yaml
 
 POLL_S = 2.0
+LOST = "lost"  # user attribute of a trial marked FAIL because its worker died: replaced, never counted against the space
 
 
 class StudyDirMismatch(Exception):
     """The directory holds another study; the message is one line (exit 2)."""
+
+
+class StorageError(Exception):
+    """`--storage URL` cannot be opened (unknown scheme, missing directory, no server); one line (exit 2)."""
 
 
 # ----------------------------------------------------------------------------- storage and studies
@@ -78,7 +83,11 @@ def storage_for(study_dir: Path, url: str | None = None) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url:
-        return optuna.storages.RDBStorage(url)
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as e:  # SQLAlchemy's OperationalError, NoSuchModuleError, ArgumentError; a missing driver
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StorageError(f"--storage {url}: cannot open this Optuna storage ({reason})") from None
     return JournalStorage(JournalFileBackend(str(Path(study_dir) / STUDY_JOURNAL)))
 
 
@@ -142,16 +151,25 @@ def open_studies(plan: TunePlan, study_dir: Path, storage: Any, salt: int = 0) -
 def counts(study: Any) -> dict[str, int]:
     from optuna.trial import TrialState
 
-    out = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
+    out = {"completed": 0, "pruned": 0, "failed": 0, "running": 0, "lost": 0}
     names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed", TrialState.RUNNING: "running"}
     for t in study.get_trials(deepcopy=False):
         if t.state in names:
             out[names[t.state]] += 1
+        out["lost"] += t.state == TrialState.FAIL and bool(t.user_attrs.get(LOST))
     return out
 
 
+def gave_up(c: dict[str, int], trials: int) -> bool:
+    """As many trials failed as the budget: the space is broken. Trials lost with their worker do not count."""
+    return c["failed"] - c["lost"] >= trials
+
+
 def fail_dead_trials(study: Any, study_dir: Path) -> list[int]:
-    """Mark FAIL every RUNNING trial whose worker is gone (stale claim); their numbers."""
+    """Mark FAIL (and `lost`) every RUNNING trial whose worker is gone (stale claim); their numbers.
+
+    Call under the study lock: a trial is asked and given its attributes under it, so a
+    RUNNING trial seen there without them was asked by a worker killed in between."""
     from optuna.trial import TrialState
 
     failed = []
@@ -161,11 +179,14 @@ def fail_dead_trials(study: Any, study_dir: Path) -> list[int]:
         info = read_claim(Path(study_dir) / rel) if rel else None
         if info is not None:
             dead = not is_live(info, now)
+        elif "worker" not in t.user_attrs:
+            dead = True
         else:  # asked but not yet claimed: judge by the asking process, if it ran here
             host, _, pid = str(t.user_attrs.get("worker", "")).partition(":")
             dead = host == here and pid.isdigit() and not pid_alive(int(pid))
         if dead:
             with contextlib.suppress(Exception):  # another worker marked it first
+                study._storage.set_trial_user_attr(t._trial_id, LOST, True)  # Optuna's public API sets attrs only from a live Trial
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
                 failed.append(t.number)
     return failed
@@ -283,7 +304,7 @@ def next_trial(plan: TunePlan, index: int, study: Any, study_dir: Path, owner: O
     with file_lock(Path(study_dir) / STUDY_LOCK):
         fail_dead_trials(study, study_dir)
         c = counts(study)
-        if c["completed"] + c["pruned"] + c["running"] >= plan.tune.trials or c["failed"] >= plan.tune.trials:
+        if c["completed"] + c["pruned"] + c["running"] >= plan.tune.trials or gave_up(c, plan.tune.trials):
             return None
         trial = study.ask()
         rel = f"{TRIALS}/{method_dirname(index, plan.labels[index])}/{trial.number:04d}"
@@ -297,7 +318,7 @@ def search_done(plan: TunePlan, studies: list[Any]) -> bool:
     """Every method has its trials (or has failed as many times), and none is running."""
     for s in studies:
         c = counts(s)
-        if c["running"] or (c["completed"] + c["pruned"] < plan.tune.trials and c["failed"] < plan.tune.trials):
+        if c["running"] or (c["completed"] + c["pruned"] < plan.tune.trials and not gave_up(c, plan.tune.trials)):
             return False
     return True
 
@@ -439,7 +460,7 @@ def tune_worker(job: WorkerJob, on_trial: Callable[[str, Any, dict[str, Any]], N
     from seqpar.train.runner import stop_on_signals
 
     study_dir = Path(job.directory)
-    plan = load_tune(study_dir / TUNE_SPEC)
+    plan = load_tune(study_dir / TUNE_SPEC, max_trials=None)  # its size was accepted when it started
     storage = storage_for(study_dir, job.options.get("storage"))
     owner = Owner.me(job.session)
     salt = 1000 * job.worker  # workers draw different trials; one worker on a fresh study is reproducible
