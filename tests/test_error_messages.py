@@ -9,6 +9,10 @@ from typer.testing import CliRunner
 
 from seqpar.cli import app
 from seqpar.config.registry import Registry
+from seqpar.methods import METHODS as METHOD_REGISTRY
+from seqpar.model.cells import CELLS
+from seqpar.optim import OPTIMIZERS
+from seqpar.tasks import TASKS
 
 runner = CliRunner()
 
@@ -20,7 +24,12 @@ def _error_line(res) -> str:
     return lines[0]
 
 
-METHODS = "bptt, deer, memoryless, parallel, truncated_bptt"
+def _known(registry: Registry) -> str:
+    """The registry's names as the error lists them: a new method, cell or task joins the expected line."""
+    return ", ".join(sorted(registry.names()))
+
+
+METHODS = _known(METHOD_REGISTRY)
 
 
 @pytest.mark.parametrize(
@@ -39,18 +48,17 @@ METHODS = "bptt, deer, memoryless, parallel, truncated_bptt"
         (
             ("model", "cell"),
             "gur",
-            "line 11: model.cell.type: unknown type 'gur' (did you mean 'gru'?); expected one of: elman, gru, lstm, mingru",
+            f"line 11: model.cell.type: unknown type 'gur' (did you mean 'gru'?); expected one of: {_known(CELLS)}",
         ),
         (
             ("task", "type"),
             "delayed_recal",
-            "line 4: task.type: unknown type 'delayed_recal' (did you mean 'delayed_recall'?); "
-            "expected one of: adding, char_lm, copy_memory, dataset, delayed_recall, dynamics, parity",
+            f"line 4: task.type: unknown type 'delayed_recal' (did you mean 'delayed_recall'?); expected one of: {_known(TASKS)}",
         ),
         (
             ("methods", 0, "optimizer", "type"),
             "adamm",
-            "line 21: methods.0.optimizer.type: unknown type 'adamm' (did you mean 'adam'?); expected one of: adam, adamw, sgd",
+            f"line 21: methods.0.optimizer.type: unknown type 'adamm' (did you mean 'adam'?); expected one of: {_known(OPTIMIZERS)}",
         ),
         (
             ("methods", 1, "consistency_schedule"),
