@@ -49,6 +49,9 @@ class MethodResult:
     compile_s: float | None
     peak_memory_mb: float | None
     wall_s: float | None  # training seconds (compile and evaluation excluded)
+    lle: float | None  # largest Lyapunov exponent per step of the trained recurrence, last evaluation
+    sequential_depth: float | None  # dependent steps on one training step's critical path
+    stop_reason: str | None  # steps, max_seconds, or the status
     error: str | None
     record: dict[str, Any] = field(repr=False)  # the whole record as written (final, diagnostics, ...)
 
@@ -72,6 +75,9 @@ class MethodResult:
             compile_s=r.get("compile_s"),
             peak_memory_mb=r.get("peak_memory_mb"),
             wall_s=r.get("wall_s"),
+            lle=final.get("lle"),
+            sequential_depth=r.get("sequential_depth"),
+            stop_reason=r.get("stop_reason"),
             error=r.get("error"),
             record=r,
         )

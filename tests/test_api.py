@@ -45,6 +45,8 @@ def test_the_api_page_runs_as_a_notebook(tmp_path, monkeypatch, capsys):
     (m,) = rec.methods
     r = summary["runs"][0]
     assert (m.label, m.steps_done, m.rollout_loss_test, m.step_time_ms) == ("bptt", 100, r["final"]["rollout_loss_test"], r["step_time_ms"])
+    assert (m.lle, m.sequential_depth, m.stop_reason) == (r["final"]["lle"], r["sequential_depth"], r["stop_reason"])
+    assert m.stop_reason == "steps" and m.sequential_depth == 2 * TINY["task"]["length"] and m.lle is not None
     assert ns["small"].spec["train"]["steps"] == 30
 
 

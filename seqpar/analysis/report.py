@@ -76,11 +76,7 @@ class RichProgress:
         self._p.update(self._tasks[label], completed=step, info=progress_info(record, self._val.get(label)))
 
     def advance(self, label, step):
-        task = self._tasks[label]
-        if self._p.tasks[task].fields.get("info") == "compiled, starting":  # no log point yet
-            self._p.update(task, completed=step, info="training")
-        else:
-            self._p.update(task, completed=step)
+        advance_bar(self._p, self._tasks[label], step)
 
     def resume(self, label, step):
         self._p.console.print(f"{label}: resuming from the checkpoint at step {step} of {self._total.get(label, '?')}", highlight=False)
@@ -88,6 +84,15 @@ class RichProgress:
     def finish(self, label, status):
         if status != "completed" and label in self._tasks:
             self._p.update(self._tasks[label], info=f"[red]{status}")
+
+
+def advance_bar(progress, task, step: int) -> None:
+    """Move a Rich progress bar to `step` between log points: the count only (nothing is fetched
+    from the device), the numbers staying those of the last log point."""
+    if progress.tasks[task].fields.get("info") == "compiled, starting":  # no log point yet
+        progress.update(task, completed=step, info="training")
+    else:
+        progress.update(task, completed=step)
 
 
 def newton_cell(diagnostics: dict[str, Any]) -> str:

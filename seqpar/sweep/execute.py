@@ -39,7 +39,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from seqpar.analysis.report import progress_bars, progress_info
+from seqpar.analysis.report import advance_bar, progress_bars, progress_info
 from seqpar.records.layout import CLAIMS_LOCK, PLOTS, SCHEMA_VERSION, SUMMARY, SWEEP_INDEX, SWEEP_SPEC, WORKER_LOGS
 from seqpar.records.writer import atomic_write_json, atomic_write_text
 from seqpar.spec import Spec
@@ -369,11 +369,7 @@ class SweepProgress:
         self._p.update(self._tasks[label], completed=step, info=progress_info(record, self._val.get(label)))
 
     def advance(self, label, step):
-        task = self._tasks[label]
-        if self._p.tasks[task].fields.get("info") == "compiled, starting":  # no log point yet
-            self._p.update(task, completed=step, info="training")
-        else:
-            self._p.update(task, completed=step)
+        advance_bar(self._p, self._tasks[label], step)
 
     def resume(self, label, step):
         self._p.console.print(f"{label}: resuming from the checkpoint at step {step}", highlight=False)
