@@ -39,24 +39,26 @@ def test_every_row_at_max_iters_on_every_step_is_counted_not_silent(tiny_spec, w
 
 
 def test_a_solve_that_overflows_is_diverged_naming_the_step(tiny_spec, write_spec, tmp_path):
-    spec = _deer(tiny_spec, max_iters=64)
+    spec = _deer(tiny_spec, max_iters=128, jacobian="diagonal")
     spec["task"]["length"] = 64
-    spec["model"]["cell"] = {"type": "elman", "recurrent_scale": 20.0}  # J_t of norm ~20: plain Newton's products overflow float32
+    spec["model"]["cell"] = {"type": "elman", "recurrent_scale": 8.0}  # J_t of norm ~8: plain Newton's products overflow float32
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", str(write_spec(spec)), "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output  # divergence is a result, not a crash
     record = json.loads((out / SUMMARY).read_text())["runs"][0]
     assert record["status"] == "diverged" and record["diverged_at_step"] == 1
     assert record["error"] == "non-finite training metric at step 1" and "diverged deer: non-finite training metric at step 1" in res.stderr
-    # Only how states are solved may change on resume; ELK's damping makes the same training finish.
+    # Only how states are solved may change on resume; (quasi-)ELK's damping makes the same training
+    # finish. (A damping that does not converge within max_iters is no remedy: the best iterate is
+    # then returned, and the adjoint through its expanding Jacobians overflows in turn.)
     res = runner.invoke(app, ["run", "--resume", str(out), "--set", "model.hidden=4"])
     assert res.exit_code == 2, res.output
     assert "may change only how states are solved (methods.0.damping, methods.0.max_iters, methods.0.tol)" in res.stderr
-    res = runner.invoke(app, ["run", "--resume", str(out), "--set", "methods.0.damping=1.0", "--quiet"])
+    res = runner.invoke(app, ["run", "--resume", str(out), "--set", "methods.0.damping=0.01", "--quiet"])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / SUMMARY).read_text())
-    assert summary["runs"][0]["status"] == "completed" and summary["resumes"][-1]["set"] == {"deer": {"damping": 1.0}}
-    assert summary["spec"]["methods"][0]["damping"] == 1.0  # recorded: a later --resume continues with it
+    assert summary["runs"][0]["status"] == "completed" and summary["resumes"][-1]["set"] == {"deer": {"damping": 0.01}}
+    assert summary["spec"]["methods"][0]["damping"] == 0.01  # recorded: a later --resume continues with it
 
 
 def test_a_method_diverging_mid_run_keeps_the_checkpoint_before_it(tmp_path, write_spec):
