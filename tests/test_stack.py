@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from seqpar.cli import app
 from seqpar.methods import METHODS
-from seqpar.methods.deer import differentiable_stack, solve_stack
 from seqpar.methods.tbptt import truncated_rollout_states
 from seqpar.model.cells import CELLS
 from seqpar.model.model import build_model
 from seqpar.model.newton import NewtonOptions
+from seqpar.model.newton_stack import differentiable_stack, solve_stack
 from seqpar.model.rollout import readout_all, rollout_states
 from seqpar.records.reader import read_metrics
 from seqpar.spec import validate_spec

@@ -48,21 +48,19 @@ from pydantic import Field, model_validator
 from seqpar.config import KeyedError
 from seqpar.methods.base import METHODS, Method, MethodConfig, scan_depth
 from seqpar.model.cells.base import JacobianStructure
-from seqpar.model.model import Layer, Model, Params
+from seqpar.model.model import Model
 from seqpar.model.newton import (
     BLOCKS_PER_TRANSITION,
     DAMPED_BLOCKS_PER_TRANSITION,
-    Adjoint,
     Jacobian,
     NewtonOptions,
     NewtonStats,
     adjoint_plan,
     block_floats,
-    differentiable_states,
     rows_per_chunk,
-    solve_states,
     solve_structure,
 )
+from seqpar.model.newton_stack import differentiable_stack, solve_stack
 from seqpar.model.rollout import readout_all
 from seqpar.sharding import put_rows, take_rows
 
@@ -126,38 +124,6 @@ def newton_metrics(stats: NewtonStats, max_iters: int) -> dict[str, jax.Array]:
         "newton_residual": jnp.max(stats.residual),
         "newton_hit_max": jnp.sum(hit_max).astype(jnp.float32),
     }
-
-
-def solve_stack(
-    model: Model, params: Params, x: jax.Array, guess: jax.Array, opts: NewtonOptions, chunk: int | None = None
-) -> tuple[jax.Array, list[NewtonStats]]:
-    """Newton-solved joint states `(N, T, state_dim)` of the whole stack, layer by layer: layer l
-    over the whole sequence in parallel, its input the solved output of the layer below; each
-    layer from its part of the joint `guess`. Per layer, its `NewtonStats`. No gradient flows."""
-    params = jax.lax.stop_gradient(params)
-    guesses = model.split(jax.lax.stop_gradient(guess))
-    z, parts, stats = x, [], []
-    for i in range(model.layers):
-        layer = model.layer(i)
-        s, st = solve_states(layer, params, model.cell_input(params, i, z), guesses[i], opts, chunk)
-        parts.append(s)
-        stats.append(st)
-        z = model.pass_up(params, i, z, s)
-    return model.join(parts), stats
-
-
-def differentiable_stack(
-    model: Model, params: Params, x: jax.Array, states: jax.Array, gradient: Jacobian = "full", adjoint: Adjoint = "auto"
-) -> jax.Array:
-    """The solved joint `states` with the adjoint attached layer by layer: each layer's adjoint
-    also gives the gradient of its input, so the backward pass runs the layers in reverse, each
-    over the whole sequence in parallel (exact at convergence with `gradient: full`)."""
-    parts = model.split(states)
-
-    def one_layer(layer: Layer, u: jax.Array) -> jax.Array:
-        return differentiable_states(layer, params, u, parts[layer.index], gradient, adjoint)
-
-    return model.over_layers(params, x, one_layer)
 
 
 def stack_metrics(stats: list[NewtonStats], max_iters: int) -> dict[str, jax.Array]:

@@ -81,9 +81,9 @@ from seqpar.config import Config, KeyedError
 from seqpar.config.registry import Registry, tagged_union
 from seqpar.methods.agreement import agreement_metrics
 from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec, scan_depth
-from seqpar.methods.deer import solve_stack
 from seqpar.model.model import Model, Params
 from seqpar.model.newton import BLOCKS_PER_TRANSITION, NewtonOptions, block_floats, rows_per_chunk
+from seqpar.model.newton_stack import solve_stack
 from seqpar.model.rollout import readout_all, rollout_states
 from seqpar.sharding import put_rows, take_rows
 from seqpar.tasks.base import Task
