@@ -54,7 +54,7 @@ class ScanMethod(Method):
     def sequential_depth(self, length, metrics):
         # The forward scan, then its transpose backwards: T cell steps each way. Truncation cuts
         # gradients, not the chain: windows start from the previous window's last state. A stack
-        # is scanned layer by layer over the whole sequence (each layer's projection hoisted).
+        # is scanned layer by layer over the whole sequence (see `scan_layer`).
         return 2 * self.model.layers * length
 
 

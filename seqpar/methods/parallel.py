@@ -231,7 +231,7 @@ PassUp = Literal["cell", "table"]  # what a stack's layer passes up: its predict
 
 def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array, pass_up: PassUp = "cell") -> jax.Array:
     """`cell(E[t-1], x[t])` for every transition of the joint `rows: (B, T, state_dim)`, no scan:
-    per layer one batched call over all (row, step) pairs, its input projection computed once.
+    per layer one batched call over all (row, step) pairs.
     A layer's input is the stream of the layer below read from its predictions (`pass_up: cell`)
     or from its table (`table`), as the readout reads the top layer (`readout_from`)."""
     b, t = rows.shape[:2]
@@ -241,9 +241,8 @@ def cell_predictions(model: Model, params: Params, rows: jax.Array, x: jax.Array
         layer, table = model.layer(i), tables[i]
         s0 = jnp.broadcast_to(layer.initial_state().astype(rows.dtype), (b, 1, layer.state_dim))
         prev = jnp.concatenate([s0, table[:, :-1]], axis=1)
-        px = layer.project(params, model.cell_input(params, i, z))
-        step = jax.vmap(layer.step_projected, in_axes=(None, 0, 0))
-        pred = step(params, prev.reshape(b * t, layer.state_dim), px.reshape(b * t, -1)).reshape(b, t, layer.state_dim)
+        u = model.cell_input(params, i, z)
+        pred = layer.step_batch(params, prev.reshape(b * t, layer.state_dim), u.reshape(b * t, -1)).reshape(b, t, layer.state_dim)
         preds.append(pred)
         z = model.pass_up(params, i, z, pred if pass_up == "cell" else table)
     return model.join(preds)

@@ -39,7 +39,7 @@ class TruncatedBPTTConfig(MethodConfig):
 
 
 def truncated_layer(layer: Layer, params: Params, px: jax.Array, s0: jax.Array, window: int, unroll: int = 1) -> jax.Array:
-    """One layer's states `(N, T, S)` over its projected inputs, the gradient cut every `window` steps."""
+    """One layer's states `(N, T, S)` over its inputs `(N, T, D)`, the gradient cut every `window` steps."""
     n, t = px.shape[:2]
     k = min(window, t)
     full, rest = divmod(t, k)
@@ -60,12 +60,12 @@ def truncated_layer(layer: Layer, params: Params, px: jax.Array, s0: jax.Array, 
 
 def truncated_rollout_states(model: Model, params: Params, x: jax.Array, window: int, unroll: int = 1) -> jax.Array:
     """The rollout's joint states `(N, T, state_dim)` (same values), with the gradient cut every
-    `window` steps. Layer by layer, each layer's projection hoisted out of its scan: cutting
+    `window` steps. Layer by layer (each as `scan_layer`, projection inside the step): cutting
     every layer's state at a window edge is cutting the joint state there."""
     starts = model.split(initial_states(model, x.shape[0], x.dtype))
 
     def one_layer(layer: Layer, u: jax.Array) -> jax.Array:
-        return truncated_layer(layer, params, layer.project(params, u), starts[layer.index], window, unroll)
+        return truncated_layer(layer, params, u, starts[layer.index], window, unroll)
 
     return model.over_layers(params, x, one_layer)
 
