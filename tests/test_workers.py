@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from seqpar.cli import app
 from seqpar.records.layout import CLAIM, METRICS, SUMMARY, SWEEP_INDEX
-from seqpar.sweep.claim import Owner, is_live, read_claim, try_claim
+from seqpar.sweep.claim import Owner, is_live, pid_alive, read_claim, try_claim
 from seqpar.sweep.execute import SWEEP_WORKER, new_session, prepare_sweep_dir, rebuild_index
 from seqpar.sweep.launch import WorkerJob
 from seqpar.sweep.plan import load_plan
@@ -79,6 +79,20 @@ def test_a_dead_owners_claim_is_stale_and_taken_over_only_when_allowed(tmp_path)
     assert _claim(tmp_path / "p")["pid"] == os.getpid()
     other_host = {"host": "elsewhere", "pid": 1, "mtime": time.time()}
     assert is_live(other_host) and not is_live({**other_host, "mtime": time.time() - 3600})  # heartbeat timeout
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="procfs")
+def test_a_killed_but_unreaped_worker_is_dead():
+    # A launcher waiting on one worker does not reap another that was SIGKILLed: the zombie still
+    # answers signal 0, and its point must not wait for the 5-minute heartbeat to go stale.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert pid_alive(child.pid)
+    os.kill(child.pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while pid_alive(child.pid):  # a zombie as soon as the kill lands; never reaped here before the check
+        assert time.time() < deadline, "a killed, unreaped child still counts as alive"
+        time.sleep(0.01)
+    assert child.poll() is not None and not pid_alive(child.pid)
 
 
 def test_three_worker_processes_run_every_point_exactly_once(tiny_spec, write_spec, tmp_path):

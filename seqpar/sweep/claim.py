@@ -70,13 +70,19 @@ def read_claim(directory: Path) -> dict[str, Any] | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while `pid` runs on this host. A zombie (killed, not yet reaped by its parent: a
+    launcher waiting on another worker) still answers signal 0, so its state is read too."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (not Linux), or it exited just now: signal 0 answered
+        return True
+    return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X")  # the state follows "(comm) "
 
 
 def is_live(info: dict[str, Any], now: float | None = None, stale_after: float = STALE_AFTER_S) -> bool:
