@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.records.layout import MLRUNS
+from seqpar.records.reader import flatten as dotted
 
 INSTALL_HINT = "--tracker mlflow needs mlflow: pip install 'seqpar[mlflow]' (or pip install mlflow)"
 # Per MLflow call: its documented log_batch limits.
@@ -59,19 +60,8 @@ def ui_command(run_dir: Path, tracking_uri: str | None = None) -> str:
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:
-    """A spec as MLflow params: dotted keys, list items by index, values as text."""
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        out = {}
-        for i, v in enumerate(value):
-            out.update(flatten(v, f"{prefix}{i}."))
-        return out
-    text = json.dumps(value) if isinstance(value, list) else str(value)
-    return {prefix.rstrip("."): text[:_MAX_PARAM_CHARS]}
+    """A spec as MLflow params: the record reader's dotted keys (list items by index), values as text."""
+    return {k: (json.dumps(v) if isinstance(v, list) else str(v))[:_MAX_PARAM_CHARS] for k, v in dotted(value, prefix).items()}
 
 
 class MlflowTracker:
