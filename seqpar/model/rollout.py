@@ -8,10 +8,8 @@ trainable state anywhere but its parameters.
 
 A stack is run layer by layer over whole sequences (`Model.over_layers`): the
 same states as scanning the joint state, since a layer reads only the layers
-below it at the same step. Each layer's input projection (`project`, the part of
-a step that does not depend on the state) is then computed once for the whole
-`(N, T, D)` sequence, one matrix product outside the scan, and the scan carries
-only what depends on the state (`step_projected`).
+below it at the same step. The scans keep each layer's input projection inside the
+step (`scan_layer` says why); the Newton solvers compute it once per solve.
 """
 
 from __future__ import annotations
