@@ -38,22 +38,22 @@ class TruncatedBPTTConfig(MethodConfig):
         return TruncatedBPTT(self, model, task)
 
 
-def truncated_layer(layer: Layer, params: Params, px: jax.Array, s0: jax.Array, window: int, unroll: int = 1) -> jax.Array:
+def truncated_layer(layer: Layer, params: Params, u: jax.Array, s0: jax.Array, window: int, unroll: int = 1) -> jax.Array:
     """One layer's states `(N, T, S)` over its inputs `(N, T, D)`, the gradient cut every `window` steps."""
-    n, t = px.shape[:2]
+    n, t = u.shape[:2]
     k = min(window, t)
     full, rest = divmod(t, k)
 
-    def one_window(s, pxw):
-        states = scan_layer(layer, params, pxw, jax.lax.stop_gradient(s), unroll)
+    def one_window(s, uw):
+        states = scan_layer(layer, params, uw, jax.lax.stop_gradient(s), unroll)
         return states[:, -1], states
 
-    # Windows become the leading (scanned) axis: (W, N, k, P).
-    pxs = jnp.swapaxes(px[:, : full * k].reshape(n, full, k, px.shape[-1]), 0, 1)
-    s, states = jax.lax.scan(one_window, s0, pxs)
+    # Windows become the leading (scanned) axis: (W, N, k, D).
+    us = jnp.swapaxes(u[:, : full * k].reshape(n, full, k, u.shape[-1]), 0, 1)
+    s, states = jax.lax.scan(one_window, s0, us)
     states = jnp.swapaxes(states, 0, 1).reshape(n, full * k, -1)
     if rest:  # the shorter last window
-        _, tail = one_window(s, px[:, full * k :])
+        _, tail = one_window(s, u[:, full * k :])
         states = jnp.concatenate([states, tail], axis=1)
     return states
 
