@@ -676,11 +676,12 @@ def bench(
     results_root: Annotated[Path, typer.Option(help="root of default output directories")] = Path("results"),
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="measure even points whose estimated memory exceeds the machine's")] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="also time the embedding-parallel step in stages")] = False,
 ) -> None:
     """Step time, memory and FLOP/s of every method against length and batch; writes bench.json and bench.png."""
     from seqpar.bench import grid as B
     from seqpar.bench.machine import machine
-    from seqpar.bench.report import bench_table, overhead_table
+    from seqpar.bench.report import bench_table, overhead_table, profile_table
     from seqpar.bench.run import bench_to_dir
     from seqpar.records.writer import OutputError, new_run_dir
     from seqpar.spec import SpecError
@@ -697,6 +698,7 @@ def bench(
             min_repeats=repeats,
             max_repeats=max(200, repeats),
             min_time_s=min_time,
+            profile=profile,
         )
         B.check_overhead_args(overhead_steps, overhead_rounds)
         for note in B.check_points(s, grid, force):
@@ -712,6 +714,9 @@ def bench(
         if "reason" in r:
             console.print(line + f"skipped: {r['reason']}", highlight=False)
             return
+        if "stage" in r:
+            console.print(line + f"{r['step_ms']['median']:9.3f} ms  {r['stage']}", highlight=False)
+            return
         iters = r["step_metrics"].get("newton_iters_mean")
         line += f"{r['step_ms']['median']:9.3f} ms/step" + (f"  {iters:.1f} Newton iterations" if iters is not None else "")
         console.print(line, highlight=False)
@@ -721,6 +726,8 @@ def bench(
     except B.BenchError as e:
         _fail(str(e))
     console.print(bench_table(result))
+    if result.get("profile"):
+        console.print(profile_table(result["profile"]))
     if result.get("loop_overhead"):
         console.print(overhead_table(result["loop_overhead"]))
     console.print(f"bench record: {run_dir / 'bench.json'}, plot: {run_dir / 'bench.png'}")

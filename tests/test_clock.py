@@ -17,7 +17,7 @@ import pytest
 from seqpar.methods.base import METHODS, scan_depth
 from seqpar.spec import validate_spec
 from seqpar.train import loop
-from seqpar.train.budget import Budget
+from seqpar.train.budget import SYNC_EVERY_S, Budget
 
 
 class FakeClock:
@@ -93,13 +93,23 @@ def test_max_seconds_stops_before_the_budget_is_passed(monkeypatch, tiny_spec):
 
 
 def test_budget_predicts_its_sync_points():
-    b = Budget(10.0)
+    b = Budget(1.0)
     b.start(0)
     assert b.due(1) and not b.due(0)
-    assert not b.spent(1, 0.5, 0.5) and b.check_at == 1 + 9  # 19 more steps of 0.5 s fit in 9.5 s: look again after 9
-    assert not b.spent(10, 7.0, 0.6) and b.check_at == 12  # slower now: 5 fit, look again after 2
-    assert not b.spent(12, 9.0, 0.5) and b.check_at == 13  # 2 fit: look after 1
-    assert b.spent(13, 9.6, 0.5)  # 0.4 s left: not one more step
+    assert not b.spent(1, 0.05, 0.05) and b.check_at == 1 + 9  # 19 more steps of 0.05 s fit in 0.95 s: look again after 9
+    assert not b.spent(10, 0.7, 0.06) and b.check_at == 12  # slower now: 5 fit, look again after 2
+    assert not b.spent(12, 0.9, 0.05) and b.check_at == 13  # 2 fit: look after 1
+    assert b.spent(13, 0.96, 0.05)  # 0.04 s left: not one more step
+    # A fast first step plans no more than SYNC_EVERY_S ahead: a step that then grows tenfold
+    # (a Newton method whose iterations grow) passes the budget by about a second, not by 2.5x.
+    fast = Budget(12.0)
+    fast.start(0)
+    assert not fast.spent(1, 0.03, 0.03) and fast.check_at == 1 + int(SYNC_EVERY_S / 0.03)
+    done, wall = fast.check_at, 0.03 + (fast.check_at - 1) * 0.3  # every step after the first took 0.3 s
+    while not fast.spent(done, wall, 0.3):
+        steps = fast.check_at - done
+        done, wall = fast.check_at, wall + steps * 0.3
+    assert wall <= 12.0 + SYNC_EVERY_S / 0.03 * 0.3 and wall < 12.0 + 0.3 * 2  # the last plan saw 0.3 s steps
     none = Budget(None)
     none.start(0)
     assert not none.due(10**6) and not none.spent(5, 1e9, 1.0)

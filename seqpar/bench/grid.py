@@ -46,6 +46,7 @@ class Grid:
     min_repeats: int = 10  # timed steps: at least this many ...
     max_repeats: int = 200  # ... and at most this many,
     min_time_s: float = 1.0  # ... running until this much time has been spent
+    profile: bool = False  # also time the embedding-parallel step in stages (`seqpar.bench.profile`)
 
     def __post_init__(self):
         for name, option in (("lengths", "--lengths"), ("batches", "--batch"), ("unrolls", "--unrolls")):

@@ -65,6 +65,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqpar.bench.grid import SCHEMA, Grid, point_spec, with_baseline
 from seqpar.bench.machine import device_peak_mb, machine, matmul_peak, reset_peak_rss, rss_mb
+from seqpar.bench.profile import derive_profile, profile_rows, profiled_method
 from seqpar.bench.yardstick import quasi_deer_method, yardstick_rows
 from seqpar.records.writer import environment
 from seqpar.spec import Spec
@@ -250,7 +251,9 @@ def run_bench(
         "points": [],
         "skipped": [],  # (method, point) pairs whose memory estimate exceeds the machine's
         "yardstick": [],  # seqpar's quasi-DEER solve beside a minimal one (`seqpar.bench.yardstick`)
+        "profile": [],  # the embedding-parallel step in stages (`seqpar.bench.profile`, with grid.profile)
     }
+    profiled = profiled_method(methods) if grid.profile else None
     for cell in cells:
         for length in grid.lengths:
             for batch in grid.batches:
@@ -302,6 +305,12 @@ def run_bench(
                         result["yardstick"].append(row)
                         if on_point:
                             on_point(row)
+                if profiled is not None:
+                    step_row = next((r for r in rows if r["label"] == profiled.display_label), None)
+                    for row in profile_rows(exp, profiled, cell, grid, time_function, step_row):
+                        result["profile"].append(row)
+                        if on_point:
+                            on_point(row)
                 if save:
                     save(result)
                 del exp
@@ -312,6 +321,7 @@ def run_bench(
     result["peak_flops_per_s"] = peak = max(result["matmul_peak"]["flops_per_s"], result["matmul_peak_after"]["flops_per_s"])
     _derive(result["points"], peak)
     _derive(result["yardstick"], peak, result["points"])
+    derive_profile(result["profile"], peak)
     return result
 
 

@@ -63,6 +63,32 @@ def bench_table(result: dict[str, Any]) -> Table:
     return t
 
 
+def profile_table(rows: list[dict[str, Any]]) -> Table:
+    """`seqpar bench --profile`: the embedding-parallel step in cumulative stages (`seqpar.bench.profile`)."""
+    t = Table(
+        title="the embedding-parallel step in stages (each row includes the ones above it from `objective` on)",
+        caption="ms: median±half the interquartile range; +ms: what the stage adds to the row above; "
+        "GF/s, %pk: XLA's FLOPs of the stage / median, / the matmul peak; fusions: fused loops in its compiled program",
+    )
+    for c in ("method", "cell", "T", "B", "stage", "ms", "+ms", "GF/s", "%pk", "fusions"):
+        t.add_column(c, justify="left" if c in ("method", "cell", "stage") else "right")
+    for r in rows:
+        gf, pf = r.get("flops_per_s"), r.get("peak_fraction")
+        t.add_row(
+            r["label"],
+            r["cell"],
+            str(r["length"]),
+            str(r["batch"]),
+            r["stage"],
+            _ms(r["step_ms"]),
+            fmt(r.get("added_ms"), ".3g"),
+            f"{gf / 1e9:.1f}" if gf else "—",
+            f"{100 * pf:.1f}" if pf else "—",
+            fmt(r.get("fusions")),
+        )
+    return t
+
+
 def overhead_table(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="seqpar run vs a bare loop over the same compiled step (ms/step per round; one sync per chunk in both)")
     for c in ("method", "cell", "T", "B", "steps", "run ms/step", "bare ms/step", "run / bare"):
