@@ -223,3 +223,15 @@ def test_val_and_test_are_both_shown(tmp_path):
     md = cmp.markdown(rows, keys)
     assert "| rollout_loss_test (mean ± std) | rollout_loss_val (mean ± std) |" in md and "2.0000 ± 0.7071" in md
     assert "steps to target (val)" in md
+
+
+def test_a_one_layer_record_groups_as_layers_1(tmp_path):
+    """A one-layer record leaves `model.layers` out (its hash predates stacks); compare reads it as 1."""
+    one = make_run(tmp_path, "one", 0, [method_record("bptt", 1.0)])
+    two = make_run(tmp_path, "two", 0, [method_record("bptt", 2.0)])
+    summary = json.loads((two / "summary.json").read_text())
+    summary["spec"]["model"]["layers"] = 2
+    (two / "summary.json").write_text(json.dumps(summary))
+    rows, keys, _ = cmp.compare([one, two])
+    assert keys == ["model.layers"]
+    assert [(r["settings"]["model.layers"], r["mean"]) for r in rows] == [(1, 1.0), (2, 2.0)]

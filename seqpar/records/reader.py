@@ -213,12 +213,20 @@ def study_part(run_dir: Path) -> str | None:
     return None
 
 
+# Settings a record leaves out at their default (`seqpar.spec.ModelConfig` records one layer as
+# before stacks existed, so old hashes hold): read back as that default, so `--by model.layers`
+# says 1, not "—".
+OMITTED_AT_DEFAULT = {"model.layers": 1}
+
+
 def results(runs: list[RunDir]) -> list[Result]:
     out = []
     for rd in runs:
         s = rd.summary
         spec = s["spec"]
         common = flatten({k: v for k, v in spec.items() if k not in ("methods", "seed")})
+        if isinstance(spec.get("model"), dict):
+            common = {**OMITTED_AT_DEFAULT, **common}
         part = study_part(rd.path)
         if part is not None:
             common[STUDY_PART] = part
