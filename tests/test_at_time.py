@@ -133,3 +133,20 @@ def test_a_real_run_read_at_seconds(tmp_path, tiny_spec, write_spec):
     (row,) = compare_json(out, "--at-seconds", middle)
     assert row["mean"] == [e for e in evals if e["wall_s"] <= middle][-1]["rollout_loss_test"]
     assert row["at"]["eval_step"] == evals[len(evals) // 2]["step"]
+
+
+def test_a_run_stopped_by_its_own_budget_reached_it(tmp_path, tiny_spec, write_spec):
+    """Stopped by train.max_seconds = S, a run's clock ends a fraction of a step short of S: read
+    at S it spent its budget (reached), read at a longer budget it is short."""
+    tiny_spec["methods"] = tiny_spec["methods"][:1]
+    tiny_spec["train"].update(steps=10**6, eval_every=50, max_seconds=1.0)
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(write_spec(tiny_spec)), "--out", str(out), "--quiet"]).exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"][0]["stop_reason"] == "max_seconds"
+    summary["runs"][0]["wall_s"] = 0.97  # as the budget plans it: the next step would have passed 1 s
+    (out / "summary.json").write_text(json.dumps(summary))
+    (row,) = compare_json(out, "--at-seconds", 1.0)
+    assert row["at"]["reached"] == 1
+    (row,) = compare_json(out, "--at-seconds", 2.0)
+    assert row["at"]["reached"] == 0

@@ -7,9 +7,11 @@ excluded, the clock `seconds to target` uses) or within N optimizer steps, inste
 its end. Each result becomes a copy whose `final` (and `diagnostics`) are that
 evaluation's line, and whose steps/seconds to target count only if reached within the
 budget; the grouping and the aggregation over seeds are then exactly `compare`'s. A run
-whose clock never reached S (it ended sooner, or stopped at its own `train.max_seconds`)
-is read at its last evaluation and counted as short in the `evaluated at` column, never
-dropped.
+whose clock never reached S (it ended sooner, or stopped at its own `train.max_seconds`
+below S) is read at its last evaluation and counted as short in the `evaluated at` column,
+never dropped. A run stopped by a `train.max_seconds` of at least S spent that budget (its
+next step would have passed it, so its clock ends a fraction of a step short of it) and
+counts as having reached S.
 """
 
 from __future__ import annotations
@@ -59,11 +61,17 @@ def last_within(evals: list[dict[str, Any]], at: At) -> dict[str, Any] | None:
     return inside[-1] if inside else None
 
 
+def _spent_budget(r: Result, at: At) -> bool:
+    """Stopped by its own `train.max_seconds`, which is at least the seconds asked for."""
+    budget = number(r.settings.get("train.max_seconds"))
+    return at.seconds is not None and r.record.get("stop_reason") == "max_seconds" and budget is not None and budget >= at.seconds
+
+
 def result_at(r: Result, at: At, lines: list[dict[str, Any]] | None = None) -> Result:
     """`r` read at its last evaluation within `at`; `record["at"]` says where and whether it got there."""
     evals = evaluations(read_metrics(r.run_dir) if lines is None else lines, r.label)
     line = last_within(evals, at)
-    reached = (number(r.record.get(at.record_field)) or 0.0) >= at.limit
+    reached = (number(r.record.get(at.record_field)) or 0.0) >= at.limit or _spent_budget(r, at)
     record = dict(r.record)
     record["final"] = {k: (line or {}).get(k) for k in FINAL_KEYS}
     record["diagnostics"] = dict(line or {})
