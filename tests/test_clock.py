@@ -105,10 +105,16 @@ def test_budget_predicts_its_sync_points():
     fast = Budget(12.0)
     fast.start(0)
     assert not fast.spent(1, 0.03, 0.03) and fast.check_at == 1 + int(SYNC_EVERY_S / 0.03)
-    done, wall = fast.check_at, 0.03 + (fast.check_at - 1) * 0.3  # every step after the first took 0.3 s
+
+    def next_check() -> int:
+        assert fast.check_at is not None
+        return fast.check_at
+
+    done = next_check()
+    wall = 0.03 + (done - 1) * 0.3  # every step after the first took 0.3 s
     while not fast.spent(done, wall, 0.3):
-        steps = fast.check_at - done
-        done, wall = fast.check_at, wall + steps * 0.3
+        steps = next_check() - done
+        done, wall = next_check(), wall + steps * 0.3
     assert wall <= 12.0 + SYNC_EVERY_S / 0.03 * 0.3 and wall < 12.0 + 0.3 * 2  # the last plan saw 0.3 s steps
     none = Budget(None)
     none.start(0)
