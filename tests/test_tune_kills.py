@@ -45,7 +45,16 @@ def _written(out: Path) -> int:
     trial asked, record line and checkpoint."""
     if not out.exists():
         return 0
-    return sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and "workers" not in f.relative_to(out).parts)
+    total = 0
+    for f in out.rglob("*"):
+        if "workers" in f.relative_to(out).parts:
+            continue
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except FileNotFoundError:  # a transient file (the journal's lock) gone between listing and stat
+            continue
+    return total
 
 
 def _finished(out: Path) -> int:
