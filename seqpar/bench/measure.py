@@ -98,13 +98,16 @@ def _cost(compiled) -> dict[str, Any]:
     try:
         ca = compiled.cost_analysis()
     except Exception:
-        return {"flops": None, "transcendentals": None, "bytes_accessed": None, "flops_exact": False}
+        return {"flops": None, "transcendentals": None, "bytes_accessed": None, "flops_exact": False, "fusions": None}
     ca = ca[0] if isinstance(ca, (list, tuple)) else ca or {}
+    hlo = compiled.as_text() or ""
     return {
         "flops": ca.get("flops"),
         "transcendentals": ca.get("transcendentals"),
         "bytes_accessed": ca.get("bytes accessed"),
-        "flops_exact": not _float_loops(compiled.as_text()),
+        "flops_exact": not _float_loops(hlo),
+        # Fused loops in the compiled program: each at least one pass over its operands in memory.
+        "fusions": len(re.findall(r"^\s*\S+ = \S+ fusion\(", hlo, flags=re.MULTILINE)),
     }
 
 

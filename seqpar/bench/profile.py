@@ -17,15 +17,14 @@ timed in cumulative stages, each compiled apart and timed as the bench times ste
    refresh check and metrics included), copied in for the difference.
 
 Each row carries XLA's FLOPs of the stage, its fraction of the run's matmul peak, and
-the number of fused loops (`fusion` kernels) in the compiled program: every one is at
-least one pass over its operands in memory. The difference between consecutive rows is
+the number of fused loops (`fusion` kernels) in the compiled program (`fusions`, which
+every bench row records): every one is at least one pass over its operands in memory. The difference between consecutive rows is
 what that stage adds; the first row is the floor no implementation of this step goes
 below on this machine (products at these shapes run below the square-matmul peak).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -40,12 +39,6 @@ PROFILED = "parallel"  # the method type profiled
 def profiled_method(methods: list[Any]) -> Any | None:
     """The first embedding-parallel method of the spec, or None."""
     return next((cfg for cfg in methods if cfg.type == PROFILED), None)
-
-
-def _fusions(fn: Callable, args: tuple) -> int:
-    """Fused loops in `fn`'s compiled program (each a pass over memory)."""
-    text = jax.jit(fn).lower(*args).compile().as_text() or ""
-    return len(re.findall(r"^\s*\S+ = \S+ fusion\(", text, flags=re.MULTILINE))
 
 
 def _dense_products(params: Any, rows: int) -> tuple[Callable, tuple]:
@@ -107,13 +100,12 @@ def profile_rows(exp, cfg, cell: str, grid, timed: Callable, step_row: dict[str,
                 "length": int(data.x.shape[1]),
                 "batch": int(data.x.shape[0]),
                 "hidden": grid.hidden,
-                "fusions": _fusions(fn, args),
                 **m,
             }
         )
     if step_row is not None:
-        keep = ("compile_s", "step_ms", "flops", "transcendentals", "bytes_accessed", "flops_exact", "memory")
-        out.append({**out[-1], "stage": "whole step", "fusions": None, **{k: step_row[k] for k in keep}})
+        keep = ("compile_s", "step_ms", "flops", "transcendentals", "bytes_accessed", "flops_exact", "fusions", "memory")
+        out.append({**out[-1], "stage": "whole step", **{k: step_row[k] for k in keep}})
     return out
 
 
