@@ -97,3 +97,15 @@ def test_final_by_method_mentions_the_trained_baseline_only_when_it_ran(tmp_path
     _figures(tmp_path / "b", tmp_path / "png-b", ["final_by_method.png"])
     _, labels, _ = saved["final_by_method.png"]
     assert labels == ["memoryless baseline (formula); baseline_trained: the same model with its recurrence cut"]
+
+
+def test_the_legend_says_when_panels_hold_different_numbers_of_runs(tmp_path, saved):
+    # Two seeds at length 8, one at length 32: the one legend must not claim two runs everywhere.
+    root = _records(tmp_path / "runs")
+    for d in root.glob("L32-s1*"):
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+    _figures(root, tmp_path / "png", ["rollout_vs_step.png"])
+    _, labels, _ = saved["rollout_vs_step.png"]
+    assert "parallel (mean of 1-2 runs per panel, band min-max)" in labels, labels

@@ -247,7 +247,7 @@ def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str
     styles = _method_styles(rs)
     fig, axes = _figure(len(panels), title, sharey=True)
     handles: dict[str, Any] = {}
-    lines: dict[str, tuple[Any, int]] = {}  # label -> (first line drawn, runs in it)
+    lines: dict[str, tuple[Any, set[int]]] = {}  # label -> (first line drawn, runs per panel)
     curves: list[dict[str, np.ndarray]] = []
     all_ys: list[float] = []
     for ax, (ptitle, members) in zip(axes, panels, strict=True):
@@ -263,7 +263,7 @@ def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str
             (line,) = ax.plot(xs, mean, linewidth=1.8, markersize=4, markevery=_markevery(len(xs)), **styles[label])
             if n > 1:
                 ax.fill_between(xs, lo, hi, color=styles[label]["color"], alpha=0.18, linewidth=0)
-            lines.setdefault(label, (line, n))
+            lines.setdefault(label, (line, set()))[1].add(n)
             drawn[label] = np.stack([xs, mean])  # identical means the same points: vs seconds, timings differ
             ys += list(lo) + list(hi)
         curves.append(drawn)
@@ -275,8 +275,10 @@ def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str
     _shared_y(axes, all_ys)
     notes = _identical_notes(curves)
     legend: dict[str, Any] = {}
-    for label, (line, n) in lines.items():
-        text = f"{label} (mean of {n} runs, band min-max)" if n > 1 else label
+    for label, (line, ns) in lines.items():
+        # One legend for every panel: a method with 3 seeds at one length and 1 at another says so.
+        runs = f"{min(ns)}" if len(ns) == 1 else f"{min(ns)}-{max(ns)} runs per panel"
+        text = label if max(ns) == 1 else f"{label} (mean of {runs}{' runs' if len(ns) == 1 else ''}, band min-max)"
         legend[text + (f" [{notes[label]}]" if label in notes else "")] = line
     legend.update(handles)  # the baseline last
     return _save(fig, path, list(legend.values()), list(legend))
