@@ -4,6 +4,7 @@ one y-scale, log axes carry plain ticks, legends list only what ran. Hand-made r
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from test_compare import make_run, method_record
@@ -103,9 +104,7 @@ def test_the_legend_says_when_panels_hold_different_numbers_of_runs(tmp_path, sa
     # Two seeds at length 8, one at length 32: the one legend must not claim two runs everywhere.
     root = _records(tmp_path / "runs")
     for d in root.glob("L32-s1*"):
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
+        shutil.rmtree(d)
     _figures(root, tmp_path / "png", ["rollout_vs_step.png"])
     _, labels, _ = saved["rollout_vs_step.png"]
     assert "parallel (mean of 1-2 runs per panel, band min-max)" in labels, labels

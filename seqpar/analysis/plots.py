@@ -277,8 +277,8 @@ def plot_curves(rs: list[Result], panels: list[tuple[str, list[Result]]], x: str
     legend: dict[str, Any] = {}
     for label, (line, ns) in lines.items():
         # One legend for every panel: a method with 3 seeds at one length and 1 at another says so.
-        runs = f"{min(ns)}" if len(ns) == 1 else f"{min(ns)}-{max(ns)} runs per panel"
-        text = label if max(ns) == 1 else f"{label} (mean of {runs}{' runs' if len(ns) == 1 else ''}, band min-max)"
+        runs = f"{min(ns)} runs" if len(ns) == 1 else f"{min(ns)}-{max(ns)} runs per panel"
+        text = label if max(ns) == 1 else f"{label} (mean of {runs}, band min-max)"
         legend[text + (f" [{notes[label]}]" if label in notes else "")] = line
     legend.update(handles)  # the baseline last
     return _save(fig, path, list(legend.values()), list(legend))
