@@ -131,17 +131,27 @@ def load(run_dir: str | Path) -> RunRecord:
     return RunRecord.from_summary(run_dir, read_summary(Path(run_dir)))
 
 
-def _spec(spec: Spec | dict[str, Any] | str | Path, overrides: Sequence[str]) -> Spec:
+def _spec(spec: Spec | dict[str, Any] | str | Path, overrides: Sequence[str], data: Any = None, base_dir: Any = None) -> Spec:
     from seqpar.spec import Spec, SpecError, blame_overrides, parse_override, set_dotted, validate_spec
 
-    if isinstance(spec, (str, Path)):
+    if isinstance(spec, (str, Path)) and data is None:
         from seqpar.sweep.plan import load_plan
 
         plan = load_plan(spec, list(overrides))
         if plan.is_sweep:
             raise SpecError(f"{spec}: sweep: a grid of {len(plan.points)} runs; seqpar.run runs one spec (seqpar run runs a sweep)")
         return plan.points[0].spec
-    raw = copy.deepcopy(spec.model_dump(mode="json") if isinstance(spec, Spec) else dict(spec))
+    if isinstance(spec, (str, Path)):
+        from seqpar.spec import read_yaml, with_spec_dir
+
+        raw = with_spec_dir(read_yaml(Path(spec)), Path(spec))
+    else:
+        raw = copy.deepcopy(spec.model_dump(mode="json") if isinstance(spec, Spec) else dict(spec))
+    source = str(spec) if isinstance(spec, (str, Path)) else "spec"
+    if data is not None:
+        task = raw.get("task")
+        if not (isinstance(task, dict) and task.get("type") == "dataset" and task.get("path") is None):
+            raise SpecError(f"{source}: task: data= is given, so the task must be {{type: dataset}} with no path (the arrays are its data)")
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value, source=f"--set {item}")
@@ -149,9 +159,25 @@ def _spec(spec: Spec | dict[str, Any] | str | Path, overrides: Sequence[str]) ->
         block = "sweep" if "sweep" in raw else "tune"
         raise SpecError(f"spec: {block}: seqpar.run runs one spec; use `seqpar run` for a sweep, `seqpar tune` for a study")
     try:
-        return validate_spec(raw, source="spec")
+        return validate_spec(raw, source=source, base_dir=base_dir, data=data)
     except SpecError as e:
         raise blame_overrides(e, list(overrides)) from None
+
+
+def _keep_data(spec: Spec, run_dir: Path) -> Spec:
+    """A spec whose data were given in memory, with those arrays saved in the run directory (so a
+    resume, a worker or a later reader has them) and `task.path` pointing there."""
+    import numpy as np
+
+    from seqpar.records.layout import DATA
+    from seqpar.records.writer import atomic_write
+    from seqpar.spec import validate_spec
+
+    given = spec.task.given
+    atomic_write(run_dir / DATA, lambda f: np.savez(f, **given.arrays), mode="wb")
+    raw = spec.model_dump(mode="json")
+    raw["task"]["path"] = str((run_dir / DATA).resolve())
+    return validate_spec(raw, source=str(run_dir / DATA))
 
 
 def run(
@@ -164,12 +190,18 @@ def run(
     tracking_uri: str | None = None,
     progress: bool = False,
     force: bool = False,
+    data: dict[str, Any] | None = None,
+    base_dir: str | Path | None = None,
 ) -> RunRecord:
     """Train every method of `spec` into a new run directory and return its record.
 
     `spec`: a YAML path, a dict as in YAML, or a `seqpar.spec.Spec`. `overrides`: `--set`
-    assignments (`"train.steps=50"`). `out`: the run directory (must be new or empty; default
-    `results_root/<name>/<run id>`). `tracker`: live trackers besides metrics.jsonl
+    assignments (`"train.steps=50"`). A relative path or module in a YAML file resolves against
+    the file's directory; in a dict, against `base_dir` (default: the working directory).
+    `data`: arrays in memory for `task: {type: dataset}` with no `path` (the keys and checks of
+    a dataset file: `x`, `y`, optionally `mask`, `score_at`, `x_val`, ...); they are saved as
+    the run directory's `data.npz`, which the recorded spec names, so the run resumes like any.
+    `out`: the run directory (must be new or empty; default `results_root/<name>/<run id>`). `tracker`: live trackers besides metrics.jsonl
     (`"tensorboard"`, `"mlflow"`; `tracking_uri` for MLflow). `progress`: Rich bars on stdout.
     `force`: run even if the estimated memory exceeds the machine's. Raises `SpecError` for a
     bad spec, `MemoryLimitError` for one too big, `OutputError` for an unusable `out`. A
@@ -179,15 +211,20 @@ def run(
     from seqpar.train.loop import NullProgress
     from seqpar.train.memory import check_all
     from seqpar.train.runner import run_experiment
+    from seqpar.train.usercode import check_user_code
 
-    s = _spec(spec, overrides)
+    s = _spec(spec, overrides, data, base_dir)
     tracking = Tracking.of(list(tracker), tracking_uri)
     hint = tracking.missing()
     if hint:
         raise ImportError(hint)
     for note in check_all([s], force):
         warnings.warn(note, stacklevel=2)
+    for note in check_user_code([s]):
+        warnings.warn(note, stacklevel=2)
     run_dir = new_run_dir(Path(results_root), s.name, Path(out) if out is not None else None)
+    if data is not None:
+        s = _keep_data(s, run_dir)
     if progress:
         from rich.console import Console
 

@@ -75,6 +75,7 @@ def _one_line_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from seqpar.config.plugins import PluginError
         from seqpar.records.writer import WriteError
 
         try:
@@ -85,6 +86,10 @@ def _one_line_errors(command):
             if kwargs.get("debug"):
                 raise
             _fail(str(e), code=1)
+        except PluginError as e:  # user code that does not import: the user's to fix, like a bad spec
+            if kwargs.get("debug"):
+                raise
+            _fail(str(e))
         except Exception as e:
             if kwargs.get("debug"):
                 raise
@@ -121,6 +126,14 @@ def _check_machine(specs, force: bool, source: Path, overrides: list[str] | None
         _fail(f"{source}: {e}")
     for w in warnings:
         _warn(w)
+    from seqpar.train.usercode import UserCodeError, check_user_code
+
+    try:
+        notes = check_user_code(specs)
+    except UserCodeError as e:
+        _fail(f"{source}: {e}")
+    for n in notes:
+        console.print(n, highlight=False, markup=False)
 
 
 def _exit_code(summary: dict, run_dir: Path, debug: bool) -> int:
@@ -300,6 +313,7 @@ def validate(
     # them before it counts, `validate` does not join a cluster to check a file.
     _check_machine([p.spec for p in plan.points], force, spec, set_, count_devices=not launched_multiprocess())
     s = plan.points[0].spec
+    _print_user_cell_cost(s)
     if plan.is_sweep:
         console.print(
             f"[green]ok[/] {spec}: {s.name}, sweep of {len(plan.points)} point(s) over "
@@ -307,6 +321,26 @@ def validate(
         )
         return
     console.print(f"[green]ok[/] {spec}: {s.name}, {len(s.methods)} method(s): {', '.join(m.display_label for m in s.methods)}")
+
+
+def _print_user_cell_cost(spec) -> None:
+    """`seqpar validate` on a user cell: what one step costs and what a Newton iteration's
+    linearisation of a whole batch takes on this machine, per path the cell offers."""
+    from seqpar.train.usercode import user_cell_costs
+
+    found = user_cell_costs(spec)
+    if found is None:
+        return
+    name, cost = found
+    flops = f"{cost.flops:,.0f} FLOPs per step" if cost.flops is not None else "FLOPs not reported by this backend"
+    times = ", ".join(f"{path} {ms:.3g} ms" for path, ms in cost.linearise_ms.items())
+    positions = spec.train.batch_size * spec.task.build().seq_len
+    console.print(
+        f"cell {name}: {flops}; a Newton iteration linearises {positions} (state, input) pairs (batch x length): {times} "
+        "(median of 5, this machine)",
+        highlight=False,
+        markup=False,
+    )
 
 
 @app.command()

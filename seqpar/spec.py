@@ -8,6 +8,7 @@ before anything is written.
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -17,7 +18,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_serializer, model_validator
 
 from seqpar.config import Config, KeyedError
-from seqpar.config.registry import tagged_union
+from seqpar.config.plugins import PluginError, check_module_name, import_module, load_entry_points, use_dir
+from seqpar.config.registry import choice_of, field_annotation, tagged_union
 from seqpar.methods import METHODS
 from seqpar.methods.memoryless import BASELINE_LABEL
 from seqpar.model.cells import CELLS
@@ -163,10 +165,41 @@ class TrainConfig(Config):
 class Spec(Config):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, description="experiment name (directory-safe)")
     seed: int = Field(0, ge=0, description="root PRNG key, split by purpose: data, initial weights, training")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules to import before the spec is validated (each registers its own cells, tasks or methods): "
+        "looked up in the spec file's directory first, then on sys.path",
+    )
+    spec_dir: str | None = Field(
+        None,
+        description="directory the spec's plugins and MODULE:NAME references are imported from first (default: the spec "
+        "file's directory; recorded as an absolute path when the spec uses one, so a resume or a worker finds them)",
+    )
     task: TaskSpec = Field(description="the task: data, loss, accuracy and memoryless baseline, chosen by type")
     model: ModelConfig = Field(ModelConfig(), description="the recurrent model every method trains")
     train: TrainConfig = Field(description="the budget, evaluation and targets shared by every method")
     methods: list[MethodSpec] = Field(min_length=1, description="the training methods, each chosen by type, run in order")
+
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            try:
+                check_module_name(name)
+            except PluginError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @model_serializer(mode="wrap")
+    def _record_user_code_only_when_used(self, handler: Any) -> Any:
+        # A spec without plugins is recorded as before they existed, so its records, hashes and resumes are unchanged.
+        out = handler(self)
+        if isinstance(out, dict):
+            if not self.plugins:
+                out.pop("plugins", None)
+            if self.spec_dir is None:
+                out.pop("spec_dir", None)
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -241,7 +274,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         key, value = parse_override(item)
         set_dotted(raw, key, value, source=f"--set {item}")
     try:
-        return validate_spec(raw, source=str(path))
+        return validate_spec(raw, source=str(path), base_dir=path.parent)
     except SpecError as e:
         raise blame_overrides(e, overrides) from None
 
@@ -459,11 +492,68 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any, *, source: str) -> Non
             raise SpecError(f"{source}: {'.'.join(parts[:i])} is a {type(node).__name__}, cannot set {part!r} inside it")
 
 
-def validate_spec(raw: dict[str, Any], source: str = "spec") -> Spec:
+def validate_spec(raw: dict[str, Any], source: str = "spec", base_dir: str | Path | None = None, data: Any = None) -> Spec:
+    """`raw` as a validated `Spec`, or a one-line `SpecError`.
+
+    `base_dir`: the directory the spec's relative paths and modules resolve against (a spec
+    file's own directory; default the working directory; a recorded `spec_dir` wins). User
+    code comes first: installed plugins, then the spec's `plugins:` (see
+    `seqpar.config.plugins`), so every `type:` they register is valid in this very spec.
+    `data`: arrays given in memory to a `dataset` task without `path` (`seqpar.run(..., data=)`)."""
+    raw, directory = _user_code(raw, source, base_dir)
     try:
-        return Spec.model_validate(raw)
+        return Spec.model_validate(raw, context={"base_dir": directory, "data": data})
     except ValidationError as e:
         raise SpecError(f"{source}: {format_validation_error(e, raw)}", key=error_key(ordered_errors(e)[0], raw), source=source) from None
+
+
+def with_spec_dir(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A spec read from `path`, its directory recorded as `spec_dir` (absolute) first: a plan written
+    elsewhere (a sweep's sweep.yaml, a study's tune.yaml) resolves its modules and paths where the file was."""
+    return {"spec_dir": str(spec_directory(raw, path.parent)), **{k: v for k, v in raw.items() if k != "spec_dir"}}
+
+
+def spec_directory(raw: Any, base_dir: str | Path | None) -> Path:
+    """The directory a spec's modules and relative paths resolve against: its recorded `spec_dir`
+    (relative to `base_dir`), else `base_dir`, else the working directory; absolute."""
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    given = raw.get("spec_dir") if isinstance(raw, dict) else None
+    return Path(os.path.abspath(base / given if isinstance(given, str) and given else base))
+
+
+def uses_user_code(raw: Any) -> bool:
+    """True when a spec names modules of its own (`plugins:`, a `type: function` block anywhere)."""
+    if isinstance(raw, dict):
+        if raw.get("plugins") or raw.get("type") == "function":
+            return True
+        return any(uses_user_code(v) for v in raw.values())
+    if isinstance(raw, list):
+        return any(uses_user_code(v) for v in raw)
+    return False
+
+
+def _user_code(raw: Any, source: str, base_dir: str | Path | None) -> tuple[Any, Path]:
+    """Import installed plugins and the spec's `plugins:`; record `spec_dir` when the spec uses it."""
+    try:
+        load_entry_points()
+    except PluginError as e:
+        raise SpecError(str(e)) from None
+    directory = spec_directory(raw, base_dir)
+    if not isinstance(raw, dict):
+        return raw, directory
+    plugins = raw.get("plugins")
+    if isinstance(plugins, list):
+        for i, name in enumerate(plugins):
+            try:
+                import_module(name, directory)
+            except PluginError as e:
+                raise SpecError(f"{source}: plugins.{i}: {e}", key=f"plugins.{i}", source=source) from None
+    if uses_user_code(raw):
+        use_dir(directory)  # a worker, a resume or a later import finds the modules where this spec did
+        raw = {**raw, "spec_dir": str(directory)}
+    elif "spec_dir" in raw:
+        raw = {k: v for k, v in raw.items() if k != "spec_dir"}  # nothing resolves against it: not part of the run
+    return raw, directory
 
 
 # ----------------------------------------------------------------------------- error messages
@@ -581,7 +671,7 @@ def _annotation_at(loc: tuple, raw: Any, root: type[BaseModel] | None = None) ->
         cls = _pick(ann, node)
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or item not in cls.model_fields:
             continue  # a union tag or validator label
-        ann = cls.model_fields[item].annotation
+        ann = field_annotation(cls.model_fields[item])
         node = node.get(item) if isinstance(node, dict) else None
     return ann
 
@@ -601,6 +691,9 @@ def _union_tags(loc: tuple, raw: Any, root: type[BaseModel] | None = None) -> li
     if typing.get_origin(ann) in (typing.Union, types.UnionType):  # an optional block, `Union | None`: look inside
         inner = [a for a in typing.get_args(ann) if a is not type(None)]
         ann = inner[0] if len(inner) == 1 else ann
+    choice = choice_of(ann)
+    if choice is not None:  # a registry's choice: its names now (registered at any time)
+        return choice.registry.names()
     while typing.get_origin(ann) is typing.Annotated:
         ann = typing.get_args(ann)[0]
     members = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
@@ -618,6 +711,10 @@ def _has(node: Any, item: Any) -> bool:
 def _pick(annotation: Any, node: Any) -> Any:
     """Resolve Optional/list/Annotated/tagged unions down to the config class for `node`."""
     while True:
+        choice = choice_of(annotation)
+        if choice is not None:  # the class registered under the node's `type:` (any, to name its keys)
+            tag = node.get("type") if isinstance(node, dict) else None
+            return choice.registry.get(tag) if isinstance(tag, str) and tag in choice.registry else choice.members()[0]
         origin = typing.get_origin(annotation)
         if origin is typing.Annotated:
             annotation = typing.get_args(annotation)[0]

@@ -20,7 +20,32 @@ import jax
 import pytest
 import yaml
 
+import seqpar
+
 jax.config.update("jax_num_cpu_devices", 4)
+
+
+# A user's cell, registered as a user registers one (two plain functions, no seqpar class), so every
+# test parametrised over the cell registry (`seqpar.testing.cell_names()`) runs it beside the built-ins:
+# a GRU whose candidate uses softsign, its Jacobian left to autodiff.
+def _softgru_init(key, input_size, hidden_size):
+    kx, kh = jax.random.split(key)
+    return {
+        "wx": jax.random.normal(kx, (input_size, 3 * hidden_size)) / input_size**0.5,
+        "wh": jax.random.normal(kh, (hidden_size, 3 * hidden_size)) / hidden_size**0.5,
+        "b": jax.numpy.zeros(3 * hidden_size),
+    }
+
+
+def _softgru_step(params, h, x):
+    xr, xz, xn = jax.numpy.split(x @ params["wx"] + params["b"], 3)
+    hr, hz, hn = jax.numpy.split(h @ params["wh"], 3)
+    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+    return (1 - z) * jax.nn.soft_sign(xn + r * hn) + z * h
+
+
+USER_CELL = "user_softgru"
+seqpar.register_cell(USER_CELL, init=_softgru_init, step=_softgru_step)
 
 TINY = {
     "name": "tiny",

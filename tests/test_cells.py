@@ -13,18 +13,17 @@ import numpy as np
 import pytest
 import yaml
 
+from seqpar import testing as checks
 from seqpar.methods import METHODS
 from seqpar.methods.bptt import BPTTConfig
 from seqpar.methods.parallel import ParallelConfig
-from seqpar.model.cells import CELLS
 from seqpar.model.cells.lstm import LSTMConfig
 from seqpar.model.model import build_model
 from seqpar.model.rollout import rollout_states
 from seqpar.spec import validate_spec
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
-from seqpar.train.loop import build_experiment, run_method
 
-CELL_NAMES = CELLS.names()
+CELL_NAMES = checks.cell_names()
 # One small size everywhere, so eager ops and model inits compile once per cell.
 IN, HIDDEN, OUT = 3, 4, 3
 TASK = DelayedRecallConfig(length=6, lag=2, vocab=IN, train_sequences=4, test_sequences=4)
@@ -61,17 +60,7 @@ def test_the_zoo_is_registered():
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
 def test_vmap_and_scan_match_a_python_loop(cell):
-    model, params, data, states, *_ = _reference(cell)
-    n, t = data.x.shape[:2]
-    assert model.state_dim % HIDDEN == 0  # h, or h and c (LSTM): the readout sees the first HIDDEN
-    assert states.shape == (n, t, model.state_dim)
-    step = jax.jit(model.step)  # one example, one step at a time
-    s = [model.initial_state()] * n
-    for k in range(t):
-        s = [step(params, s[i], data.x[i, k]) for i in range(n)]
-        np.testing.assert_allclose(states[:, k], jnp.stack(s), atol=1e-5, rtol=1e-5)
-    assert model.readout(params, s[0]).shape == (OUT,)
-    assert float(jnp.std(states[:, -1])) > 1e-3  # the states actually move
+    checks.scan_is_a_python_loop(cell)
 
 
 @pytest.mark.parametrize("forget_bias", [None, 2.5])
@@ -151,14 +140,7 @@ def _tiny_spec(cell: str, method: str):
 @pytest.mark.parametrize("method", METHODS.names())
 @pytest.mark.parametrize("cell", CELL_NAMES)
 def test_every_cell_with_every_method_trains(cell, method):
-    spec = _tiny_spec(cell, method)
-    exp = build_experiment(spec)
-    lines = []
-    record = run_method(exp, spec.methods[0], lines.append)
-    assert record["status"] == "completed", record["error"]
-    assert record["steps_done"] == 2
-    assert np.isfinite(record["final"]["rollout_loss_test"])
-    assert np.isfinite(record["final"]["objective"])
+    checks.trains_with(cell, method)
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def test_misspelt_set_key_blames_the_set_not_the_file(tiny_spec, write_spec):
     res = runner.invoke(app, ["validate", str(write_spec(tiny_spec)), "--set", "trian.steps=50"])
     assert _error_line(res) == (
         "error: --set trian.steps=50: trian: unknown key; did you mean 'train'? "
-        "(valid keys: name, seed, task, model, train, methods, sweep, tune)"
+        "(valid keys: name, seed, plugins, spec_dir, task, model, train, methods, sweep, tune)"
     )
 
 
@@ -98,7 +98,7 @@ def test_misspelt_top_level_key_in_the_file_lists_sweep_and_tune(tiny_spec, writ
     path = write_spec(tiny_spec)
     assert _error_line(runner.invoke(app, ["validate", str(path)])) == (
         f"error: {path}: line 28: swep: unknown key; did you mean 'sweep'? "
-        "(valid keys: name, seed, task, model, train, methods, sweep, tune)"
+        "(valid keys: name, seed, plugins, spec_dir, task, model, train, methods, sweep, tune)"
     )
 
 

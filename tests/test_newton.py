@@ -6,24 +6,19 @@ Jacobian diagonals 1e-6, scans against plain loops 1e-5.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
+from seqpar import testing as checks
 from seqpar.methods.bptt import BPTTConfig
-from seqpar.model.cells import CELLS, Cell, CellConfig
+from seqpar.model.cells import CellConfig
 from seqpar.model.cells.base import dense_jacobian
 from seqpar.model.cells.elman import ElmanConfig
 from seqpar.model.model import build_model
 from seqpar.model.newton import (
-    Adjoint,
-    Jacobian,
     NewtonOptions,
-    differentiable_states,
     kalman_filter_means,
     linear_recurrence,
     reverse_linear_recurrence,
@@ -34,7 +29,7 @@ from seqpar.spec import SpecError, validate_spec
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
 from seqpar.train.loop import build_experiment, run_method
 
-CELL_NAMES = CELLS.names()
+CELL_NAMES = checks.cell_names()
 IN, HIDDEN, OUT = 3, 4, 3
 N, T = 3, 10
 SGD = {"type": "sgd", "lr": 0.05}
@@ -90,110 +85,34 @@ def test_parallel_kalman_filter_is_the_sequential_filter(jacobian):
     np.testing.assert_allclose(kalman_filter_means(a, b, y, lam, jacobian), np.stack(means), atol=1e-5)
 
 
-# ----------------------------------------------------------------------------- cells
-
-
-def _outside_structure(model) -> np.ndarray:
-    """True where the cell's declared Jacobian structure says d s'_i / d s_j is exactly zero."""
-    s, k = model.state_dim, model.jacobian_block
-    if model.jacobian_structure == "full":
-        return np.zeros((s, s), bool)
-    if model.jacobian_structure == "diagonal":
-        return ~np.eye(s, dtype=bool)
-    unit = np.arange(s) % (s // k)  # entry a n + j belongs to unit j
-    return unit[:, None] != unit[None, :]
+# ----------------------------------------------------------------------------- cells and Newton against the rollout
+# The checks live in `seqpar.testing`, so a user runs the same ones on their own cell; here they
+# run on every registered cell (the built-ins, and the user cells tests/conftest.py registers).
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
 def test_every_cell_writes_its_structured_jacobian_out_and_it_is_jacfwd(cell):
     """One pass gives the next state and the exact Jacobian in the declared structure; jacfwd agrees,
-    and is exactly zero where the structure says so. A new cell runs with the base class's jacfwd
-    fallback, but must write the Jacobian out (this test)."""
-    model, params = _model(cell)
-    cls = type(CELLS.get(cell)().build(IN, HIDDEN, rngs=nnx.Rngs(0)))
-    assert cls.step_and_jacobian is not Cell.step_and_jacobian, f"{cell}: write step_and_jacobian analytically"
-    assert model.state_dim % model.jacobian_block == 0
-    ks, kx = jax.random.split(jax.random.key(2))
-    outside = _outside_structure(model)
-    for scale in (0.5, 2.0):  # around zero and in saturation
-        s = scale * jax.random.normal(ks, (model.state_dim,))
-        x = scale * jax.random.normal(kx, (IN,))
-        px = model.project(params, x)
-        new, jac = model.step_and_jacobian(params, s, px)
-        ref = jax.jacfwd(model.step_projected, argnums=1)(params, s, px)
-        np.testing.assert_allclose(new, model.step(params, s, x), atol=1e-6)
-        np.testing.assert_allclose(dense_jacobian(jac, model.jacobian_structure), ref, atol=1e-6)
-        np.testing.assert_array_equal(np.asarray(ref)[outside], 0.0)
-        np.testing.assert_allclose(model.jacobian(params, s, x), ref, atol=1e-6)
-        new_d, diag = model.step_and_diagonal(params, s, px)
-        np.testing.assert_allclose(new_d, new, atol=1e-6)
-        np.testing.assert_allclose(diag, jnp.diagonal(ref), atol=1e-6)
-        np.testing.assert_allclose(model.diag_jacobian(params, s, x), jnp.diagonal(ref), atol=1e-6)
+    and is exactly zero where the structure says so. A built-in cell must write the Jacobian out;
+    a user's cell may leave it to autodiff."""
+    checks.jacobian_is_jacfwd(cell)
 
 
-# ----------------------------------------------------------------------------- Newton against the rollout
-
-
-@functools.cache
-def _solved(cell):
-    """Per Jacobian structure, the states from zeros and from a random guess; the rollout; gradients."""
-    model, params = _model(cell)
-    x = jax.random.normal(jax.random.key(5), (N, T, IN))
-    cot = jax.random.normal(jax.random.key(6), (N, T, model.state_dim))
-    guesses = {"zeros": jnp.zeros((N, T, model.state_dim)), "random": jax.random.normal(jax.random.key(9), (N, T, model.state_dim))}
-
-    @jax.jit
-    def compute(params):
-        truth = rollout_states(model, params, x)
-        solved = {
-            (jac, g): solve_states(model, params, x, guess, NewtonOptions(jac, max_iters=100, tol=1e-6))
-            for jac in ("full", "diagonal")
-            for g, guess in guesses.items()
-        }
-        bptt = jax.grad(lambda p: jnp.sum(rollout_states(model, p, x) * cot))(params)
-        states = solved[("full", "zeros")][0]
-
-        def adjoint(gradient: Jacobian, how: Adjoint = "auto"):
-            return jax.grad(lambda p: jnp.sum(differentiable_states(model, p, x, states, gradient, how) * cot))(params)
-
-        adjoints = {how: adjoint("full", how) for how in ("auto", "sequential", "parallel")}
-        return truth, solved, bptt, {**adjoints, "diagonal": adjoint("diagonal")}
-
-    return model, compute(params)
+def test_a_user_cell_may_leave_its_jacobian_to_autodiff_and_a_builtin_may_not():
+    user = next(c for c in CELL_NAMES if not checks.builtin(c))
+    checks.jacobian_is_jacfwd(user)
+    with pytest.raises(AssertionError, match="write step_and_jacobian analytically"):
+        checks.jacobian_is_jacfwd(user, require_analytic=True)
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
 def test_converged_states_are_the_rollout(cell):
-    model, (truth, solved, _, _) = _solved(cell)
-    for (jac, guess), (states, stats) in solved.items():
-        assert bool(jnp.all(stats.converged)), (jac, guess, stats)
-        np.testing.assert_allclose(states, truth, atol=1e-5, err_msg=f"{jac} from {guess}")
-        assert int(jnp.max(stats.iterations)) <= T  # Newton without damping: at most T iterations
-    if model.jacobian_structure != "full":
-        # The structure is exact: quasi-DEER is full Newton, step for step.
-        for guess in ("zeros", "random"):
-            (full, full_stats), (quasi, quasi_stats) = solved[("full", guess)], solved[("diagonal", guess)]
-            np.testing.assert_array_equal(quasi_stats.iterations, full_stats.iterations)
-            np.testing.assert_allclose(quasi, full, atol=1e-6)
-    if model.linear_recurrence:
-        # mingru: the diagonal is the whole Jacobian, so one solve is exact: the minGRU parallel scan.
-        for guess in ("zeros", "random"):
-            np.testing.assert_array_equal(solved[("diagonal", guess)][1].iterations, 1)
-
-
-def _rel_err(a, b):
-    return max(float(jnp.max(jnp.abs(x - y)) / jnp.max(jnp.abs(y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    checks.newton_solves_the_rollout(cell)
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
 def test_adjoint_gradient_is_the_bptt_gradient(cell):
-    model, (_, _, bptt, adjoint) = _solved(cell)
-    for how in ("auto", "sequential", "parallel"):
-        assert _rel_err(adjoint[how], bptt) <= 1e-4, how
-    if model.jacobian_structure != "full":  # the diagonal adjoint is the exact structured one
-        assert _rel_err(adjoint["diagonal"], bptt) <= 1e-4
-    else:  # an approximation, and a measurably different one
-        assert _rel_err(adjoint["diagonal"], bptt) > 1e-3
+    checks.adjoint_is_the_bptt_gradient(cell)
 
 
 # ----------------------------------------------------------------------------- damping

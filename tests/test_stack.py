@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from seqpar import testing as checks
 from seqpar.cli import app
 from seqpar.methods import METHODS
 from seqpar.methods.tbptt import truncated_rollout_states
-from seqpar.model.cells import CELLS
 from seqpar.model.model import build_model
 from seqpar.model.newton import NewtonOptions
 from seqpar.model.newton_stack import differentiable_stack, solve_stack
@@ -30,7 +30,7 @@ from seqpar.tasks.delayed_recall import DelayedRecallConfig
 from seqpar.train.loop import NullProgress, build_experiment, init_state, make_train_step, run_method
 from seqpar.train.runner import run_experiment
 
-CELL_NAMES = CELLS.names()
+CELL_NAMES = checks.cell_names()
 METHOD_NAMES = METHODS.names()
 IN, HIDDEN, OUT = 3, 4, 3
 N, T = 3, 6

@@ -22,6 +22,8 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from seqpar.config.registry import choice_of, field_annotation
+
 MARKER = "<!-- seqpar:spec-reference -->"
 log = logging.getLogger("mkdocs.hooks.spec_reference")
 
@@ -116,7 +118,7 @@ def _visit(path: str, cls: type[BaseModel], group: Group | None, blocks: dict, g
     blocks[cls] = Block(cls, title, anchor, group, [path])
     for key, f in cls.model_fields.items():
         sub = f"{path}.{f.alias or key}" if path != "spec" else (f.alias or key)
-        for inner, suffix in _configs_in(f.annotation):
+        for inner, suffix in _configs_in(field_annotation(f)):
             where = sub + suffix
             if isinstance(inner, frozenset):
                 g = groups.get(inner)
@@ -132,6 +134,9 @@ def _visit(path: str, cls: type[BaseModel], group: Group | None, blocks: dict, g
 def _configs_in(annotation: Any, suffix: str = "") -> list[tuple[Any, str]]:
     """The config classes (or tagged unions, as frozensets) inside an annotation, each with its path
     suffix below the field: `[]` for a list item, `.*` for a mapping's value."""
+    choice = choice_of(annotation)
+    if choice is not None:  # a registry's `type:` choice: its members now
+        return [(frozenset(choice.members()), suffix)]
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
@@ -192,7 +197,7 @@ def render(ref: Reference | None = None) -> str:
             continue
         out += ["| key | type | default | bounds | description |", "|---|---|---|---|---|"]
         for key, f in rows:
-            cells = [f"`{f.alias or key}`", _type(f.annotation, by_cls, by_members), _default(f), _bounds(f), f.description or ""]
+            cells = [f"`{f.alias or key}`", _type(field_annotation(f), by_cls, by_members), _default(f), _bounds(f), f.description or ""]
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -223,6 +228,10 @@ _SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean", typ
 
 
 def _type(a: Any, by_cls: dict[type, Block], by_members: dict[frozenset, Group]) -> str:
+    choice = choice_of(a)
+    if choice is not None:
+        g = by_members.get(frozenset(choice.members()))
+        return f"[{g.name}](#{g.anchor})" if g else "a registered config"
     origin = typing.get_origin(a)
     args = typing.get_args(a)
     if origin is typing.Annotated:

@@ -133,3 +133,11 @@ class MethodConfig(Config):
 
     def build(self, model: Model, task: Task) -> Method:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def register_method(name: str, config: type[MethodConfig]) -> type[MethodConfig]:
+    """Make `methods: [{type: NAME, ...}]` valid in every spec: `config` is a `MethodConfig` subclass
+    declaring `type: Literal[NAME] = NAME`, whose `build(model, task)` returns a `Method` (the
+    protocol above; see docs/guide/extending.md). Call it from a plugin module so every process
+    of a run registers it too."""
+    return METHODS.register_class(name, config, MethodConfig)

@@ -166,6 +166,7 @@ class Model:
     norm: Norm = "none"
     cell_jacobian_structure: JacobianStructure = "full"
     cell_jacobian_block: int = 1
+    cell_jacobian_kind: Literal["analytic", "autodiff"] = "analytic"  # written out, or by autodiff (a user's function cell)
 
     @property
     def layer_state_dim(self) -> int:
@@ -315,6 +316,7 @@ def _model(graphdef, module: RNN, hidden: int, layers: int, residual: bool, norm
         norm,
         cell.jacobian_structure,
         cell.jacobian_block,
+        type(cell).jacobian_kind(),
     )
 
 

@@ -39,6 +39,7 @@ PLOTS = "plots"
 SWEEP_INDEX = "sweep.json"  # {"kind": "sweep", "axes": {key: [values]}, "points": [{"index", "dir", "values", "status", ...}], ...}
 SWEEP_SPEC = "sweep.yaml"
 RECORD_FILES = (SPEC, SUMMARY, METRICS)
+DATA = "data.npz"  # arrays a run was given in memory (`seqpar.run(spec, data=...)`), so it can be resumed
 CLAIM = "claim.json"  # {"host", "pid", "session", "started", "finished", "status", "methods", "error"}; mtime = heartbeat
 CLAIMS_LOCK = ".claims.lock"  # serialises taking over a dead worker's claim
 WORKER_LOGS = "workers"

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from seqpar.spec import Spec, SpecError, blame_overrides, parse_override, read_yaml, set_dotted, validate_spec
+from seqpar.spec import Spec, SpecError, blame_overrides, parse_override, read_yaml, set_dotted, validate_spec, with_spec_dir
 from seqpar.sweep import MAX_POINTS
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$")
@@ -93,7 +93,7 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = (), max
 
     A grid of more than `max_points` points is a `SpecError` before any point is built (None: no cap)."""
     path = Path(path)
-    raw = read_yaml(path)
+    raw = with_spec_dir(read_yaml(path), path)
     pinned: dict[str, Any] = {}
     for item in overrides:
         key, value = parse_override(item)

@@ -18,12 +18,14 @@ trained baseline is its baseline.
 from __future__ import annotations
 
 import abc
+import os
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from pydantic import Field
+from pydantic import Field, ValidationInfo
 
 from seqpar.config import Config
 
@@ -105,3 +107,15 @@ class TaskConfig(Config):
 
     def build(self) -> Task:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def resolve_path(path: str, info: ValidationInfo | None) -> str:
+    """A file named in a spec, as an absolute path: `~` expanded, a relative path joined to the
+    spec file's directory (the validation context's `base_dir`; the working directory when the
+    spec is not a file). Resolved once, recorded in the resolved spec, so a resume or a worker
+    reads the same file from any working directory."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        base = (info.context or {}).get("base_dir") if info is not None else None
+        p = Path(base or Path.cwd()) / p
+    return str(Path(os.path.abspath(p)))

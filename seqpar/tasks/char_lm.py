@@ -1,9 +1,9 @@
 """Character-level language modelling on a plain-text file.
 
 The default text is Shakespeare's Hamlet, shipped in `seqpar/data/` (its source is
-in the README there); `path:` takes the user's own UTF-8 file (relative to the
-working directory). The vocabulary is every character of the file, one-hot in
-and a class each out.
+in the README there); `path:` takes the user's own UTF-8 file (a relative path is
+resolved against the spec file's directory and recorded absolute, as `dataset`'s is).
+The vocabulary is every character of the file, one-hot in and a class each out.
 
 The text is cut in three consecutive parts: training, validation (`val_fraction`)
 and test (the final `test_fraction`); `make_data(split=...)` draws random windows
@@ -33,10 +33,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from seqpar.config import KeyedError
-from seqpar.tasks.base import ClassificationTask, Dataset, TaskConfig
+from seqpar.tasks.base import ClassificationTask, Dataset, TaskConfig, resolve_path
 from seqpar.tasks.registry import TASKS
 
 SHIPPED_TEXT = "hamlet.txt"
@@ -82,13 +82,21 @@ class CharLMConfig(TaskConfig):
 
     type: Literal["char_lm"] = "char_lm"
     path: str | None = Field(
-        None, min_length=1, description="UTF-8 text file, a regular file of at most 16 MiB (default: the shipped Hamlet, about 178 KB)"
+        None,
+        min_length=1,
+        description="UTF-8 text file, a regular file of at most 16 MiB (default: the shipped Hamlet, about 178 KB); "
+        "a relative path is resolved against the spec file's directory and recorded absolute",
     )
     length: int = Field(128, gt=0, description="characters per sequence")
     test_fraction: float = Field(0.1, gt=0, lt=1, allow_inf_nan=False, description="final part of the text held out for the test set")
     val_fraction: float = Field(
         0.1, gt=0, lt=1, allow_inf_nan=False, description="part of the text just before the test part, held out for validation"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _resolved(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return resolve_path(v, info) if v is not None else None
 
     @property
     def text_path(self) -> Path:

@@ -33,6 +33,7 @@ cells) there is no formula, and the runner trains the memoryless baseline instea
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import pickle
 import zipfile
@@ -43,10 +44,10 @@ from typing import Any, ClassVar, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, model_validator
 
 from seqpar.config import KeyedError
-from seqpar.tasks.base import ClassificationTask, Dataset, RegressionTask, Task, TaskConfig
+from seqpar.tasks.base import ClassificationTask, Dataset, RegressionTask, Task, TaskConfig, resolve_path
 from seqpar.tasks.registry import TASKS
 
 SPLITS = {"train": "", "val": "_val", "test": "_test"}  # split -> suffix of its array names
@@ -328,12 +329,38 @@ def partition(
     return out
 
 
+class GivenArrays:
+    """Arrays handed over in memory (`seqpar.run(spec, data={...})`), kept beside the config that
+    checked them; two are equal when their contents are (by digest), so configs still compare."""
+
+    def __init__(self, arrays: dict[str, Any]):
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        digest = hashlib.sha256()
+        for k in sorted(self.arrays):
+            a = np.ascontiguousarray(self.arrays[k])
+            digest.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
+            digest.update(a.tobytes())
+        self.sha256 = digest.hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GivenArrays) and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+
 @TASKS.register("dataset")
 class DatasetConfig(TaskConfig):
-    """Your own sequences from an .npz file (x, y, optional mask and splits)."""
+    """Your own sequences from an .npz file (x, y, optional mask and splits), or the same arrays in memory."""
 
     type: Literal["dataset"] = "dataset"
-    path: str = Field(min_length=1, description=".npz file with arrays x, y (optional mask, score_at, x_val/y_val, x_test/y_test)")
+    path: str | None = Field(
+        None,
+        min_length=1,
+        description=".npz file with arrays x, y (optional mask, score_at, x_val/y_val, x_test/y_test); a relative path is "
+        "resolved against the spec file's directory and recorded absolute. Omit it to pass the same arrays in memory: "
+        "seqpar.run(spec, data={'x': ..., 'y': ...})",
+    )
     kind: Literal["auto", "classification", "regression"] = Field("auto", description="auto: classification if y holds integers")
     classes: int | None = Field(None, ge=2, description="number of classes (default: largest label + 1)")
     vocab: int | None = Field(None, ge=1, description="number of distinct tokens of integer x (default: largest token + 1)")
@@ -349,38 +376,62 @@ class DatasetConfig(TaskConfig):
     # Shown by `seqpar tasks`, which cannot build this task without a file.
     loss_doc: ClassVar[str] = "cross-entropy or mse (from y)"
     baseline_doc: ClassVar[str] = "H(y_t | x_t, t) by counting (tokens, classes); else trained per run"
+    _given: GivenArrays | None = PrivateAttr(None)
 
     @property
-    def file(self) -> Path:
-        return Path(self.path).expanduser()
+    def file(self) -> Path | None:
+        return Path(self.path) if self.path is not None else None
+
+    @property
+    def given(self) -> GivenArrays | None:
+        """The arrays given in memory (no `path`), else None."""
+        return self._given
 
     @model_validator(mode="before")
     @classmethod
-    def _sizes_from_file(cls, raw: Any) -> Any:
-        """Sequence counts default to the sizes of the file's splits (recorded in the resolved spec)."""
-        if not isinstance(raw, dict) or not isinstance(raw.get("path"), str):
+    def _sizes_from_file(cls, raw: Any, info: ValidationInfo) -> Any:
+        """The path resolved (see `resolve_path`); sequence counts default to the sizes of the
+        data's splits (recorded in the resolved spec)."""
+        if not isinstance(raw, dict):
+            return raw
+        if isinstance(raw.get("path"), str) and raw["path"]:
+            raw = {**raw, "path": resolve_path(raw["path"], info)}
+        elif raw.get("path") is not None or _context_data(info) is None:
             return raw
         try:
-            splits = cls._splits(raw)
+            splits = cls._splits(raw, _context_data(info))
         except (OSError, ValueError):
             return raw  # reported by the checks after the fields are validated
         return {**{f"{s}_sequences": v.x.shape[0] for s, v in splits.items()}, **raw}
 
     @classmethod
-    def _splits(cls, raw: dict[str, Any]) -> dict[str, Split]:
+    def _splits(cls, raw: dict[str, Any], given: GivenArrays | None = None) -> dict[str, Split]:
         def get(key: str) -> Any:
             return raw.get(key, cls.model_fields[key].default)
 
-        path = Path(raw["path"]).expanduser()
         cap = get("max_mb")
         if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf:
             cap = MAX_MB  # not a number yet (the field's own check says so): the default cap still holds
-        parsed, explicit = parse(load_arrays(path, cap), get("kind"), get("classes"), get("vocab"))
+        if raw.get("path") is not None:
+            path = Path(raw["path"])
+            arrays = load_arrays(path, cap)
+        elif given is not None:
+            path, arrays = Path("data"), given.arrays
+        else:
+            raise DataError("no data: give task.path (an .npz file), or pass the arrays: seqpar.run(spec, data={'x': ..., 'y': ...})")
+        parsed, explicit = parse(arrays, get("kind"), get("classes"), get("vocab"))
         return partition(parsed, explicit, get("val_fraction"), get("test_fraction"), get("split_seed") or 0, path)
 
     @model_validator(mode="after")
-    def _file_is_usable(self):
-        p = str(self.file)
+    def _file_is_usable(self, info: ValidationInfo):
+        if self.path is None:
+            given = _context_data(info)
+            if given is None:
+                raise KeyedError(
+                    "path", "required: an .npz file (or pass the arrays in memory: seqpar.run(spec, data={'x': ..., 'y': ...}))"
+                )
+            self._given = given  # a private attribute: not a field, never recorded; compared by digest
+        p = str(self.file) if self.file is not None else "the arrays given in memory"
         try:
             splits = self.splits()
         except FileNotFoundError:
@@ -388,7 +439,7 @@ class DatasetConfig(TaskConfig):
         except IsADirectoryError:
             raise KeyedError("path", f"is a directory, expected an .npz file: {p!r}") from None
         except DataError as e:
-            raise KeyedError("path", f"{p}: {e}") from None
+            raise KeyedError("path" if self.path is not None else "data", f"{p}: {e}") from None
         except OSError as e:
             raise KeyedError("path", f"cannot read {p!r} ({e.strerror or e})") from None
         for s, v in splits.items():
@@ -398,12 +449,27 @@ class DatasetConfig(TaskConfig):
         return self
 
     def splits(self) -> dict[str, Split]:
-        return self._splits(self.model_dump())
+        return self._splits(self.model_dump(), self._given)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The data's arrays as given (the file's, or those passed in memory)."""
+        if self._given is not None:
+            return self._given.arrays
+        assert self.file is not None
+        return load_arrays(self.file, self.max_mb)
 
     def build(self) -> Task:
-        parsed, _ = parse(load_arrays(self.file, self.max_mb), self.kind, self.classes, self.vocab)
+        parsed, _ = parse(self.arrays(), self.kind, self.classes, self.vocab)
         base = ClassifiedData if parsed.classification else RegressedData
         return base(self, parsed, self.splits())
+
+
+def _context_data(info: ValidationInfo | None) -> GivenArrays | None:
+    """Arrays passed in memory through the validation context (`seqpar.spec.validate_spec(..., data=...)`)."""
+    data = (info.context or {}).get("data") if info is not None else None
+    if data is None or isinstance(data, GivenArrays):
+        return data
+    return GivenArrays(data)
 
 
 class _FileData:

@@ -410,6 +410,8 @@ def _run(
             "baseline_formula": exp.task.baseline_formula,
             "loss": exp.task.loss_name,
         }
+        # How Newton gets the cell's Jacobian: written out (every built-in cell) or by autodiff (a user's function cell).
+        summary["model"] = {"jacobian": exp.model.cell_jacobian_kind, "jacobian_structure": exp.model.cell_jacobian_structure}
         stopping = False
         trained: dict[str, Any] | None = None  # the trained baseline's final numbers, once it finished
 

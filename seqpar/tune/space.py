@@ -46,6 +46,7 @@ from seqpar.spec import (
     read_yaml,
     set_dotted,
     validate_spec,
+    with_spec_dir,
 )
 from seqpar.sweep.plan import short_value
 from seqpar.tune import MAX_TRIALS
@@ -204,7 +205,7 @@ def load_tune(path: str | Path, overrides: list[str] | tuple[str, ...] = (), max
 
     A study of more than `max_trials` trials (methods x `tune.trials`) is a `SpecError` (None: no cap)."""
     path = Path(path)
-    raw = read_yaml(path)
+    raw = with_spec_dir(read_yaml(path), path)
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value, source=f"--set {item}")

@@ -27,9 +27,12 @@ require every registered cell to write `step_and_jacobian` out, and compare it w
 `output(s)` returns the features the readout sees (`h`; for LSTMs the first half).
 The cells are written for a single example; methods batch them with `jax.vmap`.
 
-A cell is one module in this package: an `nnx.Module` subclass of `Cell` and a
+A built-in cell is one module in this package: an `nnx.Module` subclass of `Cell` and a
 `CellConfig` registered under its `type:` (`model: {cell: {type: gru}}`, or the bare
-name `model: {cell: gru}`), discovered by `seqpar.model.cells`.
+name `model: {cell: gru}`), discovered by `seqpar.model.cells`. A user's cell registers
+the same way from its own module (`seqpar.register_cell(name, config=...)`), or is two
+plain functions (`seqpar.model.cells.function`); the protocol is documented in
+docs/guide/extending.md.
 """
 
 from __future__ import annotations
@@ -60,6 +63,15 @@ class Cell(nnx.Module):
     #: The EXACT structure of d s'/d s (see the module doc); block size k for "block", 1 otherwise.
     jacobian_structure: ClassVar[JacobianStructure] = "full"
     jacobian_block: ClassVar[int] = 1
+    #: True when `step_and_jacobian` is computed by autodiff rather than written out (a cell
+    #: given as plain functions, or one that keeps the `jacfwd` fallback): recorded in the run.
+    autodiff_jacobian: ClassVar[bool] = False
+
+    @classmethod
+    def jacobian_kind(cls) -> Literal["analytic", "autodiff"]:
+        """How the Newton solvers get this cell's Jacobian: `analytic` (written out) or `autodiff`."""
+        inherited = cls.step_and_jacobian is Cell.step_and_jacobian
+        return "autodiff" if cls.autodiff_jacobian or inherited else "analytic"
 
     def project(self, x: jax.Array) -> jax.Array:
         """The input-only part of a step, `(..., D) -> (..., P)`; identity unless a cell hoists it."""
