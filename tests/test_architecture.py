@@ -34,6 +34,7 @@ LAYERS = {
     "tune": 7,  # studies run their trials as sweep points
     "cli": 8,
     "api": 8,  # seqpar.run/compare/load for notebooks: the CLI's functions, in Python
+    "testing": 8,  # the registry-parametrised cell checks, for the suite and for users' own tests
     "__main__": 9,
 }
 # Imported by `seqpar compare`, `seqpar plot` and the records: none may pull in JAX.

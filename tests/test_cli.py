@@ -92,7 +92,7 @@ def _set(d: dict, dotted: str, value):
         ("methods", [], "methods"),
         ("methods.0.optimizer.lr", -1, "methods.0.optimizer.lr"),
         ("methods.0.type", "magic", "methods.0.type: unknown type 'magic'; expected one of: "),
-        ("model.cell", "transformer", "model.cell.type: unknown type 'transformer'; expected one of: elman, gru, lstm, mingru"),
+        ("model.cell", "transformer", "model.cell.type: unknown type 'transformer'; expected one of: elman, function, gru, lstm, mingru"),
         ("train.batch_size", 17, "train.batch_size: must not exceed task.train_sequences=16"),
     ],
 )

@@ -17,7 +17,7 @@ import pytest
 from pydantic import Field
 
 from seqpar.config import Config
-from seqpar.spec import SpecError, load_yaml, read_yaml
+from seqpar.spec import SpecError, load_yaml, read_yaml, with_spec_dir
 from seqpar.sweep.plan import expand
 from seqpar.tune.space import check_tune
 
@@ -79,7 +79,7 @@ def check_snippet(body: str, source: str) -> None:
         base_path = ROOT / m.group(1)
         if not base_path.is_file():
             raise SpecError(f"{source}: fragment of {m.group(1)}: no such file")
-        raw = _merge(read_yaml(base_path), raw)
+        raw = with_spec_dir(_merge(read_yaml(base_path), raw), base_path)  # its modules and paths are that file's
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a yaml block must be a spec (a mapping), or another fenced block")
     if "tune" in raw:

@@ -412,3 +412,30 @@ def test_a_relative_data_path_is_the_spec_directorys_whatever_the_working_direct
     # A `--set` value lands in the spec, so it resolves against the spec's directory too.
     res = runner.invoke(app, ["validate", str(specdir / "spec.yaml"), "--set", "task.path=missing.npz"])
     assert res.exit_code == 2 and f"file not found: {str(specdir / 'missing.npz')!r}" in _one_line(res)
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def test_the_extending_page_runs_as_a_notebook(tmp_path, monkeypatch):
+    """Every python block of docs/guide/extending.md, in order: the registrations and the run with
+    arrays in memory work as printed (the registrations are undone afterwards)."""
+    import re
+
+    page = ROOT / "docs" / "guide" / "extending.md"
+    blocks = re.findall(r"^```python\n(.*?)^```$", page.read_text(), flags=re.S | re.M)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    before = set(CELLS.names())
+    ns: dict = {}
+    try:
+        for block in blocks:
+            exec(compile(block, str(page), "exec"), ns)  # noqa: S102 - the page's own examples
+        assert {"diag_tanh", "leaky_diag"} <= set(CELLS.names())
+        checks.declares_the_truth("leaky_diag")  # its written-out Jacobian is jax.jacfwd's
+        record = ns["record"]
+        assert record.methods[0].status == "completed"
+        assert (tmp_path / "results" / "my-data" / "data.npz").is_file()
+    finally:
+        for name in set(CELLS.names()) - before:
+            CELLS.remove(name)

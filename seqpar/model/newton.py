@@ -239,10 +239,11 @@ def residual(step: StepFn, s0: jax.Array, x: jax.Array, states: jax.Array) -> ja
 
 
 def newton_solve(
-    step_jac: StepJacFn, s0: jax.Array, px: jax.Array, guess: jax.Array, opts: NewtonOptions, structure: JacobianStructure
+    step_jac: StepJacFn, s0: jax.Array, px: Any, guess: jax.Array, opts: NewtonOptions, structure: JacobianStructure
 ) -> tuple[jax.Array, NewtonStats]:
     """The states `(T, S)` of `s_t = f(s_{t-1}, px_t)` from `s_0`, by Newton from `guess`;
-    `step_jac(s, px_t)` is `(f, d f / d s)` from one pass, the Jacobian in `structure`.
+    `step_jac(s, px_t)` is `(f, d f / d s)` from one pass, the Jacobian in `structure`; `px` is
+    any pytree whose leaves lead with the T steps (a projected input, or a segment's inputs).
 
     Stops when the residual is at most `tol` (a converged guess costs no solve), or, undamped,
     when no state moves by more than `tol` (a damped step is short by design); after `max_iters`

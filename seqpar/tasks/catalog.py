@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
 from rich.markup import escape
 from rich.table import Table
 
-from seqpar.tasks.base import TaskConfig
+from seqpar.tasks.base import Task, TaskConfig
 from seqpar.tasks.registry import TASKS
 
 # Shared by every task; listed once under the table instead of in every row.
@@ -44,11 +45,12 @@ def task_rows() -> list[TaskRow]:
     for name, cls in TASKS.items():
         own = [n for n in cls.model_fields if n != "type" and n not in COMMON_FIELDS]
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        if all(f.default is not PydanticUndefined for f in cls.model_fields.values()):
-            task = cls().build()
+        task = _with_defaults(cls)
+        if task is not None:
             rows.append(TaskRow(name, summary, _params(cls, own), task.loss_name, task.baseline_formula, task.baseline_loss))
-        else:  # a task that needs an input (a file) is described by its config class
-            rows.append(TaskRow(name, summary, _params(cls, own), cls.loss_doc, cls.baseline_doc, None))
+        else:  # a task that needs an input (a file, arrays) is described by its config class
+            loss, baseline = getattr(cls, "loss_doc", "see its docs"), getattr(cls, "baseline_doc", "see its docs")
+            rows.append(TaskRow(name, summary, _params(cls, own), loss, baseline, None))
     return rows
 
 
@@ -77,3 +79,13 @@ def tasks_table() -> Table:
     common = ", ".join(f"{p.name} = {_show(p.default)}" for p in common_params())
     t.caption = f"every task also takes {common}"
     return t
+
+
+def _with_defaults(cls: type) -> Task | None:
+    """The task built from its defaults, or None when it needs an input no default gives (a data file)."""
+    if any(f.default is PydanticUndefined and f.default_factory is None for f in cls.model_fields.values()):
+        return None
+    try:
+        return cls().build()
+    except ValidationError:
+        return None
