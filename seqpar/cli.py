@@ -314,6 +314,9 @@ def validate(
     _check_machine([p.spec for p in plan.points], force, spec, set_, count_devices=not launched_multiprocess())
     s = plan.points[0].spec
     _print_user_cell_cost(s)
+    from seqpar.train.memory import check
+
+    console.print(check(s, force=True) + (" (first point)" if plan.is_sweep else ""), highlight=False, markup=False)
     if plan.is_sweep:
         console.print(
             f"[green]ok[/] {spec}: {s.name}, sweep of {len(plan.points)} point(s) over "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from seqpar.config import Config, KeyedError
 from seqpar.config.plugins import PluginError, check_module_name, import_module, load_entry_points, use_dir
@@ -61,6 +61,8 @@ class BlockConfig(Config):
 
 
 class ModelConfig(Config):
+    # One layer is recorded as before stacks existed, so its records, hashes and resumes are unchanged.
+    omit_defaults = ("layers", "block")
     cell: CellSpec = Field(default="gru", description="recurrent cell: a type name, or {type: NAME, ...its options}")
     hidden: int = Field(default=64, gt=0, description="hidden size")
     layers: int = Field(
@@ -88,17 +90,6 @@ class ModelConfig(Config):
     def _record_bare_name(self, v: Any) -> Any:  # a registered CellConfig
         # A cell with default options is recorded as its bare name, as written before cells had options.
         return v.type if v.is_default() else v.model_dump()
-
-    @model_serializer(mode="wrap")
-    def _record_stack_only_when_set(self, handler: Any) -> Any:
-        # One layer is recorded as before stacks existed, so its records, hashes and resumes are unchanged.
-        out = handler(self)
-        if isinstance(out, dict):
-            if self.layers == 1:
-                out.pop("layers", None)
-            if self.block == BlockConfig():
-                out.pop("block", None)
-        return out
 
     def structure(self) -> dict[str, Any]:
         """The stack's keyword arguments of `seqpar.model.model.build_model`."""
@@ -163,6 +154,7 @@ class TrainConfig(Config):
 
 
 class Spec(Config):
+    omit_defaults = ("plugins", "spec_dir")  # recorded only when the spec uses user code
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100, description="experiment name (directory-safe)")
     seed: int = Field(0, ge=0, description="root PRNG key, split by purpose: data, initial weights, training")
     plugins: list[str] = Field(
@@ -189,17 +181,6 @@ class Spec(Config):
             except PluginError as e:
                 raise ValueError(str(e)) from None
         return v
-
-    @model_serializer(mode="wrap")
-    def _record_user_code_only_when_used(self, handler: Any) -> Any:
-        # A spec without plugins is recorded as before they existed, so its records, hashes and resumes are unchanged.
-        out = handler(self)
-        if isinstance(out, dict):
-            if not self.plugins:
-                out.pop("plugins", None)
-            if self.spec_dir is None:
-                out.pop("spec_dir", None)
-        return out
 
     @model_validator(mode="before")
     @classmethod

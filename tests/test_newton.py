@@ -195,8 +195,9 @@ def test_warm_start_from_the_previous_solution_needs_fewer_iterations():
 
 
 def test_unstable_cell_undamped_run_diverges_and_damped_run_completes():
+    # `unconverged: apply`: the overflowed iterate's gradient is applied (the default falls back to BPTT's).
     methods = [
-        {"type": "deer", "label": "undamped", "jacobian": "diagonal", "max_iters": 400, "optimizer": SGD},
+        {"type": "deer", "label": "undamped", "jacobian": "diagonal", "max_iters": 400, "unconverged": "apply", "optimizer": SGD},
         {"type": "deer", "label": "damped", "jacobian": "diagonal", "max_iters": 400, "damping": 1e-3, "optimizer": SGD},
     ]
     hidden, scale = UNSTABLE["diagonal"]
@@ -218,7 +219,9 @@ def test_unstable_cell_undamped_run_diverges_and_damped_run_completes():
         ({"max_iters": 0}, "methods.0.max_iters"),
         ({"warm_start": "table"}, "methods.0.warm_start"),
         ({"tol": "fast"}, "methods.0.tol"),
-        ({"tol": 0.0}, "methods.0.tol"),
+        ({"tol": -1e-3}, "methods.0.tol"),
+        ({"jacobian": "none", "damping": 0.1}, "methods.0.damping: Picard iteration (jacobian: none) has no linearisation to damp"),
+        ({"tol": 0, "unconverged": "apply"}, "methods.0.unconverged: a fixed budget (tol: 0) is never unconverged"),
         ({"adjoint": "magic"}, "methods.0.adjoint"),
         (
             {"jacobian": "diagonal", "gradient": "diagonal", "adjoint": "parallel"},

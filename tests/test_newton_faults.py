@@ -38,8 +38,26 @@ def test_every_row_at_max_iters_on_every_step_is_counted_not_silent(tiny_spec, w
     assert last["train_newton_hit_max"] == batch
 
 
-def test_a_solve_that_overflows_is_diverged_naming_the_step(tiny_spec, write_spec, tmp_path):
+def test_an_overflowing_solve_falls_back_to_bptts_gradient_and_is_counted(tiny_spec, write_spec, tmp_path):
+    """The default (`unconverged: bptt`): a solve that overflows is never applied; the step takes
+    BPTT's gradient, counts the non-finite rows and the fallback, and the method completes."""
     spec = _deer(tiny_spec, max_iters=128, jacobian="diagonal")
+    spec["task"]["length"] = 64
+    spec["model"]["cell"] = {"type": "elman", "recurrent_scale": 8.0}
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", str(write_spec(spec)), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / SUMMARY).read_text())["runs"][0]
+    assert record["status"] == "completed"
+    train = [x for x in _lines(out) if "train_newton_fallback_total" in x]
+    assert train[-1]["train_newton_fallback_total"] == spec["train"]["steps"]  # every step fell back
+    assert all(x["train_newton_nonfinite"] > 0 for x in train) and all(np.isfinite(x["train_objective"]) for x in train)
+    assert "fell back to BPTT's gradient" in res.stdout + res.stderr
+
+
+def test_a_solve_that_overflows_is_diverged_naming_the_step(tiny_spec, write_spec, tmp_path):
+    """`unconverged: apply`: the adjoint at the overflowed iterate is applied, so the method diverges."""
+    spec = _deer(tiny_spec, max_iters=128, jacobian="diagonal", unconverged="apply")
     spec["task"]["length"] = 64
     spec["model"]["cell"] = {"type": "elman", "recurrent_scale": 8.0}  # J_t of norm ~8: plain Newton's products overflow float32
     out = tmp_path / "run"
@@ -53,7 +71,7 @@ def test_a_solve_that_overflows_is_diverged_naming_the_step(tiny_spec, write_spe
     # then returned, and the adjoint through its expanding Jacobians overflows in turn.)
     res = runner.invoke(app, ["run", "--resume", str(out), "--set", "model.hidden=4"])
     assert res.exit_code == 2, res.output
-    assert "may change only how states are solved (methods.0.damping, methods.0.max_iters, methods.0.tol)" in res.stderr
+    assert "may change only how states are solved (methods.0.damping, methods.0.max_iters, methods.0.tol, methods.0.unconverged)" in res.stderr
     res = runner.invoke(app, ["run", "--resume", str(out), "--set", "methods.0.damping=0.01", "--quiet"])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / SUMMARY).read_text())

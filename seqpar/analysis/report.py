@@ -101,7 +101,12 @@ def newton_cell(diagnostics: dict[str, Any]) -> str:
     if mean is None:
         return "—"
     hit = diagnostics.get("train_newton_hit_max_total") or 0
-    return f"{fmt(mean, '.1f')}/{fmt(top, '.0f')}" + (f" [yellow]({hit:.0f} at max)" if hit else "")
+    fell_back = diagnostics.get("train_newton_fallback_total") or 0
+    return (
+        f"{fmt(mean, '.1f')}/{fmt(top, '.0f')}"
+        + (f" [yellow]({hit:.0f} at max)" if hit else "")
+        + (f" [yellow]({fell_back:.0f} fell back)" if fell_back else "")
+    )
 
 
 def results_table(summary: dict[str, Any]) -> Table:
@@ -137,7 +142,8 @@ def results_table(summary: dict[str, Any]) -> Table:
     captions = [baseline_caption(summary.get("task") or {})]
     if newton:
         captions.append(
-            "Newton it: mean/max Newton iterations over the batch at the last logged step; (n at max): rows that hit max_iters so far"
+            "Newton it: mean/max Newton iterations over the batch at the last logged step; (n at max): rows that hit max_iters so far; "
+            "(n fell back): steps that took BPTT's gradient because a solve stopped unconverged"
         )
     if lle:
         captions.append("LLE: largest Lyapunov exponent per step of the trained recurrence along validation rollouts (< 0: predictable)")

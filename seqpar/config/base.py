@@ -17,9 +17,9 @@ from __future__ import annotations
 import functools
 import types
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, model_serializer, model_validator
 
 INT_MAX = 2**63 - 1  # the largest integer JAX and NumPy hold (int64); seeds and sizes above it cannot be used
 
@@ -38,6 +38,20 @@ class KeyedError(ValueError):
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+    #: Fields added after records existed, left out of a dump while at their default: a record
+    #: written before them reads (and hashes, and resumes) the same, and a spec that does not
+    #: use them is recorded as it was written.
+    omit_defaults: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_defaults(self, handler: Any) -> Any:
+        out = handler(self)
+        if self.omit_defaults and isinstance(out, dict):
+            fields = type(self).model_fields
+            for name in self.omit_defaults:
+                if name in out and getattr(self, name) == fields[name].get_default(call_default_factory=True):
+                    out.pop(name)
+        return out
 
     @model_validator(mode="before")
     @classmethod

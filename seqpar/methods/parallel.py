@@ -34,6 +34,15 @@ touched: no moment decay, no bias-correction drift. `take_rows`/`put_rows`
 (`seqpar.sharding`) are the only places rows are gathered and scattered: plain
 indexing on one device, a local gather/scatter per device under a mesh.
 
+Multiple shooting (`segment: K`, default 1): the table holds a free state only at the end of
+every K-step segment (`seqpar.model.shooting`); each segment is scanned from the node before
+it, and the consistency term compares each segment's last prediction with its node. K = 1 is
+the table above; K >= T leaves no node and is BPTT. `constraint: augmented_lagrangian` adds
+⟨λ, r⟩ with a multiplier per node (a row state like the table, checkpointed with it), updated
+λ <- λ + rate·r for the batch's rows after every `multiplier_every`-th step (default rate 2w,
+the method of multipliers' step for the penalty w·‖r‖²). Every stabilizer below acts on the
+nodes.
+
 Stabilizers (all off by default, so the defaults are the plain method):
 
 - `freeze_every: K`, `accumulate: sum|mean` -- the table is held fixed for K
@@ -74,6 +83,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from pydantic import Field, model_validator
 
@@ -82,9 +92,10 @@ from seqpar.config.registry import Registry, tagged_union
 from seqpar.methods.agreement import agreement_metrics
 from seqpar.methods.base import METHODS, Method, MethodConfig, OptimizerSpec, scan_depth
 from seqpar.model.model import Model, Params
-from seqpar.model.newton import BLOCKS_PER_TRANSITION, NewtonOptions, block_floats, rows_per_chunk
+from seqpar.model.newton import BLOCKS_PER_TRANSITION, NewtonOptions, block_floats, rows_per_chunk, solve_structure
 from seqpar.model.newton_stack import solve_stack
 from seqpar.model.rollout import readout_all, rollout_states
+from seqpar.model.shooting import node_steps, shooting_predictions, solve_nodes
 from seqpar.sharding import put_rows, take_rows
 from seqpar.tasks.base import Task
 
@@ -187,6 +198,30 @@ class ParallelConfig(MethodConfig):
     newton_jacobian: Literal["full", "diagonal"] | None = Field(
         None, description="refresh: newton: full Jacobians (DEER, default) or their diagonals (quasi-DEER)"
     )
+    segment: int = Field(
+        1,
+        ge=1,
+        description="K: free states only at the end of every K-step segment, the cell run sequentially inside each segment "
+        "(multiple shooting; 1: a state after every step, the seed's table; >= the length: no free state, BPTT)",
+    )
+    constraint: Literal["penalty", "augmented_lagrangian"] = Field(
+        "penalty",
+        description="consistency at the segment ends: the quadratic penalty w·‖r‖², or an augmented Lagrangian that adds "
+        "⟨λ, r⟩ with a multiplier λ per node, updated λ <- λ + rate·r",
+    )
+    multiplier_rate: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="augmented_lagrangian: the multipliers' step (default 2 × the scheduled consistency weight, the "
+        "method of multipliers' step for the penalty w·‖r‖²)",
+    )
+    multiplier_every: int | None = Field(
+        None, ge=1, description="augmented_lagrangian: update the batch rows' multipliers after every N-th step (default 1)"
+    )
+
+    # Added after records existed: a spec that does not use them is recorded (and hashed) as before.
+    omit_defaults = ("segment", "constraint", "multiplier_rate", "multiplier_every")
 
     @model_validator(mode="after")
     def _options_fit(self):
@@ -206,6 +241,14 @@ class ParallelConfig(MethodConfig):
             for key in ("iterations", "newton_jacobian"):
                 if getattr(self, key) is not None:
                     raise KeyedError(key, f"only meaningful with refresh: newton (got refresh: {self.refresh})")
+        if self.segment > 1 and self.readout_from == "table":
+            raise KeyedError(
+                "readout_from", f"table reads a state after every step; with segment: {self.segment} the table holds one per segment"
+            )
+        if self.constraint != "augmented_lagrangian":
+            for key in ("multiplier_rate", "multiplier_every"):
+                if getattr(self, key) is not None:
+                    raise KeyedError(key, f"only meaningful with constraint: augmented_lagrangian (got constraint: {self.constraint})")
         if self.table_init_scale is not None and self.table_init != "random":
             raise KeyedError("table_init_scale", f"only meaningful with table_init: random (got table_init: {self.table_init})")
         # A refresh must land right after an accumulated update, or the buffer would
@@ -261,13 +304,18 @@ def _per_layer(model: Model, name: str, value: jax.Array, reduce: Callable[[jax.
     return {f"{name}_layer{i}": reduce(part) for i, part in enumerate(model.split(value))}
 
 
+def _mean(x: jax.Array) -> jax.Array:
+    """The mean, 0 over no entries (a table of one segment has no node: nothing disagrees)."""
+    return jnp.mean(x) if x.size else jnp.zeros((), x.dtype)
+
+
 def _mean_norm(d: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.linalg.norm(d, axis=-1))
+    return _mean(jnp.linalg.norm(d, axis=-1))
 
 
 def _by_quartile(prefix: str, dist: jax.Array) -> dict[str, jax.Array]:
-    """Mean of `dist: (N, T)` per quarter of the time axis: does agreement spread from t=0?"""
-    return {f"{prefix}_q{q}": jnp.mean(part) for q, part in enumerate(jnp.array_split(dist, 4, axis=1), start=1)}
+    """Mean of `dist: (N, M)` per quarter of the table's entries along time: does agreement spread from t=0?"""
+    return {f"{prefix}_q{q}": _mean(part) for q, part in enumerate(jnp.array_split(dist, 4, axis=1), start=1)}
 
 
 # ----------------------------------------------------------------------------- method
@@ -275,21 +323,38 @@ def _by_quartile(prefix: str, dist: jax.Array) -> dict[str, jax.Array]:
 
 class EmbeddingParallel(Method):
     cfg: ParallelConfig
-    row_state_keys = ("table", "table_opt_state", "grad_sum", "grad_count")
+    row_state_keys = ("table", "table_opt_state", "grad_sum", "grad_count", "multipliers")
 
     def __init__(self, cfg: ParallelConfig, model: Model, task: Task):
         super().__init__(cfg, model, task)
         self.table_tx = (cfg.table_optimizer or cfg.optimizer).build()
         self.weight_multiplier = cfg.consistency_schedule.build()
 
+    @property
+    def lagrangian(self) -> bool:
+        return self.cfg.constraint == "augmented_lagrangian"
+
+    def segment(self, length: int) -> int:
+        """K for sequences of `length` steps: one segment is the whole sequence, whatever K says."""
+        return min(self.cfg.segment, length)
+
+    def steps(self, length: int) -> np.ndarray:
+        """The step each table entry is the state after (`seqpar.model.shooting.node_steps`)."""
+        return node_steps(length, self.segment(length))
+
+    def at_nodes(self, states: jax.Array) -> jax.Array:
+        """Per-step states `(N, T, S)` at the table's entries `(N, M, S)` (all of them when K = 1)."""
+        t = states.shape[1]
+        return states if self.segment(t) == 1 else states[:, self.steps(t)]
+
     def initial_table(self, key, params, x):
         n, t = x.shape[:2]
-        shape = (n, t, self.model.state_dim)
+        shape = (n, len(self.steps(t)), self.model.state_dim)
         if self.cfg.table_init == "random":
             scale = DEFAULT_INIT_SCALE if self.cfg.table_init_scale is None else self.cfg.table_init_scale
             return scale * jax.random.normal(key, shape, jnp.float32)
         if self.cfg.table_init == "rollout":
-            return rollout_states(self.model, params, x).astype(jnp.float32)
+            return self.at_nodes(rollout_states(self.model, params, x)).astype(jnp.float32)
         return jnp.zeros(shape, jnp.float32)
 
     def init(self, key, params, train):
@@ -306,26 +371,40 @@ class EmbeddingParallel(Method):
         if self.cfg.freeze_every > 1:
             state["grad_sum"] = jnp.zeros_like(table)
             state["grad_count"] = jnp.zeros(table.shape[0], jnp.int32)
+        if self.lagrangian:
+            state["multipliers"] = jnp.zeros_like(table)  # λ, one per node: checkpointed and sharded with the table
         return state
 
     def consistency_weight(self, step):
         return self.cfg.consistency_weight * self.weight_multiplier(step)
 
-    def loss(self, params, rows, x, y, mask, weight=None):
-        """Objective and its parts; `weight` is the scheduled consistency weight (default: unscheduled)."""
+    def predictions(self, params, rows, x):
+        """Every step's predicted state from the table: the cell at every transition at once (K = 1),
+        or each segment scanned from the node before it (K > 1)."""
+        k = self.segment(x.shape[1])
+        if k == 1:
+            return cell_predictions(self.model, params, rows, x, self.cfg.readout_from)
+        return shooting_predictions(self.model, params, rows, x, k)
+
+    def loss(self, params, rows, x, y, mask, weight=None, multipliers=None):
+        """Objective and its parts; `weight` is the scheduled consistency weight (default: unscheduled),
+        `multipliers` the rows' λ (augmented Lagrangian)."""
         weight = self.cfg.consistency_weight if weight is None else weight
-        pred = cell_predictions(self.model, params, rows, x, self.cfg.readout_from)
+        pred = self.predictions(params, rows, x)
         read = pred if self.cfg.readout_from == "cell" else rows
         task_loss = self.task.loss(readout_all(self.model, params, read), y, mask)
         # Stop-gradient only inside the consistency term; the task term is untouched.
         sg = self.cfg.consistency_stop_gradient
-        p = jax.lax.stop_gradient(pred) if sg == "prediction" else pred
+        at_nodes = self.at_nodes(pred)  # each segment's last prediction, against its node
+        p = jax.lax.stop_gradient(at_nodes) if sg == "prediction" else at_nodes
         target = jax.lax.stop_gradient(rows) if sg == "target" else rows
         # Summed over the joint state: the objective holds every layer's consistency term, each
         # weighted as a one-layer model's (each layer's: `layer_metrics`).
-        sq_residual = jnp.sum(jnp.square(p - target), axis=-1)  # (B, T)
-        consistency = jnp.mean(sq_residual)
+        sq_residual = jnp.sum(jnp.square(p - target), axis=-1)  # (B, M)
+        consistency = _mean(sq_residual)
         objective = task_loss + weight * consistency
+        if multipliers is not None:  # the method of multipliers: ⟨λ, r⟩ beside the penalty, same normalisation
+            objective = objective + _mean(jnp.sum(multipliers * (p - target), axis=-1))
         aux = {"task_loss": task_loss, "consistency": consistency, "sq_residual": sq_residual, "diff": p - target}
         return objective, aux
 
@@ -334,9 +413,9 @@ class EmbeddingParallel(Method):
         m = self.model
         sq = lambda d: jnp.sum(jnp.square(d), axis=-1)  # noqa: E731
         return {
-            **_per_layer(m, "consistency", diff, lambda d: jnp.mean(sq(d))),
-            **_per_layer(m, "residual_mean", diff, lambda d: jnp.mean(jnp.sqrt(sq(d)))),
-            **_per_layer(m, "residual_max", diff, lambda d: jnp.max(jnp.sqrt(sq(d)))),
+            **_per_layer(m, "consistency", diff, lambda d: _mean(sq(d))),
+            **_per_layer(m, "residual_mean", diff, lambda d: _mean(jnp.sqrt(sq(d)))),
+            **_per_layer(m, "residual_max", diff, lambda d: jnp.max(jnp.sqrt(sq(d)), initial=0.0)),
         }
 
     @property
@@ -344,17 +423,31 @@ class EmbeddingParallel(Method):
         return NewtonOptions(jacobian=self.cfg.newton_jacobian or "full", max_iters=self.cfg.iterations or 1)
 
     def newton_refresh(self, params, table, x):
-        """At most `iterations` Newton iterations from the table, a chunk of rows at a time."""
+        """At most `iterations` Newton iterations from the table, a chunk of rows at a time: on every
+        step's state (K = 1), or multiple-shooting Newton on the nodes (K > 1)."""
         opts = self.newton_options
-        chunk = rows_per_chunk(opts.jacobian, x.shape[1], self.model.layer_state_dim)
-        return solve_stack(self.model, params, x, table, opts, chunk)[0].astype(table.dtype)
+        layer = self.model.layer(0)
+        chunk = rows_per_chunk(solve_structure(layer, opts.jacobian), max(table.shape[1], 1), layer.state_dim, layer.jacobian_block)
+        k = self.segment(x.shape[1])
+        if k == 1:
+            return solve_stack(self.model, params, x, table, opts, chunk)[0].astype(table.dtype)
+        return solve_nodes(self.model, params, x, table, opts, k, chunk)[0].astype(table.dtype)
+
+    def sweep(self, params, table, x, sweeps):
+        """`sweeps` parallel (Jacobi) updates of the table from its own predictions: each makes one
+        more leading step (K = 1) or segment exact."""
+        if self.segment(x.shape[1]) == 1:
+            return jacobi_sweeps(self.model, params, table, x, sweeps, self.cfg.readout_from)
+        return jax.lax.fori_loop(0, sweeps, lambda _, e: self.at_nodes(self.predictions(params, e, x)), table)
 
     def refreshed_table(self, params, table, x):
+        if table.shape[1] == 0:  # a single segment: no node to refresh
+            return table
         if self.cfg.refresh == "rollout":
-            return rollout_states(self.model, params, x).astype(table.dtype)
+            return self.at_nodes(rollout_states(self.model, params, x)).astype(table.dtype)
         if self.cfg.refresh == "newton":
             return self.newton_refresh(params, table, x)
-        return jacobi_sweeps(self.model, params, table, x, self.cfg.sweeps, self.cfg.readout_from)
+        return self.sweep(params, table, x, self.cfg.sweeps)
 
     def train_step(self, state, train, batch, step, key):
         cfg, params, table = self.cfg, state["params"], state["table"]
@@ -363,8 +456,9 @@ class EmbeddingParallel(Method):
             table = jax.lax.cond(due, lambda t: self.refreshed_table(params, t, train.x), lambda t: t, table)
         rows = take_rows(table, batch.idx)
         weight = self.consistency_weight(step)
+        lam = take_rows(state["multipliers"], batch.idx) if self.lagrangian else None
         grad_fn = jax.value_and_grad(self.loss, argnums=(0, 1), has_aux=True)
-        (objective, aux), (g_params, g_rows) = grad_fn(params, rows, batch.x, batch.y, batch.mask, weight)
+        (objective, aux), (g_params, g_rows) = grad_fn(params, rows, batch.x, batch.y, batch.mask, weight, lam)
 
         updates, opt_state = self.tx.update(g_params, state["opt_state"], params)
         new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state, "steps_done": step + 1}
@@ -382,12 +476,19 @@ class EmbeddingParallel(Method):
             "task_loss": aux["task_loss"],
             "consistency": aux["consistency"],
             "consistency_weight": weight,
-            "residual_mean": jnp.mean(residual),
-            "residual_max": jnp.max(residual),
+            "residual_mean": _mean(residual),
+            "residual_max": jnp.max(residual, initial=0.0),
             "grad_norm_params": optax.tree.norm(g_params),
             "grad_norm_table": optax.tree.norm(g_rows),
             **self.layer_metrics(aux["diff"]),
         }
+        if lam is not None:
+            # λ <- λ + rate·r for the batch's rows, r taken at this step's parameters and table (before its update).
+            rate = 2.0 * weight if self.cfg.multiplier_rate is None else self.cfg.multiplier_rate
+            due = (step + 1) % (self.cfg.multiplier_every or 1) == 0
+            lam = lam + jnp.where(due, rate, 0.0) * jax.lax.stop_gradient(aux["diff"])
+            new_state["multipliers"] = put_rows(state["multipliers"], batch.idx, lam)
+            metrics["multiplier_norm"] = _mean(jnp.linalg.norm(lam, axis=-1))
         return new_state, metrics
 
     def _accumulate(self, state, table, idx, g_rows, step):
@@ -416,62 +517,69 @@ class EmbeddingParallel(Method):
     def eval_metrics(self, state, train, rollout_train_states, rollout_train_loss):
         params, table = state["params"], state["table"]
         weight = self.consistency_weight(state["steps_done"])
-        objective, aux = self.loss(params, table, train.x, train.y, train.mask, weight)
+        lam = state["multipliers"] if self.lagrangian else None
+        objective, aux = self.loss(params, table, train.x, train.y, train.mask, weight, lam)
         residual = jnp.sqrt(aux["sq_residual"])
-        dist = jnp.linalg.norm(table - rollout_train_states, axis=-1)  # (N, T)
+        truth = self.at_nodes(rollout_train_states)  # the true rollout where the table holds states
+        dist = jnp.linalg.norm(table - truth, axis=-1)  # (N, M)
         out = {
             "objective": objective,
             "task_loss": aux["task_loss"],
             "consistency": aux["consistency"],
             "consistency_weight": weight,
-            "residual_mean": jnp.mean(residual),
-            "residual_max": jnp.max(residual),
-            "table_rollout_dist": jnp.mean(dist),
+            "residual_mean": _mean(residual),
+            "residual_max": jnp.max(residual, initial=0.0),
+            "table_rollout_dist": _mean(dist),
             **_by_quartile("table_rollout_dist", dist),
-            **agreement_metrics(table, rollout_train_states),
+            **agreement_metrics(table, truth, steps=self.steps(train.x.shape[1]), length=train.x.shape[1]),
             **self.layer_metrics(aux["diff"]),
-            **_per_layer(self.model, "table_rollout_dist", table - rollout_train_states, _mean_norm),
+            **_per_layer(self.model, "table_rollout_dist", table - truth, _mean_norm),
         }
-        if self.cfg.refresh == "jacobi":
-            # How close a Jacobi refresh taken now (current cell, current table) gets to the true
-            # rollout; measured here, outside the timed step, because it needs a rollout.
-            swept = jacobi_sweeps(self.model, params, table, train.x, self.cfg.sweeps, self.cfg.readout_from)
-            jdist = jnp.linalg.norm(swept - rollout_train_states, axis=-1)
-            out["jacobi_rollout_dist"] = jnp.mean(jdist)
-            out.update(_by_quartile("jacobi_rollout_dist", jdist))
-            out.update(_per_layer(self.model, "jacobi_rollout_dist", swept - rollout_train_states, _mean_norm))
-        if self.cfg.refresh == "newton":
-            # The same for a Newton refresh: how far `iterations` iterations from this table get.
-            ndiff = self.newton_refresh(params, table, train.x) - rollout_train_states
-            ndist = jnp.linalg.norm(ndiff, axis=-1)
-            out["newton_rollout_dist"] = jnp.mean(ndist)
-            out.update(_by_quartile("newton_rollout_dist", ndist))
-            out.update(_per_layer(self.model, "newton_rollout_dist", ndiff, _mean_norm))
+        if lam is not None:
+            out["multiplier_norm"] = _mean(jnp.linalg.norm(lam, axis=-1))
+        if self.cfg.refresh in ("jacobi", "newton"):
+            # How close a refresh taken now (current cell, current table) gets to the true rollout:
+            # `sweeps` Jacobi sweeps or `iterations` Newton iterations from this table; measured
+            # here, outside the timed step, because it needs a rollout.
+            name = f"{self.cfg.refresh}_rollout_dist"
+            rdiff = self.refreshed_table(params, table, train.x) - truth
+            rdist = jnp.linalg.norm(rdiff, axis=-1)
+            out[name] = _mean(rdist)
+            out.update(_by_quartile(name, rdist))
+            out.update(_per_layer(self.model, name, rdiff, _mean_norm))
         return out
 
     def sequential_depth(self, length, metrics):
-        # The cell at every transition at once, forward and backward: 2 per layer (a layer reads
-        # the predictions of the one below), whatever the length. A refresh adds its own chain
-        # once every refresh_every steps, counted per step on average: a rollout T steps, Jacobi
-        # one pass per sweep, Newton up to `iterations` iterations of (linearise, scan) as in
-        # DEER; each of them layer after layer.
+        # Each segment's K steps in sequence, forward and backward, all segments at once: 2K per
+        # layer (a layer reads the predictions of the one below), whatever the length; K = 1 is
+        # the cell at every transition at once, and K = T the whole rollout: BPTT's 2T. A refresh
+        # adds its own chain once every refresh_every steps, counted per step on average: a
+        # rollout T steps, Jacobi a segment per sweep, Newton up to `iterations` iterations of
+        # (linearise a segment: K steps; the associative scan over the M nodes), as in DEER;
+        # each of them layer after layer.
         cfg = self.cfg
+        k = self.segment(length)
+        nodes = len(self.steps(length))
         refresh = {
             "none": 0,
             "rollout": length,
-            "jacobi": cfg.sweeps or 0,
-            "newton": (cfg.iterations or 0) * (scan_depth(length) + 1),
+            "jacobi": (cfg.sweeps or 0) * k,
+            "newton": (cfg.iterations or 0) * (scan_depth(nodes) + k),
         }[cfg.refresh]
-        return self.model.layers * (2 + refresh / (cfg.refresh_every or 1))
+        return self.model.layers * (2 * k + refresh / (cfg.refresh_every or 1))
 
     def extra_activation_bytes(self, batch, length, sequences):
         if self.cfg.refresh != "newton":
             return 0
-        # A Newton refresh solves the whole table a chunk of rows at a time (see `seqpar.methods.deer`).
+        # A Newton refresh solves the whole table (its M nodes) a chunk of rows at a time (see `seqpar.methods.deer`).
         opts = self.newton_options
-        s = self.model.layer_state_dim  # layers are solved one after another
-        rows = min(rows_per_chunk(opts.jacobian, length, s), sequences)
-        return 4 * BLOCKS_PER_TRANSITION * rows * length * block_floats(opts.jacobian, s)
+        layer = self.model.layer(0)
+        s, k = layer.state_dim, layer.jacobian_block  # layers are solved one after another
+        structure = solve_structure(layer, opts.jacobian)
+        nodes = max(len(self.steps(length)), 1)
+        rows = min(rows_per_chunk(structure, nodes, s, k), sequences)
+        return 4 * BLOCKS_PER_TRANSITION * rows * nodes * block_floats(structure, s, k)
 
     def state_table_bytes(self, state):
-        return int(state["table"].nbytes)
+        table = state["table"]  # an array, or its shape (the memory estimate)
+        return int(np.prod(table.shape)) * np.dtype(table.dtype).itemsize

@@ -28,6 +28,17 @@ the scale in float32), the accuracy at which float32 Newton stops improving. A s
 that stops at `max_iters` unconverged returns its best iterate (lowest residual);
 the caller counts it (`NewtonStats.converged`).
 
+Picard (Jacobi) iteration is the member of the family with a zero Jacobian (`jacobian:
+none`): each iteration is `s_t <- f(s_{t-1}, x_t)` for every t at once, no linear solve; it
+makes at least one more leading state exact per iteration, so it converges in at most T, on
+any cell, and each iteration is one pass of the cell (Gonzalez et al. 2025 unify it with
+Newton and quasi-Newton; ParaDiGMS runs it on diffusion samplers).
+
+`tol: 0` makes `max_iters` a budget rather than a cap, as ParaRNN runs Newton (a fixed three
+iterations, no tolerance): every solve takes exactly `max_iters` iterations and returns the
+last iterate, converged or not; such a solve is not "hitting the cap". `f0_guess` is
+ParaRNN's starting guess `s_t = f(0, x_t)` for every t.
+
 Damping (ELK, same paper): with `damping` λ > 0 the step minimises the linearised
 residual plus `λ Σ_t ‖s_t − s^k_t‖²`, a trust region around the current guess: inference
 in a linear-Gaussian state-space model done by a parallel Kalman filter (Särkkä &
@@ -59,7 +70,8 @@ import jax.numpy as jnp
 from seqpar.model.cells.base import JacobianStructure
 from seqpar.model.model import Params
 
-Jacobian = Literal["full", "diagonal"]  # what a method asks for; a structured cell answers exactly
+Jacobian = Literal["full", "diagonal", "none"]  # what a method asks for; a structured cell answers exactly (none: Picard)
+Structure = JacobianStructure | Literal["none"]  # what a solve runs with: the cell's structure, or no Jacobian at all
 Adjoint = Literal["sequential", "parallel", "auto"]
 Layer = Any  # a single-layer model view: `Model` (see the module doc for what it must offer)
 StepFn = Callable[[jax.Array, jax.Array], jax.Array]  # (s_prev, x_t) -> s_t, one example
@@ -72,8 +84,13 @@ class NewtonOptions:
 
     jacobian: Jacobian = "full"
     max_iters: int = 100
-    tol: float | Literal["auto"] = 1e-5  # on max_t ‖residual_t‖ or, undamped, max_t ‖s_t^{k+1} − s_t^k‖
+    tol: float | Literal["auto"] = 1e-5  # on max_t ‖residual_t‖ or, undamped, max_t ‖s_t^{k+1} − s_t^k‖; 0: a fixed budget
     damping: float = 0.0
+
+    @property
+    def budget(self) -> bool:
+        """`tol: 0`: every solve runs exactly `max_iters` iterations (ParaRNN's fixed budget)."""
+        return self.tol == 0
 
 
 class NewtonStats(NamedTuple):
@@ -125,19 +142,26 @@ BLOCK = _Ops(
 )
 
 
-def ops(structure: JacobianStructure) -> _Ops:
-    return {"full": FULL, "diagonal": DIAGONAL, "block": BLOCK}[structure]
+# Picard: the Jacobian is zero (a scalar per step); the linear "solve" returns its right-hand side.
+NONE = _Ops(mm=jnp.multiply, mv=lambda a, v: a * v, t=lambda a: a, inv1p=lambda a: 1.0 / (1.0 + a))
+
+
+def ops(structure: Structure) -> _Ops:
+    return {"full": FULL, "diagonal": DIAGONAL, "block": BLOCK, "none": NONE}[structure]
 
 
 # ----------------------------------------------------------------------------- parallel linear solves
 
 
-def linear_recurrence(a: jax.Array, b: jax.Array, jacobian: JacobianStructure) -> jax.Array:
+def linear_recurrence(a: jax.Array, b: jax.Array, jacobian: Structure) -> jax.Array:
     """`h_t = a_t h_{t-1} + b_t` for t = 1..T (axis 0) from `h_0 = 0`, by an associative scan.
 
     `a`: `(T, S, S)` matrices, `(T, S)` diagonals or `(T, S // k, k, k)` unit blocks;
-    `b`: `(T, S)`. A nonzero `h_0` is folded in by the caller as `b_1 += a_1 h_0`.
+    `b`: `(T, S)`. A nonzero `h_0` is folded in by the caller as `b_1 += a_1 h_0`. With no
+    Jacobian (`none`, Picard) `a` is zero and `h = b`.
     """
+    if jacobian == "none":
+        return b
     if jacobian == "block":
         return _block_linear_recurrence(a, b)
     o = ops(jacobian)
@@ -179,7 +203,7 @@ def reverse_linear_recurrence(a: jax.Array, b: jax.Array, jacobian: JacobianStru
     return linear_recurrence(a, b[::-1], jacobian)[::-1]
 
 
-def kalman_filter_means(a: jax.Array, b: jax.Array, y: jax.Array, damping: float, jacobian: JacobianStructure) -> jax.Array:
+def kalman_filter_means(a: jax.Array, b: jax.Array, y: jax.Array, damping: float, jacobian: Structure) -> jax.Array:
     """Filtered means of `s_t = a_t s_{t-1} + b_t + w_t`, `y_t = s_t + v_t` (w ~ N(0, I), v ~ N(0, I/λ)).
 
     The parallel filter's elements (Särkkä & García-Fernández 2021, specialised to unit
@@ -228,6 +252,9 @@ def _max_norm(d: jax.Array) -> jax.Array:
     return jnp.max(jnp.sqrt(jnp.sum(jnp.square(d), axis=-1)))
 
 
+AUTO_TOL_DOC = "sqrt(eps of the states' dtype) · (1 + max_t ‖s_t‖), e.g. 3.5e-4 · (1 + scale) in float32"
+
+
 def auto_tol(states: jax.Array) -> jax.Array:
     """`tol: auto`: `sqrt(eps) · (1 + max_t ‖s_t‖)` for the states' dtype (see the module doc)."""
     return jnp.sqrt(jnp.finfo(states.dtype).eps) * (1.0 + _max_norm(states))
@@ -239,7 +266,7 @@ def residual(step: StepFn, s0: jax.Array, x: jax.Array, states: jax.Array) -> ja
 
 
 def newton_solve(
-    step_jac: StepJacFn, s0: jax.Array, px: Any, guess: jax.Array, opts: NewtonOptions, structure: JacobianStructure
+    step_jac: StepJacFn, s0: jax.Array, px: Any, guess: jax.Array, opts: NewtonOptions, structure: Structure
 ) -> tuple[jax.Array, NewtonStats]:
     """The states `(T, S)` of `s_t = f(s_{t-1}, px_t)` from `s_0`, by Newton from `guess`;
     `step_jac(s, px_t)` is `(f, d f / d s)` from one pass, the Jacobian in `structure`; `px` is
@@ -266,6 +293,8 @@ def newton_solve(
 
     def going(carry):
         s, _, _, res, change, k, _, _ = carry
+        if opts.budget:  # a fixed number of iterations, whatever the residual (ParaRNN's)
+            return (k < opts.max_iters) & jnp.isfinite(res)
         return (k < opts.max_iters) & ~converged(s, res, change) & jnp.isfinite(res)
 
     def update(carry):
@@ -286,19 +315,26 @@ def newton_solve(
     carry = (guess, f0, j0, res0, jnp.array(jnp.inf, f0.dtype), jnp.int32(0), guess, res0)
     states, _, _, res, change, k, best, best_res = jax.lax.while_loop(going, update, carry)
     done = converged(states, res, change)
+    if opts.budget:  # the budget's last iterate, as ParaRNN differentiates it
+        return states, NewtonStats(k, res, done)
     use_best = ~done & jnp.isfinite(res)  # stopped at max_iters: the best iterate, never a worse later one
     states = jnp.where(use_best, best, states)
     return states, NewtonStats(k, jnp.where(use_best, best_res, res), done)
 
 
-def solve_structure(layer: Layer, jacobian: Jacobian) -> JacobianStructure:
-    """The structure Newton runs with: the cell's own when it is structured (exact and cheap),
-    else the method's choice (`full` S×S, or the `diagonal` approximation)."""
+def solve_structure(layer: Layer, jacobian: Jacobian) -> Structure:
+    """The structure Newton runs with: none for Picard (any cell); the cell's own when it is
+    structured (exact and cheap); else the method's choice (`full` S×S, or the `diagonal`
+    approximation)."""
+    if jacobian == "none":
+        return "none"
     return layer.jacobian_structure if layer.jacobian_structure != "full" else jacobian
 
 
-def _linearisation(layer: Layer, structure: JacobianStructure) -> Callable:
-    """`(params, s, px) -> (s', J)` from one pass, J in `structure`."""
+def _linearisation(layer: Layer, structure: Structure) -> Callable:
+    """`(params, s, px) -> (s', J)` from one pass, J in `structure` (Picard: a zero per step, no derivative)."""
+    if structure == "none":
+        return lambda params, s, px: (layer.step_projected(params, s, px), jnp.zeros((), s.dtype))
     if layer.jacobian_structure == "full" and structure == "diagonal":
         return layer.step_and_diagonal
     return layer.step_and_jacobian
@@ -395,22 +431,32 @@ BLOCKS_PER_TRANSITION = 4
 DAMPED_BLOCKS_PER_TRANSITION = 8
 
 
-def block_floats(jacobian: JacobianStructure, state_dim: int, block: int = 1) -> int:
-    """Floats of one step's Jacobian block: S² (full), S (diagonal) or k·S (k×k unit blocks)."""
-    return {"full": state_dim * state_dim, "diagonal": state_dim, "block": block * state_dim}[jacobian]
+def block_floats(jacobian: Structure, state_dim: int, block: int = 1) -> int:
+    """Floats of one step's Jacobian block: S² (full), S (diagonal) or k·S (k×k unit blocks); a
+    Picard solve holds no Jacobian, only the states (S)."""
+    return {"full": state_dim * state_dim, "diagonal": state_dim, "block": block * state_dim, "none": state_dim}[jacobian]
 
 
-def rows_per_chunk(jacobian: JacobianStructure, length: int, state_dim: int, block: int = 1) -> int:
+def rows_per_chunk(jacobian: Structure, length: int, state_dim: int, block: int = 1) -> int:
     return max(1, CHUNK_BLOCK_FLOATS // (length * block_floats(jacobian, state_dim, block)))
 
 
+def f0_guess(layer: Layer, params: Params, x: jax.Array) -> jax.Array:
+    """ParaRNN's starting guess: `s_t = f(0, x_t)` for every row and step, `(N, T, S)` (one batched pass)."""
+    px = layer.project(params, x)
+    zeros = jnp.zeros((*x.shape[:-1], layer.state_dim), x.dtype)
+    return jax.vmap(jax.vmap(layer.step_projected, in_axes=(None, 0, 0)), in_axes=(None, 0, 0))(params, zeros, px)
+
+
 def solve_states(
-    layer: Layer, params: Params, x: jax.Array, guess: jax.Array, opts: NewtonOptions, chunk: int | None = None
+    layer: Layer, params: Params, x: jax.Array, guess: jax.Array | None, opts: NewtonOptions, chunk: int | None = None
 ) -> tuple[jax.Array, NewtonStats]:
     """Newton-solved states `(N, T, S)` of the layer's rollout over `x: (N, T, D)` from the fixed
-    initial state, each row from its `guess`; per-row `NewtonStats`. No gradient flows
-    (see `differentiable_states`)."""
+    initial state, each row from its `guess` (None: `f0_guess`); per-row `NewtonStats`. No
+    gradient flows (see `differentiable_states`)."""
     params = jax.lax.stop_gradient(params)
+    if guess is None:
+        guess = f0_guess(layer, params, x)
     s0 = layer.initial_state().astype(x.dtype)
     structure = solve_structure(layer, opts.jacobian)
     linearise = _linearisation(layer, structure)

@@ -16,13 +16,14 @@ from seqpar.model.newton import Adjoint, Jacobian, NewtonOptions, NewtonStats, d
 
 
 def solve_stack(
-    model: Model, params: Params, x: jax.Array, guess: jax.Array, opts: NewtonOptions, chunk: int | None = None
+    model: Model, params: Params, x: jax.Array, guess: jax.Array | None, opts: NewtonOptions, chunk: int | None = None
 ) -> tuple[jax.Array, list[NewtonStats]]:
     """Newton-solved joint states `(N, T, state_dim)` of the whole stack, layer by layer: layer l
     over the whole sequence in parallel, its input the solved output of the layer below; each
-    layer from its part of the joint `guess`. Per layer, its `NewtonStats`. No gradient flows."""
+    layer from its part of the joint `guess` (None: ParaRNN's `f(0, x_t)` of the layer's own
+    input, `seqpar.model.newton.f0_guess`). Per layer, its `NewtonStats`. No gradient flows."""
     params = jax.lax.stop_gradient(params)
-    guesses = model.split(jax.lax.stop_gradient(guess))
+    guesses = model.split(jax.lax.stop_gradient(guess)) if guess is not None else (None,) * model.layers
     z, parts, stats = x, [], []
     for i in range(model.layers):
         layer = model.layer(i)

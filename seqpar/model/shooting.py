@@ -34,9 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqpar.model.cells.base import JacobianStructure
 from seqpar.model.model import Layer, Model, Params
-from seqpar.model.newton import NewtonOptions, NewtonStats, _linearisation, newton_solve, ops, solve_rows, solve_structure
+from seqpar.model.newton import NewtonOptions, NewtonStats, Structure, _linearisation, newton_solve, ops, solve_rows, solve_structure
 
 
 def segments(length: int, segment: int) -> int:
@@ -102,7 +101,9 @@ def shooting_predictions(model: Model, params: Params, nodes: jax.Array, x: jax.
 # ----------------------------------------------------------------------------- multiple-shooting Newton
 
 
-def _identity(structure: JacobianStructure, s: jax.Array, block: int) -> jax.Array:
+def _identity(structure: Structure, s: jax.Array, block: int) -> jax.Array:
+    if structure == "none":  # Picard: no Jacobian to chain
+        return jnp.ones((), s.dtype)
     if structure == "diagonal":
         return jnp.ones_like(s)
     if structure == "full":
@@ -111,7 +112,7 @@ def _identity(structure: JacobianStructure, s: jax.Array, block: int) -> jax.Arr
     return jnp.broadcast_to(jnp.eye(block, dtype=s.dtype), (n, block, block))
 
 
-def segment_map(linearise: Callable, params: Params, structure: JacobianStructure, block: int) -> Callable:
+def segment_map(linearise: Callable, params: Params, structure: Structure, block: int) -> Callable:
     """`(s, (px (K, P), valid (K,))) -> (F(s), dF/ds)`: a segment's K steps from `s` and the product
     of their Jacobians in `structure` (a padding step is the identity)."""
     o = ops(structure)

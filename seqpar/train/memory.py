@@ -50,6 +50,7 @@ class Estimate:
     activations: int
     overhead: int = RUNTIME_OVERHEAD
     method_buffers: int = 0  # beyond the activations' rule of thumb, e.g. Jacobians (`Method.extra_activation_bytes`)
+    tables: tuple[tuple[str, int], ...] = ()  # (method label, bytes of its per-transition table) for methods that keep one
 
     @property
     def total(self) -> int:
@@ -90,12 +91,14 @@ def estimate(spec: Spec) -> Estimate:
     val = jax.eval_shape(lambda k: task.make_data(k, spec.task.val_sequences, split="val"), key)
     model, params = abstract_model(spec.model.cell, task.input_dim, spec.model.hidden, task.output_dim, **spec.model.structure())
     length = train.x.shape[1]
-    state, label, extra = 0, spec.methods[0].display_label, 0
+    state, label, extra, tables = 0, spec.methods[0].display_label, 0, []
     for cfg in spec.methods:
         method = cfg.build(model, task)
         shapes = jax.eval_shape(method.init, key, params, train)
         if _nbytes(shapes) > state:
             state, label = _nbytes(shapes), cfg.display_label
+        if method.state_table_bytes(shapes):
+            tables.append((cfg.display_label, method.state_table_bytes(shapes)))
         # Buffers the rule of thumb below does not scale with (a Newton method's Jacobians), as the method counts them.
         extra = max(extra, method.extra_activation_bytes(spec.train.batch_size, length, spec.task.train_sequences))
     # One "unit" is a float per (sequence, step, state or output feature): a step holds a few
@@ -106,7 +109,8 @@ def estimate(spec: Spec) -> Estimate:
     units = model.state_dim + task.output_dim
     step = STEP_FLOATS_PER_UNIT * spec.train.batch_size * length * units
     evaluation = EVAL_FLOATS_PER_UNIT * (spec.task.train_sequences + spec.task.val_sequences + spec.task.test_sequences) * length * units
-    return Estimate(_nbytes((train, val, test)), _nbytes(params), state, label, 4 * max(step, evaluation), method_buffers=extra)
+    activations = 4 * max(step, evaluation)
+    return Estimate(_nbytes((train, val, test)), _nbytes(params), state, label, activations, method_buffers=extra, tables=tuple(tables))
 
 
 # ----------------------------------------------------------------------------- the limit
@@ -186,10 +190,11 @@ def check(spec: Spec, force: bool = False) -> str:
             "to allocate. Pass --force to try anyway"
         ) from None
     limit = available()
+    tables = "; tables: " + ", ".join(f"{label} {fmt_bytes(b)}" for label, b in est.tables) if est.tables else ""
     if limit is None:
-        return f"memory: estimated {fmt_bytes(est.total)} (the machine's limit is unknown)"
+        return f"memory: estimated {fmt_bytes(est.total)} (the machine's limit is unknown){tables}"
     free, where = limit
-    line = f"memory: estimated {fmt_bytes(est.total)} of {fmt_bytes(free)} {where}"
+    line = f"memory: estimated {fmt_bytes(est.total)} of {fmt_bytes(free)} {where}{tables}"
     if est.total > free and not force:
         raise MemoryLimitError(
             f"estimated memory {fmt_bytes(est.total)} ({est.describe()}) exceeds the {fmt_bytes(free)} {where}; "

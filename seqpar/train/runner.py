@@ -478,7 +478,7 @@ def _run(
 def outcome(summary: dict[str, Any], run_dir: Path, *, with_tracebacks: bool = False) -> tuple[int, list[tuple[str, str]]]:
     """The exit-code policy: 0 when every method completed or diverged (divergence is a result),
     1 when one failed, 130 when interrupted; with the lines that say why, as (kind, text) where
-    kind is failed, diverged, interrupted or traceback and the text follows the kind's word."""
+    kind is failed, diverged, interrupted, note or traceback and the text follows the kind's word."""
     lines: list[tuple[str, str]] = []
     for r in summary["runs"]:
         if r["status"] == "failed":
@@ -487,6 +487,11 @@ def outcome(summary: dict[str, Any], run_dir: Path, *, with_tracebacks: bool = F
                 lines.append(("traceback", r["traceback"]))
         elif r["status"] == "diverged":
             lines.append(("diverged", f" {r['label']}: {r.get('error')}"))
+        fell_back = (r.get("diagnostics") or {}).get("train_newton_fallback_total") or 0
+        if fell_back:  # a gradient known to be wrong was never applied: say what was applied instead
+            lines.append(
+                ("note", f" {r['label']}: {fell_back:.0f} step(s) fell back to BPTT's gradient (a Newton solve stopped unconverged)")
+            )
     if summary.get("error"):
         lines.append(("failed", f": {summary['error']}"))
         if with_tracebacks and summary.get("traceback"):
