@@ -149,3 +149,57 @@ def test_malformed_file_is_one_line_exit_2_and_writes_nothing(tmp_path, make, ke
     for w in words:
         assert w in msg, (w, msg)
     assert not out.exists() and not root.exists()
+
+
+# ----------------------------------------------------------------------------- data are part of a run's identity
+
+
+def _text(seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return "".join(rng.choice(list("abcd "), 400))
+
+
+@pytest.mark.parametrize("kind", ["dataset", "char_lm"])
+def test_resume_on_changed_data_is_refused_naming_the_file_and_both_hashes(tmp_path, kind):
+    import hashlib
+
+    from test_reliability import _Crash, _CrashAt
+
+    from seqpar.train.runner import run_experiment
+
+    if kind == "dataset":
+        path = tmp_path / "data.npz"
+        np.savez(path, x=x_ok, y=y_ok)
+        raw = _spec(path)
+    else:
+        path = tmp_path / "text.txt"
+        path.write_text(_text(0))
+        raw = {**_spec(path), "task": {"type": "char_lm", "path": str(path), "length": 8, "train_sequences": 8, "test_sequences": 8}}
+    raw["train"] = {"steps": 6, "batch_size": 4, "eval_every": 3, "checkpoint_every": 2}
+    out = tmp_path / "run"
+    with pytest.raises(_Crash):
+        run_experiment(validate_spec(raw), out, _CrashAt("bptt", 3))
+    was = hashlib.sha256(path.read_bytes()).hexdigest()
+    recorded = json.loads((out / "summary.json").read_text())["task"]["data"]
+    assert recorded == {"task.path": {"path": str(path.resolve()), "sha256": was}}  # recorded when the run started
+
+    if kind == "dataset":  # other data of the same shapes
+        np.savez(path, x=_tokens(seed=1)[0], y=_tokens(seed=1)[1])
+    else:
+        path.write_text(_text(1))
+    now = hashlib.sha256(path.read_bytes()).hexdigest()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    msg = res.output.strip().splitlines()[-1]
+    assert msg.startswith("error: ") and str(path.resolve()) in msg and was[:12] in msg and now[:12] in msg, msg
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing written
+
+    # The same bytes again (a restored file, another mtime): the run continues.
+    if kind == "dataset":
+        np.savez(path, x=x_ok, y=y_ok)
+    else:
+        path.write_text(_text(0))
+    res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text())["task"]["data"] == recorded

@@ -400,6 +400,9 @@ class DatasetConfig(TaskConfig):
     def splits(self) -> dict[str, Split]:
         return self._splits(self.model_dump())
 
+    def data_files(self) -> dict[str, Path]:
+        return {"path": self.file}
+
     def build(self) -> Task:
         parsed, _ = parse(load_arrays(self.file, self.max_mb), self.kind, self.classes, self.vocab)
         base = ClassifiedData if parsed.classification else RegressedData
