@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -562,13 +564,15 @@ def follow_workers(
     poll_s: float = 1.0,
     on_poll: Callable[[], None] = lambda: None,
 ) -> list[int]:
-    """Start the workers, show the index's progress until they end, pass Ctrl-C on; their exit codes.
+    """Start the workers, show the index's progress until they end, pass Ctrl-C and SIGTERM on; their exit codes.
 
     `on_poll` runs at every poll (a study prints the trials its workers finished)."""
-    running = launcher.start(jobs)
-    bars = None if quiet else progress_bars(console)
-    task = bars.add_task("points", total=total, info=f"{len(jobs)} worker(s)") if bars else None
+    restore_sigterm = _sigterm_as_interrupt()
+    bars = None
     try:
+        running = launcher.start(jobs)
+        bars = None if quiet else progress_bars(console)
+        task = bars.add_task("points", total=total, info=f"{len(jobs)} worker(s)") if bars else None
         if bars is not None:
             bars.__enter__()
         while True:
@@ -586,5 +590,23 @@ def follow_workers(
                 console.print("stopping the workers (they save what they have)...", highlight=False)
                 running.stop()
     finally:
+        restore_sigterm()
         if bars is not None:
             bars.__exit__(None, None, None)
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM stop the workers as Ctrl-C does (a scheduler's or `kill`'s way of asking), instead of
+    ending this process alone and leaving them running; returns what puts the old handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
