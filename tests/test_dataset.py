@@ -151,6 +151,31 @@ def test_malformed_file_is_one_line_exit_2_and_writes_nothing(tmp_path, make, ke
     assert not out.exists() and not root.exists()
 
 
+# ----------------------------------------------------------------------------- ids a 32-bit index cannot hold
+
+WIDE = [
+    ("token 2**32+1", {"x": np.where(np.arange(N * T).reshape(N, T) == 0, 2**32 + 1, x_ok)}, {}, ["array 'x'", "token 4294967297"]),
+    ("token 2**31", {"x": np.where(np.arange(N * T).reshape(N, T) == 0, 2**31, x_ok)}, {}, ["array 'x'", "token 2147483648"]),
+    ("label 2**32+2", {"y": np.where(np.arange(N) == 0, 2**32 + 2, y_ok)}, {}, ["array 'y'", "label 4294967298"]),
+    ("float label 1e10", {"y": np.where(np.arange(N) == 0, 1e10, 1.0 * y_ok)}, {"kind": "classification"}, ["array 'y'", "label 1e+10"]),
+]
+
+
+@pytest.mark.parametrize("arrays, task, words", [c[1:] for c in WIDE], ids=[c[0] for c in WIDE])
+def test_ids_a_32_bit_index_cannot_hold_are_refused_not_wrapped(tmp_path, arrays, task, words):
+    path = tmp_path / "data.npz"
+    np.savez(path, **{"x": x_ok, "y": y_ok, **arrays})
+    spec = yaml_file(tmp_path, _spec(path, **task))
+    for args in (["validate", spec], ["run", spec, "--out", str(tmp_path / "out"), "--quiet"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        msg = res.output.strip()
+        assert len(msg.splitlines()) == 1 and str(path) in msg and "32-bit index" in msg, msg
+        for w in words:
+            assert w in msg, (w, msg)
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- data are part of a run's identity
 
 
