@@ -519,11 +519,13 @@ def tune(
     if out is None:
         out = results_root / plan.spec.name / f"tune-{_time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        S.check_study_dir(plan, out)  # everything that can refuse, before a storage file or the directory is created
         store = S.storage_for(out, storage) if storage else None  # a URL that cannot be opened fails before anything is written
         continuing = S.prepare_study_dir(plan, out)
         store = store or S.storage_for(out)
     except (S.StudyDirMismatch, S.StorageError) as e:
         _fail(str(e))
+    tag = S.study_tag(out, storage)
     t = plan.tune
     console.print(
         f"[bold]{plan.spec.name}[/]: {'continuing' if continuing else 'tuning'} {len(plan.labels)} method(s) "
@@ -547,11 +549,11 @@ def tune(
         import dataclasses
 
         jobs = [dataclasses.replace(job, worker=i) for i in range(workers)]
-        printer = S.TrialPrinter(plan, store, say)
+        printer = S.TrialPrinter(plan, store, say, tag)
         codes = follow_workers(launch, jobs, console, True, lambda: {}, 0, on_poll=printer.poll)
         printer.poll()
         code = 130 if 130 in codes else (0 if all(c == 0 for c in codes) else 1)
-    index = S.report(plan, out, store)
+    index = S.report(plan, out, store, tag)
     console.print(study_table(index))
     for line in verdict_lines(index):
         console.print(line, highlight=False)
