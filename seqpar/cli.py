@@ -335,7 +335,7 @@ def run(
     ] = None,
     tracking_uri: Annotated[
         str | None,
-        typer.Option("--tracking-uri", help="MLflow tracking URI (a server, sqlite:///..., a file store); default: RUN_DIR/mlruns"),
+        typer.Option("--tracking-uri", help="MLflow tracking URI (a server, sqlite:///..., a file store); default: RUN_DIR/mlflow.db"),
     ] = None,
     resume: Annotated[
         Path | None,
@@ -454,6 +454,10 @@ def _tracking(names: list[str], tracking_uri: str | None):
     hint = tracking.missing()
     if hint:
         _fail(hint)
+    try:
+        tracking.check()
+    except ValueError as e:
+        _fail(str(e))
     return tracking
 
 

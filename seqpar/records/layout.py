@@ -7,7 +7,7 @@ A run directory:
     metrics.jsonl    one JSON line per log/eval point
     checkpoints/     `<index>-<label>/ckpt-<step>.npz` while a method is unfinished
     tensorboard/     `<index>-<label>/` event files, written live (`seqpar run --tracker tensorboard`)
-    mlruns/          the MLflow file store of `seqpar run --tracker mlflow` (unless --tracking-uri)
+    mlflow.db        the MLflow store (SQLite) of `seqpar run --tracker mlflow` (unless --tracking-uri)
     plots/           PNG figures (`seqpar run --plot`)
 
 A sweep directory holds `sweep.yaml` (the sweep spec), `sweep.json` (the index of its
@@ -35,7 +35,8 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
-MLRUNS = "mlruns"  # the default MLflow file store of `--tracker mlflow`
+MLFLOW_DB = "mlflow.db"  # the default MLflow store of `--tracker mlflow`: SQLite, as MLflow recommends
+MLFLOW_ARTIFACTS = "mlartifacts"  # its artifact root (seqpar logs no artifacts; MLflow's default would be ./mlruns in the cwd)
 PLOTS = "plots"
 SWEEP_INDEX = "sweep.json"  # {"kind": "sweep", "axes": {key: [values]}, "points": [{"index", "dir", "values", "status", ...}], ...}
 SWEEP_SPEC = "sweep.yaml"
