@@ -280,7 +280,7 @@ def validate(
     """Check a spec without running it: the spec, every sweep point (or every corner of a `tune:`
     block's search spaces), and that this machine can run it (devices, estimated memory).
     Exit 2 with a one-line error if not."""
-    from seqpar.sharding import launched_multiprocess
+    from seqpar.sharding import LaunchEnvError, launched_multiprocess
     from seqpar.spec import SpecError, read_yaml, with_yaml_line
 
     try:
@@ -298,7 +298,11 @@ def validate(
     plan = _load_plan(spec, set_, max_points)
     # Under a multi-process launch the devices of the other processes count too; `run` joins
     # them before it counts, `validate` does not join a cluster to check a file.
-    _check_machine([p.spec for p in plan.points], force, spec, set_, count_devices=not launched_multiprocess())
+    try:
+        several = launched_multiprocess()
+    except LaunchEnvError as e:
+        _fail(str(e))
+    _check_machine([p.spec for p in plan.points], force, spec, set_, count_devices=not several)
     s = plan.points[0].spec
     if plan.is_sweep:
         console.print(
@@ -358,13 +362,16 @@ def run(
     array_parallelism: ArrayParallelismOpt = None,
 ) -> None:
     """Train every method of SPEC (every point of its `sweep:`), judge each by held-out rollout, write the run record."""
-    from seqpar.sharding import is_writer, maybe_initialize_distributed
+    from seqpar.sharding import LaunchEnvError, is_writer, maybe_initialize_distributed
     from seqpar.sweep import execute as sweeps
 
     wopts = _worker_options(workers, devices_per_worker, launcher, shard, partition, gpus_per_task, time_min, array_parallelism)
     many = workers > 1 or launcher != "local" or shard is not None
     if not many:
-        maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
+        try:
+            maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
+        except LaunchEnvError as e:
+            _fail(str(e))
     if resume is not None:
         if spec is not None or out is not None:
             _fail("--resume RUN_DIR continues a run with the spec it started with; give no SPEC or --out with it")
@@ -570,6 +577,7 @@ def tune(
 
 
 @app.command()
+@_one_line_errors
 def tasks() -> None:
     """List the tasks: parameters with defaults, loss, and memoryless baseline."""
     from seqpar.tasks.catalog import tasks_table
@@ -592,6 +600,7 @@ MetricOpt = Annotated[
 
 
 @app.command()
+@_one_line_errors
 def compare(
     paths: PathsArg,
     by: ByOpt = None,
@@ -638,6 +647,7 @@ def compare(
 
 
 @app.command()
+@_one_line_errors
 def plot(
     paths: PathsArg,
     out: Annotated[Path, typer.Option("--out", help="directory for the PNG files (created)")],
@@ -664,6 +674,7 @@ def plot(
 
 
 @app.command()
+@_one_line_errors
 def bench(
     spec: Annotated[
         Path | None, typer.Argument(help="YAML spec whose task and methods to measure (default: built in)", metavar="SPEC")
