@@ -293,7 +293,7 @@ def validate(
     """Check a spec without running it: the spec, every sweep point (or every corner of a `tune:`
     block's search spaces), and that this machine can run it (devices, estimated memory).
     Exit 2 with a one-line error if not."""
-    from seqpar.sharding import launched_multiprocess
+    from seqpar.sharding import LaunchEnvError, launched_multiprocess
     from seqpar.spec import SpecError, read_yaml, with_yaml_line
 
     try:
@@ -311,7 +311,11 @@ def validate(
     plan = _load_plan(spec, set_, max_points)
     # Under a multi-process launch the devices of the other processes count too; `run` joins
     # them before it counts, `validate` does not join a cluster to check a file.
-    _check_machine([p.spec for p in plan.points], force, spec, set_, count_devices=not launched_multiprocess())
+    try:
+        several = launched_multiprocess()
+    except LaunchEnvError as e:
+        _fail(str(e))
+    _check_machine([p.spec for p in plan.points], force, spec, set_, count_devices=not several)
     s = plan.points[0].spec
     _print_user_cell_cost(s)
     from seqpar.train.memory import check
@@ -372,7 +376,7 @@ def run(
     ] = None,
     tracking_uri: Annotated[
         str | None,
-        typer.Option("--tracking-uri", help="MLflow tracking URI (a server, sqlite:///..., a file store); default: RUN_DIR/mlruns"),
+        typer.Option("--tracking-uri", help="MLflow tracking URI (a server, sqlite:///..., a file store); default: RUN_DIR/mlflow.db"),
     ] = None,
     resume: Annotated[
         Path | None,
@@ -395,13 +399,16 @@ def run(
     array_parallelism: ArrayParallelismOpt = None,
 ) -> None:
     """Train every method of SPEC (every point of its `sweep:`), judge each by held-out rollout, write the run record."""
-    from seqpar.sharding import is_writer, maybe_initialize_distributed
+    from seqpar.sharding import LaunchEnvError, is_writer, maybe_initialize_distributed
     from seqpar.sweep import execute as sweeps
 
     wopts = _worker_options(workers, devices_per_worker, launcher, shard, partition, gpus_per_task, time_min, array_parallelism)
     many = workers > 1 or launcher != "local" or shard is not None
     if not many:
-        maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
+        try:
+            maybe_initialize_distributed()  # under a cluster launcher; must precede any JAX computation
+        except LaunchEnvError as e:
+            _fail(str(e))
     if resume is not None:
         if spec is not None or out is not None:
             _fail("--resume RUN_DIR continues a run with the spec it started with; give no SPEC or --out with it")
@@ -491,6 +498,10 @@ def _tracking(names: list[str], tracking_uri: str | None):
     hint = tracking.missing()
     if hint:
         _fail(hint)
+    try:
+        tracking.check()
+    except ValueError as e:
+        _fail(str(e))
     return tracking
 
 
@@ -556,11 +567,13 @@ def tune(
     if out is None:
         out = results_root / plan.spec.name / f"tune-{_time.strftime('%Y%m%d-%H%M%S')}"
     try:
+        S.check_study_dir(plan, out)  # everything that can refuse, before a storage file or the directory is created
         store = S.storage_for(out, storage) if storage else None  # a URL that cannot be opened fails before anything is written
         continuing = S.prepare_study_dir(plan, out)
         store = store or S.storage_for(out)
     except (S.StudyDirMismatch, S.StorageError) as e:
         _fail(str(e))
+    tag = S.study_tag(out, storage)
     t = plan.tune
     console.print(
         f"[bold]{plan.spec.name}[/]: {'continuing' if continuing else 'tuning'} {len(plan.labels)} method(s) "
@@ -584,11 +597,11 @@ def tune(
         import dataclasses
 
         jobs = [dataclasses.replace(job, worker=i) for i in range(workers)]
-        printer = S.TrialPrinter(plan, store, say)
+        printer = S.TrialPrinter(plan, store, say, tag)
         codes = follow_workers(launch, jobs, console, True, lambda: {}, 0, on_poll=printer.poll)
         printer.poll()
         code = 130 if 130 in codes else (0 if all(c == 0 for c in codes) else 1)
-    index = S.report(plan, out, store)
+    index = S.report(plan, out, store, tag)
     console.print(study_table(index))
     for line in verdict_lines(index):
         console.print(line, highlight=False)
@@ -601,6 +614,7 @@ def tune(
 
 
 @app.command()
+@_one_line_errors
 def tasks() -> None:
     """List the tasks: parameters with defaults, loss, and memoryless baseline."""
     from seqpar.tasks.catalog import tasks_table
@@ -623,6 +637,7 @@ MetricOpt = Annotated[
 
 
 @app.command()
+@_one_line_errors
 def compare(
     paths: PathsArg,
     by: ByOpt = None,
@@ -669,6 +684,7 @@ def compare(
 
 
 @app.command()
+@_one_line_errors
 def plot(
     paths: PathsArg,
     out: Annotated[Path, typer.Option("--out", help="directory for the PNG files (created)")],
@@ -695,6 +711,7 @@ def plot(
 
 
 @app.command()
+@_one_line_errors
 def bench(
     spec: Annotated[
         Path | None, typer.Argument(help="YAML spec whose task and methods to measure (default: built in)", metavar="SPEC")

@@ -36,6 +36,24 @@ from jax.sharding import PartitionSpec as P
 AXIS = "data"
 
 
+class LaunchEnvError(ValueError):
+    """A cluster launcher's environment variable that is not a number; the message names it (the CLI exits 2)."""
+
+
+def env_int(name: str, default: int | None = None) -> int:
+    """The whole number in environment variable `name` (`default` when unset); LaunchEnvError otherwise."""
+    raw = os.environ.get(name)
+    if raw is None and default is not None:
+        return default
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise LaunchEnvError(
+            f"environment variable {name}={raw!r}: expected a whole number (it is read to join a multi-process run); "
+            f"fix it, or unset it to run as one process"
+        ) from None
+
+
 def maybe_initialize_distributed() -> bool:
     """Join a multi-process run when launched by a cluster launcher; True if distributed.
 
@@ -46,27 +64,28 @@ def maybe_initialize_distributed() -> bool:
     `SEQPAR_HEARTBEAT_TIMEOUT_S` (default 100, JAX's): after this many seconds without a
     heartbeat from a process (killed, its node lost), the others stop with an error
     instead of waiting in a collective forever. On CPU the processes talk through gloo
-    unless `JAX_CPU_COLLECTIVES_IMPLEMENTATION` says otherwise.
+    unless `JAX_CPU_COLLECTIVES_IMPLEMENTATION` says otherwise. A variable among these that
+    should be a number and is not is a `LaunchEnvError` naming it.
     """
     env = os.environ
     if not launched_multiprocess():
         return False
     if not env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes; GPUs use NCCL
-    heartbeat = int(env.get("SEQPAR_HEARTBEAT_TIMEOUT_S", "100"))
+    heartbeat = env_int("SEQPAR_HEARTBEAT_TIMEOUT_S", 100)
     if env.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
-            process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None,
+            num_processes=env_int("JAX_NUM_PROCESSES") if "JAX_NUM_PROCESSES" in env else None,
+            process_id=env_int("JAX_PROCESS_ID") if "JAX_PROCESS_ID" in env else None,
             heartbeat_timeout_seconds=heartbeat,
         )
         return True
-    if int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1:
+    if env_int("SUBMITIT_LOCAL_NTASKS", 1) > 1:
         jax.distributed.initialize(
-            coordinator_address=f"127.0.0.1:{20000 + int(env['SUBMITIT_LOCAL_JOB_ID']) % 20000}",
-            num_processes=int(env["SUBMITIT_LOCAL_NTASKS"]),
-            process_id=int(env["SUBMITIT_LOCAL_GLOBALID"]),
+            coordinator_address=f"127.0.0.1:{20000 + env_int('SUBMITIT_LOCAL_JOB_ID') % 20000}",
+            num_processes=env_int("SUBMITIT_LOCAL_NTASKS"),
+            process_id=env_int("SUBMITIT_LOCAL_GLOBALID"),
             heartbeat_timeout_seconds=heartbeat,
         )
         return True
@@ -76,8 +95,7 @@ def maybe_initialize_distributed() -> bool:
 
 def launched_multiprocess() -> bool:
     """True when a cluster launcher started this process as one of several (see above)."""
-    env = os.environ
-    return bool(env.get("JAX_COORDINATOR_ADDRESS")) or any(int(env.get(k, "1")) > 1 for k in ("SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS"))
+    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS")) or any(env_int(k, 1) > 1 for k in ("SLURM_NTASKS", "SUBMITIT_LOCAL_NTASKS"))
 
 
 def is_writer() -> bool:

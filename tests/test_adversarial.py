@@ -653,3 +653,40 @@ def test_config_classes_are_found():
     names = {c.__name__ for c in _config_classes()}
     assert {"Spec", "TrainConfig", "ModelConfig", "AdamConfig", "ParallelConfig", "CharLMConfig", "LinearSchedule"} <= names
     assert all(issubclass(c, BaseModel) for c in _config_classes())
+
+
+# ----------------------------------------------------------------------------- 11. round four
+
+
+def test_plot_of_a_setting_key_with_a_slash_writes_inside_out_with_no_traceback(tmp_path):
+    a = _record(tmp_path, "a", {"a/b": [1, 2], "../../escape": 1})
+    b = _record(tmp_path, "b", {"a/b": [3], "../../escape": 2})
+    res = runner.invoke(app, ["plot", str(a), str(b), "--out", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert "final_vs_a-b.png" in written and "final_vs_..-..-escape.png" in written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "plots"]  # nothing beside --out
+
+
+def test_plot_and_compare_turn_an_unexpected_error_into_one_line(tmp_path, monkeypatch):
+    import seqpar.analysis.plots as plots
+
+    a = _record(tmp_path, "a")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no figure today")
+
+    monkeypatch.setattr(plots, "plot_records", broken)
+    res = runner.invoke(app, ["plot", str(a), "--out", str(tmp_path / "plots")])
+    assert res.exit_code == 1
+    assert res.output.strip() == "error: unexpected RuntimeError: no figure today (rerun with --debug for the traceback)"
+
+
+@pytest.mark.parametrize("var, value", [("SLURM_NTASKS", "abc"), ("SUBMITIT_LOCAL_NTASKS", "two")])
+def test_a_launcher_variable_that_is_not_a_number_is_one_line_naming_it(tiny_spec, write_spec, tmp_path, monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    spec = str(write_spec(tiny_spec))
+    for args in (["run", spec, "--out", str(tmp_path / "out"), "--quiet"], ["validate", spec]):
+        _one_line_exit_2(runner.invoke(app, args), f"environment variable {var}={value!r}: expected a whole number")
+    assert not (tmp_path / "out").exists()

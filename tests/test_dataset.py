@@ -149,3 +149,82 @@ def test_malformed_file_is_one_line_exit_2_and_writes_nothing(tmp_path, make, ke
     for w in words:
         assert w in msg, (w, msg)
     assert not out.exists() and not root.exists()
+
+
+# ----------------------------------------------------------------------------- ids a 32-bit index cannot hold
+
+WIDE = [
+    ("token 2**32+1", {"x": np.where(np.arange(N * T).reshape(N, T) == 0, 2**32 + 1, x_ok)}, {}, ["array 'x'", "token 4294967297"]),
+    ("token 2**31", {"x": np.where(np.arange(N * T).reshape(N, T) == 0, 2**31, x_ok)}, {}, ["array 'x'", "token 2147483648"]),
+    ("label 2**32+2", {"y": np.where(np.arange(N) == 0, 2**32 + 2, y_ok)}, {}, ["array 'y'", "label 4294967298"]),
+    ("float label 1e10", {"y": np.where(np.arange(N) == 0, 1e10, 1.0 * y_ok)}, {"kind": "classification"}, ["array 'y'", "label 1e+10"]),
+]
+
+
+@pytest.mark.parametrize("arrays, task, words", [c[1:] for c in WIDE], ids=[c[0] for c in WIDE])
+def test_ids_a_32_bit_index_cannot_hold_are_refused_not_wrapped(tmp_path, arrays, task, words):
+    path = tmp_path / "data.npz"
+    np.savez(path, **{"x": x_ok, "y": y_ok, **arrays})
+    spec = yaml_file(tmp_path, _spec(path, **task))
+    for args in (["validate", spec], ["run", spec, "--out", str(tmp_path / "out"), "--quiet"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        msg = res.output.strip()
+        assert len(msg.splitlines()) == 1 and str(path) in msg and "32-bit index" in msg, msg
+        for w in words:
+            assert w in msg, (w, msg)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- data are part of a run's identity
+
+
+def _text(seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return "".join(rng.choice(list("abcd "), 400))
+
+
+@pytest.mark.parametrize("kind", ["dataset", "char_lm"])
+def test_resume_on_changed_data_is_refused_naming_the_file_and_both_hashes(tmp_path, kind):
+    import hashlib
+
+    from test_reliability import _Crash, _CrashAt
+
+    from seqpar.train.runner import run_experiment
+
+    if kind == "dataset":
+        path = tmp_path / "data.npz"
+        np.savez(path, x=x_ok, y=y_ok)
+        raw = _spec(path)
+    else:
+        path = tmp_path / "text.txt"
+        path.write_text(_text(0))
+        raw = {**_spec(path), "task": {"type": "char_lm", "path": str(path), "length": 8, "train_sequences": 8, "test_sequences": 8}}
+    raw["train"] = {"steps": 6, "batch_size": 4, "eval_every": 3, "checkpoint_every": 2}
+    out = tmp_path / "run"
+    with pytest.raises(_Crash):
+        run_experiment(validate_spec(raw), out, _CrashAt("bptt", 3))
+    was = hashlib.sha256(path.read_bytes()).hexdigest()
+    recorded = json.loads((out / "summary.json").read_text())["task"]["data"]
+    assert recorded == {"task.path": {"path": str(path.resolve()), "sha256": was}}  # recorded when the run started
+
+    if kind == "dataset":  # other data of the same shapes
+        np.savez(path, x=_tokens(seed=1)[0], y=_tokens(seed=1)[1])
+    else:
+        path.write_text(_text(1))
+    now = hashlib.sha256(path.read_bytes()).hexdigest()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    msg = res.output.strip().splitlines()[-1]
+    assert msg.startswith("error: ") and str(path.resolve()) in msg and was[:12] in msg and now[:12] in msg, msg
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing written
+
+    # The same bytes again (a restored file, another mtime): the run continues.
+    if kind == "dataset":
+        np.savez(path, x=x_ok, y=y_ok)
+    else:
+        path.write_text(_text(0))
+    res = runner.invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text())["task"]["data"] == recorded

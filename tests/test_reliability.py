@@ -394,3 +394,124 @@ def test_checkpoint_is_never_left_truncated(tmp_path, monkeypatch):
     latest = ckpts.latest()
     assert latest is not None
     assert np.array_equal(ckpts.restore(latest, state)["w"], state["w"])
+
+
+# ----------------------------------------------------------------------------- never through a symlink out of the run
+
+
+def _crashed_parallel_run(tiny_spec: dict, out: Path, steps: int = 8, crash_at: int = 5) -> tuple[dict, Path]:
+    """A parallel-only run killed at `crash_at` with checkpoints every 2 steps; (the spec dict, its checkpoint folder)."""
+    tiny_spec["methods"] = tiny_spec["methods"][1:]
+    tiny_spec["train"].update(steps=steps, eval_every=4, log_every=1, checkpoint_every=2)
+    with pytest.raises(_Crash):
+        run_experiment(validate_spec(tiny_spec), out, _CrashAt("parallel", crash_at))
+    return tiny_spec, out / "checkpoints" / "0-parallel"
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def test_resume_refuses_a_checkpoint_folder_that_a_symlink_leads_out_of_the_run(tiny_spec, tmp_path):
+    _, folder = _crashed_parallel_run(tiny_spec, tmp_path / "run")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    import shutil
+
+    shutil.rmtree(folder)
+    folder.symlink_to(victim)
+    before = _tree(tmp_path / "run")
+    res = runner.invoke(app, ["run", "--resume", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 2, res.output
+    (line,) = res.output.strip().splitlines()[-1:]
+    assert line.startswith("error: ") and str(folder) in line and "outside the run directory" in " ".join(res.output.split())
+    assert [p.name for p in victim.iterdir()] == ["precious.txt"]  # nothing deleted or written there
+    assert _tree(tmp_path / "run") == before  # and nothing in the run either
+
+
+def test_checkpoints_never_write_or_delete_through_a_symlink_out_of_the_run(tmp_path):
+    run_dir, victim = tmp_path / "run", tmp_path / "victim"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    victim.mkdir()
+    (victim / "ckpt-000000002.npz").write_text("not seqpar's")
+    (run_dir / "checkpoints" / "0-m").symlink_to(victim)
+    ckpts = MethodCheckpoints(run_dir / "checkpoints" / "0-m", {"id": 1})  # by default, the folder above it is the limit
+    for act in (lambda: ckpts.save(4, {"w": jnp.zeros(3)}, {"steps_done": 4}), ckpts.prune, ckpts.clear):
+        with pytest.raises(OSError, match="outside the run directory"):  # seqpar.records.writer.OutsideRunDir
+            act()
+    assert sorted(p.name for p in victim.iterdir()) == ["ckpt-000000002.npz"]
+
+    # A link that stays inside the run is followed; clearing removes checkpoints only, and leaves the link.
+    inside = run_dir / "elsewhere"
+    inside.mkdir()
+    (inside / "notes.txt").write_text("mine")
+    (run_dir / "checkpoints" / "1-m").symlink_to(inside)
+    ckpts = MethodCheckpoints(run_dir / "checkpoints" / "1-m", {"id": 1}, run_dir=run_dir)
+    ckpts.save(2, {"w": jnp.zeros(3)}, {"steps_done": 2})
+    assert (inside / "ckpt-000000002.npz").exists()
+    ckpts.clear()
+    assert sorted(p.name for p in inside.iterdir()) == ["notes.txt"] and (run_dir / "checkpoints" / "1-m").is_symlink()
+
+
+# ----------------------------------------------------------------------------- a resume killed at any moment
+
+
+def test_a_resume_killed_mid_method_keeps_the_finished_methods_in_the_summary(tiny_spec, tmp_path):
+    tiny_spec.update(copy.deepcopy({"train": {"steps": 8, "batch_size": 8, "eval_every": 4, "log_every": 1, "checkpoint_every": 2}}))
+    spec, out = validate_spec(tiny_spec), tmp_path / "run"
+    with pytest.raises(_Crash):
+        run_experiment(spec, out, _CrashAt("parallel", 3))  # bptt finished (its checkpoints cleared), parallel has step 2
+    bptt = _summary(out)["runs"][0]
+    assert bptt["status"] == "completed" and not (out / "checkpoints" / "0-bptt").exists()
+
+    on_disk: list[str] = []
+
+    class KillAt(NullProgress):
+        """SIGKILL mid-method, the second time round: what is on disk then is all a next resume has."""
+
+        def update(self, label, step, record):
+            if (label, step) == ("parallel", 3):
+                on_disk.append((out / "summary.json").read_text())
+                raise _Crash
+
+    with pytest.raises(_Crash):
+        run_experiment(spec, out, KillAt(), resume=True)
+    (out / "summary.json").write_text(on_disk[0])  # a SIGKILL skips the crash's own summary write
+    assert [r["label"] for r in _summary(out)["runs"]] == ["bptt"]
+
+    done = run_experiment(spec, out, resume=True)
+    assert done["status"] == "completed" and done["runs"][0] == bptt  # kept as it was, not trained again
+    assert "bptt" not in done["resumes"][-1]["from_step"]
+    steps = [(r["method"], r["step"]) for r in read_metrics(out)]
+    assert len(steps) == len(set(steps))
+
+
+# ----------------------------------------------------------------------------- checkpoints read as what they hold
+
+
+def test_a_checkpoint_renamed_to_another_step_is_read_as_the_step_it_records(tiny_spec, tmp_path):
+    _, folder = _crashed_parallel_run(tiny_spec, tmp_path / "run", crash_at=5)  # checkpoints at 2 and 4
+    (folder / "ckpt-000000002.npz").unlink()
+    (folder / "ckpt-000000004.npz").rename(folder / "ckpt-000000007.npz")
+    summary = run_experiment(validate_spec(tiny_spec), tmp_path / "run", resume=True)
+    assert summary["status"] == "completed" and summary["resumes"][0]["from_step"] == {"parallel": 4}
+    assert "its name says step 7, it holds step 4" in summary["resumes"][0]["warnings"][0]
+    steps = [r["step"] for r in read_metrics(tmp_path / "run")]
+    assert steps == list(range(9))  # every step logged once: none past the checkpoint kept, none twice
+
+
+def test_a_checkpoint_that_verifies_but_does_not_fit_the_state_falls_back_to_the_older_one(tiny_spec, tmp_path):
+    _, folder = _crashed_parallel_run(tiny_spec, tmp_path / "run", crash_at=5)
+    newest = folder / "ckpt-000000004.npz"
+    identity = ckpt_mod.verify(newest)["identity"]
+    newest.unlink()
+    # Whole and self-consistent (CRCs, headers, metadata agree), same run, but not this method's state.
+    MethodCheckpoints(folder, identity).save(4, {"w": jnp.zeros(3)}, {"steps_done": 4})
+    assert ckpt_mod.verify(newest)["step"] == 4
+    res = runner.invoke(app, ["run", "--resume", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    summary = _summary(tmp_path / "run")
+    assert summary["status"] == "completed" and summary["runs"][0]["steps_done"] == 8
+    assert summary["resumes"][0]["from_step"] == {"parallel": 2}
+    assert f"skipped checkpoint {newest}: holds 1 arrays" in summary["resumes"][0]["warnings"][0]

@@ -179,3 +179,43 @@ def test_cli_resume_of_a_sweep_directory_finishes_its_unfinished_points(tiny_spe
     assert [p["status"] for p in index["points"]] == ["completed", "completed"]
     assert finished.read_bytes() == before  # a finished point is left as it was
     assert json.loads((second / "summary.json").read_text())["runs"][0]["status"] == "completed"
+
+
+def _tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_sweep_whose_spec_was_edited_is_refused_naming_the_key(sweep_spec, write_spec, tmp_path):
+    plan = load_plan(write_spec(sweep_spec))
+    sw = tmp_path / "sw"
+    run_sweep(plan, sw, lambda spec, d: _fake_summary(spec), shard=(0, 2))  # half the points ran, the rest are pending
+    text = (sw / SWEEP_SPEC).read_text()
+    assert "steps: 6" in text
+    (sw / SWEEP_SPEC).write_text(text.replace("steps: 6", "steps: 4"))  # edited during the sweep
+    before = _tree(sw)
+    res = runner.invoke(app, ["run", "--resume", str(sw), "--quiet"])
+    assert res.exit_code == 2, res.output
+    msg = res.output.strip().splitlines()[-1]
+    assert msg.startswith("error: ") and "train.steps" in msg and SWEEP_SPEC in msg, msg
+    assert _tree(sw) == before  # no point ran with the edited spec, nothing was written
+
+
+def test_a_sweep_resumed_on_changed_data_is_refused_naming_the_file(tiny_spec, write_spec, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.integers(0, 4, (40, 6)), y=rng.integers(0, 2, 40))
+    tiny_spec["task"] = {"type": "dataset", "path": str(data)}
+    tiny_spec["sweep"] = {"seed": [0, 1]}
+    plan = load_plan(write_spec(tiny_spec))
+    sw = tmp_path / "sw"
+    index = run_sweep(plan, sw, lambda spec, d: _fake_summary(spec), shard=(0, 2))
+    assert index["identity"]["data"]["task.path"]["path"] == str(data.resolve())
+    np.savez(data, x=rng.integers(0, 4, (40, 6)), y=rng.integers(0, 2, 40))  # same shapes, other data
+    before = _tree(sw)
+    res = runner.invoke(app, ["run", "--resume", str(sw), "--quiet"])
+    assert res.exit_code == 2, res.output
+    msg = res.output.strip().splitlines()[-1]
+    assert msg.startswith("error: ") and str(data.resolve()) in msg and "changed since the sweep started" in msg, msg
+    assert _tree(sw) == before

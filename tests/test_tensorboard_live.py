@@ -40,3 +40,29 @@ def test_live_event_files_per_method_index_even_for_labels_that_sanitise_alike(t
     assert folders == ["0-bptt-a", "1-bptt_a"]  # two methods, two folders: neither overwrites the other
     for name in folders:
         assert {s for t, s in _scalars(tmp_path / "run" / "tensorboard" / name) if t == "rollout/loss_test"} == {0, 2, 4}
+
+
+def test_the_tb_extra_installs_the_viewer_the_docs_run(tiny_spec, tmp_path):
+    """docs/tracking.md: `pip install 'seqpar[tb]'`, then `tensorboard --logdir RUN_DIR`: the extra must bring the command."""
+    import re
+    import shutil
+    import subprocess
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tb"]
+    assert {re.split(r"[<>=\[ ;]", r, maxsplit=1)[0] for r in extra} >= {"tensorboardX", "tensorboard"}
+    assert "tensorboard --logdir" in (root / "docs" / "tracking.md").read_text()
+    pytest.importorskip("tensorboard")
+    command = shutil.which("tensorboard")
+    assert command is not None
+    assert subprocess.run([command, "--version"], capture_output=True, text=True, timeout=120).returncode == 0
+    # The viewer's own reader sees the scalars the live writer wrote.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny_spec["methods"] = tiny_spec["methods"][:1]
+    run_experiment(validate_spec(tiny_spec), tmp_path / "run", tensorboard=True)
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "0-bptt"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("rollout/loss_test")] == [0, 3, 6]

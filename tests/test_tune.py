@@ -157,3 +157,75 @@ def test_bad_tune_blocks_exit_2_with_one_line_and_write_nothing(tiny_spec, write
     assert res.exit_code == 2, res.output
     assert named in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tmp_path / "study").exists()
+
+
+# ----------------------------------------------------------------------------- a shared --storage
+
+
+def test_studies_in_two_directories_on_one_storage_keep_their_own_trials(tiny_spec, write_spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(_study(tiny_spec, methods=1, trials=2, steps=4))
+    for name in ("A", "B"):
+        res = runner.invoke(app, ["tune", str(path), "--out", name, "--storage", "sqlite:///s.db", "--quiet"])
+        assert res.exit_code == 0, res.output
+        assert "continuing" not in res.stdout  # B is a study of its own, not A's continued
+    storage = optuna.storages.RDBStorage("sqlite:///s.db")
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert len(names) == 2 and names[0].startswith("tiny.0-bptt@A.") and names[1].startswith("tiny.0-bptt@B.")
+    for name in ("A", "B"):
+        (method,) = json.loads((tmp_path / name / "tune.json").read_text())["methods"]
+        assert method["study"].startswith(f"tiny.0-bptt@{name}.") and method["trials"]["completed"] + method["trials"]["pruned"] == 2
+        assert (tmp_path / name / method["best"]["dir"] / SUMMARY).exists()  # its best trial is one of its own records
+        assert len(list((tmp_path / name).glob(f"trials/*/*/{SUMMARY}"))) == 2
+
+
+def test_a_refused_tune_creates_no_storage_file(tiny_spec, write_spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("x")
+    res = runner.invoke(app, ["tune", str(write_spec(_study(tiny_spec))), "--out", "full", "--storage", "sqlite:///new.db"])
+    assert res.exit_code == 2 and "is not empty and holds no study" in res.stderr, res.output
+    assert not (tmp_path / "new.db").exists() and sorted(p.name for p in (tmp_path / "full").iterdir()) == ["notes.txt"]
+
+
+def test_two_commands_creating_one_storage_at_once_wait_for_each_other(tmp_path, monkeypatch):
+    """The loser of the race to create a new database's tables opens the winner's; if it keeps losing, one clear line."""
+    from seqpar.tune import study as S
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, *args, **kwargs):
+        calls.append(url)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert S.storage_for(tmp_path, url) is not None and len(calls) == 3
+
+    def always(url, *args, **kwargs):
+        raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", always)
+    monkeypatch.setattr(S.time, "sleep", lambda s: None)
+    with pytest.raises(S.StorageError, match="another process kept creating this storage's tables at the same moment"):
+        S.storage_for(tmp_path, url)
+
+
+def test_a_study_continued_on_changed_data_is_refused(tiny_spec, write_spec, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.integers(0, 4, (40, 6)), y=rng.integers(0, 2, 40))
+    spec = _study(tiny_spec, methods=1, trials=1, steps=4)
+    spec["task"] = {"type": "dataset", "path": str(data)}
+    path, out = write_spec(spec), tmp_path / "study"
+    assert runner.invoke(app, ["tune", str(path), "--out", str(out), "--quiet"]).exit_code == 0
+    np.savez(data, x=rng.integers(0, 4, (40, 6)), y=rng.integers(0, 2, 40))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    res = runner.invoke(app, ["tune", str(path), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert str(data.resolve()) in res.stderr and "changed since the study started" in res.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -223,3 +223,29 @@ def test_workers_need_a_sweep_and_a_foreign_sweep_dir_is_refused(tiny_spec, writ
     spec["sweep"]["seed"] = [5, 6]
     res = runner.invoke(app, ["run", str(write_spec(spec, "other.yaml")), "--out", str(out)])
     assert res.exit_code == 2 and "holds another sweep" in res.stderr
+
+
+def test_sigterm_to_the_launching_process_stops_its_workers_like_ctrl_c(tiny_spec, write_spec, tmp_path):
+    """`kill PARENT` (a scheduler's way to ask) must not orphan the workers: they save and stop, exit 130, resumable."""
+    spec = _sweep(tiny_spec, 2, steps=200_000)  # far more than either worker reaches before the signal
+    spec["train"].update(eval_every=100_000, checkpoint_every=100)
+    out = tmp_path / "sw"
+    cmd = [sys.executable, "-m", "seqpar", "run", str(write_spec(spec)), "--out", str(out), "--workers", "2", "--quiet"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    points = [out / p.dirname for p in load_plan(tmp_path / "spec.yaml").points]
+    deadline = time.time() + 180
+    while not all((d / METRICS).exists() and (d / METRICS).read_text() for d in points):  # both workers are training
+        assert time.time() < deadline and launcher.poll() is None, "the workers never started"
+        time.sleep(0.05)
+    workers = [_claim(d)["pid"] for d in points]
+    launcher.send_signal(signal.SIGTERM)
+    stdout, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, stdout + stderr
+    assert "seqpar run --resume" in stderr
+    assert not any(pid_alive(pid) for pid in workers)  # stopped with it, not left running
+    for d in points:  # each saved a checkpoint of its last step and says it was interrupted: --resume continues it
+        summary = json.loads((d / SUMMARY).read_text())
+        assert _claim(d)["status"] == summary["status"] == "interrupted", d
+        ckpts = sorted((d / "checkpoints").glob("*/ckpt-*.npz"))
+        assert ckpts and int(ckpts[-1].stem.split("-")[1]) == summary["runs"][0]["steps_done"] > 0
+    assert [p["status"] for p in json.loads((out / SWEEP_INDEX).read_text())["points"]] == ["interrupted", "interrupted"]

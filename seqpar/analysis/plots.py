@@ -6,7 +6,7 @@ Figures, each written only when the records hold what it needs:
   objective_vs_rollout.png  methods whose training objective is not their rollout loss
                             (embedding-parallel, ...): objective and rollout loss on one axis
   scaling_vs_length.png     median step time and peak memory vs task.length, log-log
-  final_vs_<key>.png        final held-out rollout loss vs each swept setting
+  final_vs_<key>.png        final held-out rollout loss vs each swept setting (the key file-safe)
   final_by_method.png       when several seeds ran: the final test rollout loss of every run as a
                             point, one panel per task setting, one column per method, the
                             memoryless baseline as a line (the figure to look at first)
@@ -20,6 +20,7 @@ figure's pixel size depends only on its number of panels.
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -513,6 +514,12 @@ def plot_final_by_method(rs: list[Result], keys: list[str], metric: str, path: P
 # ----------------------------------------------------------------------------- entry point
 
 
+def file_part(key: str) -> str:
+    """A setting key as part of a file name: anything but letters, digits, `.`, `_` and `-` becomes `-`
+    (a key is the user's, and may hold `/`)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", key)
+
+
 def plot_records(
     paths: Sequence[str | Path], out_dir: Path, by: list[str] | None = None, metric: str = "rollout_loss_test"
 ) -> tuple[list[Path], list[str]]:
@@ -552,7 +559,7 @@ def plot_records(
         plot_scaling(rs, keys, out_dir / "scaling_vs_length.png"),
     ]
     for key in keys:
-        written.append(plot_final_vs(rs, keys, key, metric, out_dir / f"final_vs_{key}.png"))
+        written.append(plot_final_vs(rs, keys, key, metric, out_dir / f"final_vs_{file_part(key)}.png"))
     written.append(plot_final_by_method(rs, keys, metric, out_dir / "final_by_method.png"))
     written.append(plot_lle(rs, out_dir / "lle_vs_parallel.png", f"{name}: parallel solvers against the trained recurrence's LLE"))
     return [p for p in written if p is not None], warnings

@@ -14,6 +14,7 @@ from typing import Any
 
 from seqpar.records.layout import tensorboard_dir
 from seqpar.records.reader import read_metrics, read_summary
+from seqpar.records.writer import within_run
 from seqpar.track.tensorboard import INSTALL_HINT, available, spec_text, start_epoch, tag
 
 __all__ = ["INSTALL_HINT", "available", "export_run"]
@@ -41,7 +42,7 @@ def export_run(run_dir: Path) -> list[Path]:
     for rec in summary["runs"]:
         label = rec["label"]
         index = labels.index(label) if label in labels else len(labels) + summary["runs"].index(rec)
-        logdir = tensorboard_dir(run_dir, index, label)
+        logdir = within_run(run_dir, tensorboard_dir(run_dir, index, label))
         if logdir.is_dir():  # a re-export replaces only this method's earlier event files
             for old in logdir.glob("events.out.tfevents.*"):
                 old.unlink()

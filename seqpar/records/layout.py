@@ -7,7 +7,7 @@ A run directory:
     metrics.jsonl    one JSON line per log/eval point
     checkpoints/     `<index>-<label>/ckpt-<step>.npz` while a method is unfinished
     tensorboard/     `<index>-<label>/` event files, written live (`seqpar run --tracker tensorboard`)
-    mlruns/          the MLflow file store of `seqpar run --tracker mlflow` (unless --tracking-uri)
+    mlflow.db        the MLflow store (SQLite) of `seqpar run --tracker mlflow` (unless --tracking-uri)
     plots/           PNG figures (`seqpar run --plot`)
 
 A sweep directory holds `sweep.yaml` (the sweep spec), `sweep.json` (the index of its
@@ -15,7 +15,8 @@ points, rebuilt from the points' own files), `workers/` (logs of worker processe
 one run directory per point, each with its `claim.json` (who runs or ran it: the
 one file several workers race to create, see `seqpar.sweep.claim`).
 
-A study directory (`seqpar tune`) holds `tune.yaml` (the spec as tuned), the Optuna
+A study directory (`seqpar tune`) holds `tune.yaml` (the spec as tuned), `study.id` (its
+studies' names in a shared `--storage URL` end in `@<directory name>.<id>`), the Optuna
 storage `study.journal` (unless `--storage URL`), `trials/<method index>-<label>/<trial
 number>/` (one ordinary run record per trial), `best.yaml` (the winners as a plain spec),
 `final/` (a sweep of best.yaml over the tune block's seeds, judged on the test split),
@@ -34,7 +35,8 @@ SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
-MLRUNS = "mlruns"  # the default MLflow file store of `--tracker mlflow`
+MLFLOW_DB = "mlflow.db"  # the default MLflow store of `--tracker mlflow`: SQLite, as MLflow recommends
+MLFLOW_ARTIFACTS = "mlartifacts"  # its artifact root (seqpar logs no artifacts; MLflow's default would be ./mlruns in the cwd)
 PLOTS = "plots"
 SWEEP_INDEX = "sweep.json"  # {"kind": "sweep", "axes": {key: [values]}, "points": [{"index", "dir", "values", "status", ...}], ...}
 SWEEP_SPEC = "sweep.yaml"
@@ -44,6 +46,7 @@ CLAIM = "claim.json"  # {"host", "pid", "session", "started", "finished", "statu
 CLAIMS_LOCK = ".claims.lock"  # serialises taking over a dead worker's claim
 WORKER_LOGS = "workers"
 TUNE_SPEC = "tune.yaml"
+STUDY_ID = "study.id"  # a random id written once: names the directory's studies in a shared --storage URL
 STUDY_JOURNAL = "study.journal"
 STUDY_LOCK = ".study.lock"  # serialises asking Optuna for a trial, so a budget is never overshot
 TRIALS = "trials"

@@ -8,6 +8,12 @@ a method is unfinished, `checkpoints/` (see `seqpar.train.checkpoint`).
 Nothing is ever left half-written: whole files go through a temporary file and a
 rename; metrics lines are appended with one `write` each and cut back if that
 write fails, and a reader drops a torn last line (a process killed mid-write).
+
+Nothing is written or deleted outside the run either: every writer of a file or folder
+below a run directory (checkpoints, metrics.jsonl, TensorBoard folders, plots, the MLflow
+store, worker logs) asks `within_run` first, which follows every symlink on the way and
+refuses a path that leaves the run directory (`OutsideRunDir`, one line). A symlink that
+stays inside the run directory is followed as usual.
 """
 
 from __future__ import annotations
@@ -48,6 +54,31 @@ class WriteError(OSError):
     def __str__(self) -> str:
         full = "; the disk is full" if self.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         return f"cannot write {self.path}: {self.strerror}{full}"
+
+
+class OutsideRunDir(WriteError):
+    """A path below a run directory that a symlink leads out of it; nothing is written or deleted there."""
+
+    def __init__(self, path: Path, real: Path, run_dir: Path):
+        OSError.__init__(self, errno.EXDEV, "outside the run directory", str(path))
+        self.path, self.real, self.run_dir = Path(path), Path(real), Path(run_dir)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: a symlink leads it to {self.real}, outside the run directory {self.run_dir}; "
+            "seqpar writes and deletes only inside a run (remove the link)"
+        )
+
+
+def within_run(run_dir: Path, path: Path) -> Path:
+    """`path` (a file or folder at or below `run_dir`, existing or not), once checked that following
+    every symlink on its way, its own last component included, keeps it inside `run_dir`; else
+    `OutsideRunDir`. The one guard of every write and delete below a run directory."""
+    root = Path(run_dir).resolve()
+    real = Path(path).resolve()  # follows the links that exist, a dangling one included
+    if real != root and root not in real.parents:
+        raise OutsideRunDir(Path(path), real, Path(run_dir))
+    return Path(path)
 
 
 def _write_error(path: Path, e: OSError) -> WriteError:

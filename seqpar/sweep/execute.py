@@ -7,6 +7,7 @@ A sweep directory holds
     sweep.json       the index, rebuilt from the points' own files after every point:
                      {"schema_version", "kind": "sweep", "name", "source", "status",
                       "started", "finished", "axes": {key: [values]}, "pinned": {key: value},
+                      "identity": {"spec": sweep.yaml as started, "data": {key: {path, sha256}}},
                       "points": [{"index", "dir", "values": {key: value}, "status",
                                   "methods": {label: status}, "error", "traceback", "worker"}]}
                      point status: pending, running, completed, failed, interrupted
@@ -23,12 +24,17 @@ stops after the current point's record is saved. A point whose worker died (its 
 stale) is taken over by a surviving worker, which waits for the others' points for that
 reason; a crash is exit 1, not the 130 of an interrupt. `--resume` retakes every point
 that is not completed and not live: interrupted, failed, or claimed by a worker that died.
+A sweep's identity (its spec as started, the sha256 of every data file its points read)
+is kept in the index; resuming or joining it with an edited `sweep.yaml` or changed data
+is refused, naming the key or the file (`check_sweep_identity`).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -40,8 +46,9 @@ from rich.console import Console
 from rich.table import Table
 
 from seqpar.analysis.report import advance_bar, progress_bars, progress_info
+from seqpar.records.identity import DataIdentity, IdentityError, check_data, data_identity, first_difference
 from seqpar.records.layout import CLAIMS_LOCK, PLOTS, SCHEMA_VERSION, SUMMARY, SWEEP_INDEX, SWEEP_SPEC, WORKER_LOGS
-from seqpar.records.writer import atomic_write_json, atomic_write_text
+from seqpar.records.writer import atomic_write_json, atomic_write_text, to_jsonable, within_run
 from seqpar.spec import Spec
 from seqpar.sweep.claim import Owner, is_live, read_claim, try_claim
 from seqpar.sweep.launch import Launcher, WorkerJob
@@ -65,10 +72,56 @@ def new_session() -> str:
 # ----------------------------------------------------------------------------- the directory and its index
 
 
+def sweep_identity(plan: Plan) -> dict[str, Any]:
+    """What a sweep is, beyond its points' own records: its spec as run and the data files its points
+    read (`seqpar.records.identity`, each file hashed once); kept in `sweep.json` from the first index on."""
+    data: DataIdentity = {}
+    for p in plan.points:
+        files = {f"task.{k}": f for k, f in p.spec.task.data_files().items()}
+        for key, entry in data_identity(files).items():
+            if data.get(key, entry)["path"] != entry["path"]:
+                key = f"{key} of point {p.index}"  # a swept file: each point's is checked
+            data.setdefault(key, entry)
+    return {"spec": json.loads(json.dumps(to_jsonable(plan.as_run()))), "data": data}
+
+
+def _identity_or_none(plan: Plan) -> dict[str, Any] | None:
+    try:
+        return sweep_identity(plan)
+    except IdentityError:  # a data file gone: its points fail and say why; the index is still written
+        return None
+
+
+def check_sweep_identity(plan: Plan, sweep_dir: Path) -> None:
+    """SweepDirMismatch (one line) if the sweep in `sweep_dir` started with another spec or other data."""
+    recorded = _read_index(sweep_dir).get("identity")
+    if not isinstance(recorded, dict):
+        return  # not started, or started before sweeps recorded their identity
+    try:
+        now = sweep_identity(plan)
+        changed = first_difference(recorded.get("spec"), now["spec"])
+        if changed is not None:
+            raise SweepDirMismatch(
+                f"{sweep_dir}: its {SWEEP_SPEC} differs from the spec the sweep started with at {changed}; "
+                "a sweep runs every point with one spec: restore it, or start a new sweep"
+            )
+        check_data(recorded.get("data"), now["data"], str(sweep_dir), "the sweep")
+    except IdentityError as e:
+        raise SweepDirMismatch(str(e)) from None
+
+
+def _read_index(sweep_dir: Path) -> dict[str, Any]:
+    try:
+        index = json.loads((Path(sweep_dir) / SWEEP_INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
 def prepare_sweep_dir(plan: Plan, sweep_dir: Path) -> bool:
-    """Write `sweep.yaml`, or check that the one there is this plan's; True when joining a sweep already started."""
+    """Write `sweep.yaml`, or check that the one there is this plan's and the sweep's identity is
+    unchanged (`check_sweep_identity`); True when joining a sweep already started."""
     sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / SWEEP_SPEC
     as_run = plan.as_run()
     if path.exists():
@@ -78,7 +131,10 @@ def prepare_sweep_dir(plan: Plan, sweep_dir: Path) -> bool:
             raise SweepDirMismatch(f"{path}: unreadable ({e}); give another --out") from None
         if there != yaml.safe_load(yaml.safe_dump(as_run, sort_keys=False)):
             raise SweepDirMismatch(f"{sweep_dir}: holds another sweep (its {SWEEP_SPEC} differs from this one); give another --out")
+        check_sweep_identity(plan, sweep_dir)  # this sweep.yaml, but edited since the sweep started?
         return True
+    check_sweep_identity(plan, sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, yaml.safe_dump(as_run, sort_keys=False))  # same bytes from every host that races here
     return False
 
@@ -115,12 +171,7 @@ def rebuild_index(plan: Plan, sweep_dir: Path, *, final: bool = False) -> dict[s
     Any worker may do this at any time: every writer writes the whole truth as it reads it.
     `final`: the caller has nothing left to run, so points still pending were not run."""
     sweep_dir = Path(sweep_dir)
-    previous: dict[str, Any] = {}
-    try:
-        previous = json.loads((sweep_dir / SWEEP_INDEX).read_text())
-    except (OSError, ValueError):
-        pass
-    previous = previous if isinstance(previous, dict) else {}
+    previous = _read_index(sweep_dir)
     now = time.time()
     points = [point_entry(p, sweep_dir, now) for p in plan.points]
     statuses = [e["status"] for e in points]
@@ -139,6 +190,7 @@ def rebuild_index(plan: Plan, sweep_dir: Path, *, final: bool = False) -> dict[s
         "started": previous.get("started") or _stamp(now),
         "axes": plan.axes,
         "pinned": previous.get("pinned", plan.pinned),
+        "identity": previous.get("identity") or _identity_or_none(plan),  # the first writer's: what the sweep started with
         "points": points,
     }
     if status != "running":
@@ -274,6 +326,7 @@ def sweep_worker(job: WorkerJob) -> int:
 
     sweep_dir = Path(job.directory)
     plan = load_plan(sweep_dir / SWEEP_SPEC)
+    check_sweep_identity(plan, sweep_dir)  # sweep.yaml edited since the sweep started: no point runs with it
     owner = Owner.me(job.session)
     print(f"worker {job.worker + 1}/{job.workers} ({owner.host}:{owner.pid}) on {sweep_dir}", flush=True)
 
@@ -403,7 +456,7 @@ def export_run(path: Path, *, plot: bool, tensorboard: bool) -> tuple[list[str],
         from seqpar.analysis.plots import plot_records
 
         try:
-            files, plot_warnings = plot_records([path], path / PLOTS)
+            files, plot_warnings = plot_records([path], within_run(path, path / PLOTS))
             files += plot_costs([path], path / PLOTS)
             warnings += plot_warnings
             notes.append(f"plots: {', '.join(str(f) for f in files)}" if files else "plots: nothing to plot")
@@ -511,13 +564,15 @@ def follow_workers(
     poll_s: float = 1.0,
     on_poll: Callable[[], None] = lambda: None,
 ) -> list[int]:
-    """Start the workers, show the index's progress until they end, pass Ctrl-C on; their exit codes.
+    """Start the workers, show the index's progress until they end, pass Ctrl-C and SIGTERM on; their exit codes.
 
     `on_poll` runs at every poll (a study prints the trials its workers finished)."""
-    running = launcher.start(jobs)
-    bars = None if quiet else progress_bars(console)
-    task = bars.add_task("points", total=total, info=f"{len(jobs)} worker(s)") if bars else None
+    restore_sigterm = _sigterm_as_interrupt()
+    bars = None
     try:
+        running = launcher.start(jobs)
+        bars = None if quiet else progress_bars(console)
+        task = bars.add_task("points", total=total, info=f"{len(jobs)} worker(s)") if bars else None
         if bars is not None:
             bars.__enter__()
         while True:
@@ -535,5 +590,23 @@ def follow_workers(
                 console.print("stopping the workers (they save what they have)...", highlight=False)
                 running.stop()
     finally:
+        restore_sigterm()
         if bars is not None:
             bars.__exit__(None, None, None)
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM stop the workers as Ctrl-C does (a scheduler's or `kill`'s way of asking), instead of
+    ending this process alone and leaving them running; returns what puts the old handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore

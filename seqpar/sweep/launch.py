@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.records.layout import WORKER_LOGS
+from seqpar.records.writer import within_run
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class LocalLauncher(Launcher):
     def start(self, jobs: list[WorkerJob]) -> Running:
         procs = []
         for job in jobs:
-            logs = Path(job.directory) / WORKER_LOGS
+            logs = within_run(Path(job.directory), Path(job.directory) / WORKER_LOGS)
             logs.mkdir(parents=True, exist_ok=True)
             with open(logs / f"{job.session}-{job.worker}.log", "ab") as log:
                 procs.append(

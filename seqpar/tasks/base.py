@@ -105,6 +105,13 @@ class TaskConfig(Config):
     val_sequences: int = Field(256, gt=0, description="held-out validation sequences: target_loss, steps to target, any choice")
     test_sequences: int = Field(256, gt=0, description="held-out test sequences: reported only, never used to choose")
 
+    def data_files(self) -> dict[str, Path]:
+        """The files this task reads, by field name (`{"path": Path("data.npz")}`); none by default.
+
+        They are part of a run's identity: each is recorded with its sha256 when the run starts,
+        and a resume (or a sweep or study picking a point up again) on other bytes is refused."""
+        return {}
+
     def build(self) -> Task:  # pragma: no cover - interface
         raise NotImplementedError
 

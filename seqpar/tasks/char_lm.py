@@ -133,6 +133,9 @@ class CharLMConfig(TaskConfig):
             )
         return self
 
+    def data_files(self) -> dict[str, Path]:
+        return {"path": self.text_path}
+
     def build(self) -> CharLM:
         return CharLM(self)
 

@@ -16,7 +16,9 @@ spec's seed) and cut into test (`test_fraction`), validation (`val_fraction`) an
 training parts. Classification or regression follows `y`'s dtype (integers: classes,
 `classes` = largest label + 1 unless given; floats: MSE) unless `kind` states it.
 
-Every problem with the file is one line naming the file and the array, raised while the
+Tokens and class labels must fit a 32-bit index (at most 2**31 - 1): they are stored as
+int32, and a larger one would silently wrap to another id. Every problem with the file is
+one line naming the file and the array, raised while the
 spec is validated, so the CLI exits 2 before anything is written. That includes a file
 whose arrays declare more than `max_mb` uncompressed (a zip bomb: a few MB on disk that
 inflate to GBs): the sizes in the zip directory and in each `.npy` header are read first,
@@ -55,6 +57,7 @@ PER_SPLIT = ("x", "y", "mask", "score_at")
 KNOWN = tuple(a + s for s in SPLITS.values() for a in PER_SPLIT)
 ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0)  # add-α smoothing of the baseline's counts, chosen on validation
 MAX_COUNT_CELLS = 10**7  # (t, token, class) cells beyond which the baseline is trained, not counted
+MAX_ID = int(np.iinfo(np.int32).max)  # tokens and labels become int32 indices: a larger one would wrap around
 MAX_MB = 1024.0  # default cap on the uncompressed size of one file's arrays (task.max_mb raises it)
 
 
@@ -180,6 +183,8 @@ def _check_x(name: str, x: np.ndarray) -> None:
     _check_finite(name, x)
     if x.dtype.kind in "iu" and x.min() < 0:
         raise DataError(f"array {name!r}: negative token {int(x.min())}; tokens are 0, 1, ..., vocab - 1")
+    if x.dtype.kind in "iu" and int(x.max()) > MAX_ID:
+        raise DataError(f"array {name!r}: token {int(x.max())} does not fit a 32-bit index (at most {MAX_ID}); renumber the tokens")
 
 
 def _check_finite(name: str, a: np.ndarray) -> None:
@@ -274,6 +279,9 @@ def parse(arrays: dict[str, np.ndarray], kind: str, classes: int | None, vocab: 
                 raise DataError(f"array {'y' + sfx!r}: kind classification needs integer labels, got non-integer values")
             if y.min() < 0:
                 raise DataError(f"array {'y' + sfx!r}: negative label {int(y.min())}; labels are 0, 1, ..., classes - 1")
+            if y.max() > MAX_ID:
+                top = int(y.max()) if y.dtype.kind in "iu" else f"{float(y.max()):g}"
+                raise DataError(f"array {'y' + sfx!r}: label {top} does not fit a 32-bit index (at most {MAX_ID}); renumber the classes")
             yy = np.broadcast_to(y[:, None], (n, t)) if per_seq else y
             yy = yy.astype(np.int32)
         else:
@@ -457,6 +465,9 @@ class DatasetConfig(TaskConfig):
             return self._given.arrays
         assert self.file is not None
         return load_arrays(self.file, self.max_mb)
+
+    def data_files(self) -> dict[str, Path]:
+        return {"path": self.file}
 
     def build(self) -> Task:
         parsed, _ = parse(self.arrays(), self.kind, self.classes, self.vocab)

@@ -63,7 +63,7 @@ class Tracking:
     """Which live backends a run writes to, besides metrics.jsonl.
 
     `mlflow_uri`: the MLflow tracking URI (a server's http(s) URL, `sqlite:///...`, a
-    `file:` store); None: a file store at `RUN_DIR/mlruns`."""
+    `file:` store); None: a SQLite store at `RUN_DIR/mlflow.db`."""
 
     tensorboard: bool = False
     mlflow: bool = False
@@ -75,6 +75,13 @@ class Tracking:
         if unknown:
             raise ValueError(f"--tracker {unknown[0]}: expected one of: {', '.join(LIVE)} (metrics.jsonl is always written)")
         return cls(tensorboard="tensorboard" in names, mlflow="mlflow" in names, mlflow_uri=tracking_uri)
+
+    def check(self) -> None:
+        """ValueError (one line) if the MLflow tracking URI cannot be opened; call before anything is written."""
+        if self.mlflow and self.mlflow_uri is not None:
+            from seqpar.track.mlflow import check_uri
+
+            check_uri(self.mlflow_uri)
 
     def missing(self) -> str | None:
         """The install hint of a chosen backend that is not installed, else None."""

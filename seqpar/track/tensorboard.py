@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.records.layout import tensorboard_dir
+from seqpar.records.writer import within_run
 
 INSTALL_HINT = "--tracker tensorboard needs tensorboardX: pip install 'seqpar[tb]' (or pip install tensorboardX)"
 
@@ -88,7 +89,7 @@ class LiveWriter:
             from tensorboardX.proto.event_pb2 import Event, SessionLog  # pyright: ignore[reportAttributeAccessIssue] - generated
             from tensorboardX.summary import text
 
-            logdir = tensorboard_dir(self.run_dir, self.labels.index(label), label)
+            logdir = within_run(self.run_dir, tensorboard_dir(self.run_dir, self.labels.index(label), label))
             logdir.mkdir(parents=True, exist_ok=True)
             # A unique suffix: file names are only unique to the second per host otherwise.
             w = EventsWriter(str(logdir / "events"), filename_suffix=f".{os.getpid()}.{secrets.token_hex(3)}")

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqpar.records.layout import CHECKPOINTS
-from seqpar.records.writer import atomic_write
+from seqpar.records.writer import atomic_write, within_run
 
 KEEP = 2  # newest checkpoints kept per method: one spare in case the newest is unreadable
 _NAME = re.compile(r"^ckpt-(\d{9})\.npz$")
@@ -73,11 +73,17 @@ def prng_fingerprint(key: jax.Array) -> list[int]:
 class MethodCheckpoints:
     """The checkpoints of one method in one run; `identity` must match for a restore."""
 
-    def __init__(self, directory: Path, identity: dict[str, Any], keep: int = KEEP):
+    def __init__(self, directory: Path, identity: dict[str, Any], keep: int = KEEP, *, run_dir: Path | None = None):
         self.dir = Path(directory)
         self.identity = identity
         self.keep = keep
+        # Nothing is written or deleted here if a symlink leads `directory` out of the run directory.
+        self.run_dir = Path(run_dir) if run_dir is not None else self.dir.parent
         self.skipped: list[str] = []  # unreadable checkpoints passed over by `latest`, for a warning
+
+    def check(self) -> None:
+        """`OutsideRunDir` (one line) if a symlink leads this method's folder out of the run directory."""
+        within_run(self.run_dir, self.dir)
 
     def paths(self) -> list[tuple[int, Path]]:
         """(step, path) of the complete checkpoints, oldest first."""
@@ -86,15 +92,21 @@ class MethodCheckpoints:
         found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
         return sorted(found)
 
-    def latest(self) -> Checkpoint | None:
+    def latest(self, template: Any = None) -> Checkpoint | None:
         """The newest intact checkpoint; raises `CheckpointError` if it belongs to another run.
 
-        Intact means every array is there, whole (zip CRCs) and as the metadata describes it:
-        a file truncated, emptied or bit-flipped on disk is skipped, with the reason recorded
-        in `skipped`, and the next older one is tried."""
+        Intact means every array is there, whole (zip CRCs) and as the metadata describes it,
+        and, given a `template` of the method's state (arrays or `jax.eval_shape` structs), every
+        leaf is the template's: a file truncated, emptied, bit-flipped or holding another state
+        is skipped, with the reason recorded in `skipped`, and the next older one is tried.
+        Its step is the one it records: a file renamed to another step is read as what it holds."""
+        found: list[Checkpoint] = []
         for step, path in reversed(self.paths()):
             try:
                 meta = verify(path)
+                recorded = meta.get("step")
+                if not isinstance(recorded, int) or (meta.get("loop") or {}).get("steps_done", recorded) != recorded:
+                    raise CorruptCheckpoint(f"records no consistent step ({recorded!r})")
             except CorruptCheckpoint as e:
                 self.skipped.append(f"skipped checkpoint {path}: {e}")
                 continue
@@ -103,8 +115,15 @@ class MethodCheckpoints:
                 raise CheckpointError(
                     f"{path}: written for a different run ({', '.join(diff) or 'identity'} differs); refusing to resume from it"
                 )
-            return Checkpoint(path, step, meta)
-        return None
+            why = mismatch(meta, template) if template is not None else None
+            if why is not None:
+                self.skipped.append(f"skipped checkpoint {path}: {why}")
+                continue
+            found.append(Checkpoint(path, recorded, meta))
+            if recorded == step:
+                break  # named as it records: older files hold older steps
+            self.skipped.append(f"checkpoint {path}: its name says step {step}, it holds step {recorded} (renamed?); read as {recorded}")
+        return max(found, key=lambda c: c.step, default=None)
 
     def save(self, step: int, state: Any, loop: dict[str, Any]) -> Path:
         """Write the checkpoint of `step` atomically, then drop all but the newest `keep`."""
@@ -123,6 +142,7 @@ class MethodCheckpoints:
         final = self.dir / f"ckpt-{step:09d}.npz"
         if jax.process_index() != 0:  # one writer; every process reads the same file on restore
             return final
+        self.check()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(final, lambda f: np.savez(f, **arrays), mode="wb")  # pyright: ignore[reportArgumentType] - numpy's stub types **arrays as allow_pickle
         _fsync_dir(self.dir)
@@ -132,35 +152,35 @@ class MethodCheckpoints:
     def restore(self, ckpt: Checkpoint, template: Any) -> Any:
         """The saved state, placed like `template` (a freshly initialised state of the same method)."""
         flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-        saved = ckpt.meta["leaves"]
-        if len(saved) != len(flat):
-            raise CheckpointError(f"{ckpt.path}: holds {len(saved)} arrays, the method's state has {len(flat)}")
-        out = []
+        why = mismatch(ckpt.meta, template, exact=True)
+        if why is not None:
+            raise CheckpointError(f"{ckpt.path}: {why}")
         with np.load(ckpt.path, allow_pickle=False) as z:
-            for i, ((path, t), s) in enumerate(zip(flat, saved, strict=True)):
-                name, (data_shape, dtype) = jax.tree_util.keystr(path), _leaf_kind(t)
-                if s["path"] != name or tuple(s["shape"]) != data_shape or s["dtype"] != dtype:
-                    raise CheckpointError(
-                        f"{ckpt.path}: state leaf {name} {data_shape} {dtype} does not match "
-                        f"the saved {s['path']} {tuple(s['shape'])} {s['dtype']}"
-                    )
-                out.append(_place(z[f"a{i}"], t))
+            out = [_place(z[f"a{i}"], t) for i, (_, t) in enumerate(flat)]
         return jax.tree_util.tree_unflatten(treedef, out)
 
     def prune(self) -> None:
+        self.check()
         for _, path in self.paths()[: -self.keep]:
             path.unlink(missing_ok=True)
         for tmp in self.dir.glob(".ckpt-*.tmp"):  # left by a process killed mid-write
             tmp.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """Remove this method's checkpoints (its result is final; they only serve resuming)."""
-        if self.dir.is_dir():
-            for p in self.dir.iterdir():
-                p.unlink(missing_ok=True)
-            self.dir.rmdir()
-            if self.dir.parent.name == CHECKPOINTS and not any(self.dir.parent.iterdir()):
-                self.dir.parent.rmdir()
+        """Remove this method's checkpoints (its result is final; they only serve resuming).
+
+        Only checkpoint files go; the folder goes when nothing else is left in it."""
+        if not self.dir.is_dir():
+            return
+        self.check()
+        for _, path in self.paths():
+            path.unlink(missing_ok=True)
+        for tmp in self.dir.glob(".ckpt-*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for folder in (self.dir, self.dir.parent) if self.dir.parent.name == CHECKPOINTS else (self.dir,):
+            if folder.is_symlink() or any(folder.iterdir()):
+                break  # a link is the user's, and so is anything else left in the folder
+            folder.rmdir()
 
 
 class CorruptCheckpoint(Exception):
@@ -205,12 +225,33 @@ def _is_key(x: Any) -> bool:
     return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def mismatch(meta: dict[str, Any], template: Any, exact: bool = False) -> str | None:
+    """Why the leaves a checkpoint records are not those of `template` (a state, or its `jax.eval_shape`), or None.
+
+    Key paths, shapes and dtypes are compared; a typed PRNG key by its key data (its
+    implementation is part of the identity's PRNG fingerprint), and by name too when `exact`."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(template)
+    saved = meta["leaves"]
+    if len(saved) != len(flat):
+        return f"holds {len(saved)} arrays, the method's state has {len(flat)}"
+    for (path, t), s in zip(flat, saved, strict=True):
+        name = jax.tree_util.keystr(path)
+        if _is_key(t) and not exact:
+            data = jax.eval_shape(jax.random.key_data, t)
+            shape, dtype, theirs = tuple(data.shape), str(data.dtype), s["dtype"].rsplit(":", 1)[-1]
+        else:
+            (shape, dtype), theirs = _leaf_kind(t), s["dtype"]
+        if s["path"] != name or tuple(s["shape"]) != shape or theirs != dtype:
+            return f"state leaf {name} {shape} {dtype} does not match the saved {s['path']} {tuple(s['shape'])} {s['dtype']}"
+    return None
+
+
 def _leaf_kind(x: Any) -> tuple[tuple[int, ...], str]:
     """(shape, dtype) as stored: typed PRNG keys are stored as their raw key data."""
     if _is_key(x):
         data = jax.eval_shape(jax.random.key_data, x)
         return tuple(data.shape), f"key<{jax.random.key_impl(x)}>:{data.dtype}"
-    return tuple(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype)
+    return tuple(x.shape if hasattr(x, "shape") else np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype)
 
 
 def _host_leaves(state: Any) -> list[tuple[str, np.ndarray, str]]:

@@ -118,7 +118,7 @@ def make_train_step(method: Method, train_key: jax.Array, n: int, b: int, strata
 def init_state(exp: Experiment, method: Method) -> Any:
     """The method's initial state, created directly in its shardings (row entries split over the
     data axis, the rest replicated), so a table never has to fit on one device."""
-    key = jax.random.fold_in(exp.train_key, 2)
+    key = _init_key(exp)
     # A private copy of the shared initial weights: jit may forward an unchanged input as its
     # output, and the step donates (deletes) the state it is given.
     params = jax.tree.map(jnp.copy, exp.init_params)
@@ -126,6 +126,16 @@ def init_state(exp: Experiment, method: Method) -> Any:
     out = sharding.state_shardings(shape, method.row_state_keys, exp.mesh)
     with jax.set_mesh(exp.mesh):
         return jax.jit(method.init, out_shardings=out)(key, params, exp.train)
+
+
+def abstract_state(exp: Experiment, cfg: MethodConfig) -> Any:
+    """The shapes and dtypes of a method's initial state (`jax.eval_shape`: nothing allocated)."""
+    method = cfg.build(exp.model, exp.task)
+    return jax.eval_shape(method.init, _init_key(exp), exp.init_params, exp.train)
+
+
+def _init_key(exp: Experiment) -> jax.Array:
+    return jax.random.fold_in(exp.train_key, 2)
 
 
 def watch_divergence(train_step: Callable) -> Callable:

@@ -39,11 +39,13 @@ import yaml
 
 from seqpar.methods.base import MethodConfig
 from seqpar.methods.memoryless import BASELINE_LABEL, MemorylessConfig
+from seqpar.records.identity import DataIdentity, IdentityError, check_data, data_identity
 from seqpar.records.layout import METRICS, SCHEMA_VERSION, SPEC, SUMMARY, checkpoint_dir
 from seqpar.records.reader import BadRecord
 from seqpar.records.reader import read_summary as read_record
 from seqpar.records.writer import (
     MetricsLog,
+    OutsideRunDir,
     RunDirBusy,
     WriteError,
     atomic_write_json,
@@ -51,12 +53,13 @@ from seqpar.records.writer import (
     environment,
     lock_run_dir,
     rewrite_metrics,
+    within_run,
 )
 from seqpar.spec import Spec, SpecError, load_spec, spec_to_yaml
 from seqpar.tasks.base import Task
 from seqpar.track import Tracker, Trackers, Tracking, open_trackers
 from seqpar.train.checkpoint import Checkpoint, CheckpointError, MethodCheckpoints, prng_fingerprint
-from seqpar.train.loop import NullProgress, Progress, build_experiment, run_method
+from seqpar.train.loop import NullProgress, Progress, abstract_state, build_experiment, run_method
 
 DONE = ("completed", "diverged")  # final results: kept as they are on resume
 _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None)
@@ -246,6 +249,19 @@ def amend_spec(spec: Spec, overrides: Sequence[str], source: str) -> Spec:
     return validate_spec(raw, source=source)
 
 
+def data_of(spec: Spec) -> DataIdentity:
+    """The data files the spec's task reads, with their sha256 (`seqpar.records.identity`); ResumeError if unreadable."""
+    try:
+        return data_identity({f"task.{k}": p for k, p in spec.task.data_files().items()})
+    except IdentityError as e:
+        raise ResumeError(str(e)) from None
+
+
+def in_order(runs: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """Method records in the order of the run's methods."""
+    return sorted(runs, key=lambda r: labels.index(r["label"]) if r.get("label") in labels else len(labels))
+
+
 def overall_status(runs: list[dict[str, Any]], n_methods: int, error: str | None = None) -> str:
     """`interrupted` while any method is unfinished (resume continues it), else `failed` if one failed."""
     statuses = {r["status"] for r in runs}
@@ -329,6 +345,12 @@ def _run(
                 changed = {k: getattr(new, k) for k in new.resume_settable if getattr(old, k) != getattr(new, k)}
                 if changed:
                     amended[new.display_label] = changed
+    data = data_of(spec)
+    if prior is not None:  # the same bytes as when it started, or no resume
+        try:
+            check_data((prior.get("task") or {}).get("data"), data, str(run_dir))
+        except IdentityError as e:
+            raise ResumeError(str(e)) from None
     if prior is not None and prior.get("status") == "completed" and not amended:
         return prior  # every method finished: nothing left to do
 
@@ -354,10 +376,12 @@ def _run(
         for i, label in enumerate(labels):
             if label in kept:
                 continue
-            checkpoints[i] = MethodCheckpoints(checkpoint_dir(run_dir, i, label), {**identity, "method": label})
+            checkpoints[i] = MethodCheckpoints(checkpoint_dir(run_dir, i, label), {**identity, "method": label}, run_dir=run_dir)
             try:
-                resume_from[i] = checkpoints[i].latest() if resume else None
-            except CheckpointError as e:
+                checkpoints[i].check()  # a symlink out of the run: refused before anything is written or deleted
+                # The state's shapes, so a checkpoint that could not be restored into it is passed over.
+                resume_from[i] = checkpoints[i].latest(template=abstract_state(exp, configs[i])) if resume else None
+            except (CheckpointError, OutsideRunDir) as e:
                 raise ResumeError(str(e)) from None
 
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -372,11 +396,15 @@ def _run(
             "started": now,
             "spec": spec.model_dump(mode="json"),
             "env": environment(),
+            "task": {"data": data} if data else {},
             "runs": [],
         }
     else:
         summary = {k: v for k, v in prior.items() if k not in ("finished", "error", "traceback")}
-        summary.update(status="running", runs=[])
+        # The methods kept stay listed in every summary written from here on: a kill at any moment
+        # must not leave a summary that forgot them (their checkpoints are gone).
+        summary.update(status="running", runs=[kept[x] for x in labels if x in kept])
+        summary["task"] = {**(prior.get("task") or {}), **({"data": data} if data else {})}
         skipped = [w for c in checkpoints.values() for w in c.skipped]
         entry = {"at": now, "from_step": {labels[i]: (c.step if c else 0) for i, c in resume_from.items()}, "env": environment()}
         if amended:
@@ -403,9 +431,11 @@ def _run(
 
     # A resumed method logs again from the step after its checkpoint (from 0 without one).
     resumed = {labels[i]: (c.step if c else 0) for i, c in resume_from.items()} if resume else {}
-    log = Trackers(MetricsLog(run_dir / METRICS), *open_trackers(tracking, run_dir, labels, summary, resumed), *trackers)
+    metrics = MetricsLog(within_run(run_dir, run_dir / METRICS))
+    log = Trackers(metrics, *open_trackers(tracking, run_dir, labels, summary, resumed), *trackers)
     try:
         summary["task"] = {
+            **({"data": data} if data else {}),
             "baseline_loss": exp.task.baseline_loss,
             "baseline_formula": exp.task.baseline_formula,
             "loss": exp.task.loss_name,
@@ -420,8 +450,7 @@ def _run(
             return record.get("final")
 
         for i, cfg in enumerate(configs):
-            if cfg.display_label in kept:
-                summary["runs"].append(kept[cfg.display_label])  # also after a stop: finished results stay listed
+            if cfg.display_label in kept:  # listed from the first summary on, also after a stop
                 if with_baseline and i == 0:
                     trained = baseline_done(kept[cfg.display_label])
                 continue
@@ -445,7 +474,7 @@ def _run(
             if with_baseline and i == 0 and record["status"] in DONE:
                 trained = baseline_done(record)
             add_trained_baseline(record, trained)
-            summary["runs"].append(record)
+            summary["runs"] = in_order([*summary["runs"], record], labels)
             log.finish(cfg.display_label, record["status"])
             if write_error is not None:
                 # The disk, not the method: the next method could not write either. The summary

@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -39,10 +41,12 @@ from typing import Any
 
 import yaml
 
+from seqpar.records.identity import IdentityError, check_data, data_identity
 from seqpar.records.layout import (
     BEST_SPEC,
     CHECKPOINTS,
     FINAL,
+    STUDY_ID,
     STUDY_JOURNAL,
     STUDY_LOCK,
     SUMMARY,
@@ -75,24 +79,55 @@ class StorageError(Exception):
 # ----------------------------------------------------------------------------- storage and studies
 
 
-def storage_for(study_dir: Path, url: str | None = None) -> Any:
-    """`--storage URL` (any Optuna RDB URL: sqlite:///, postgresql://, mysql://), else the journal file in the directory."""
+def storage_for(study_dir: Path, url: str | None = None, attempts: int = 5) -> Any:
+    """`--storage URL` (any Optuna RDB URL: sqlite:///, postgresql://, mysql://), else the journal file in the directory.
+
+    Two commands opening one new database at once race to create its tables (SQLite says
+    "UNIQUE constraint failed: alembic_version.version_num"): the loser waits and opens the
+    tables the winner made; after `attempts` tries it is a StorageError that says so."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if url:
+    if not url:
+        return JournalStorage(JournalFileBackend(str(Path(study_dir) / STUDY_JOURNAL)))
+    for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url)
-        except Exception as e:  # SQLAlchemy's OperationalError, NoSuchModuleError, ArgumentError; a missing driver
+        except Exception as e:  # SQLAlchemy's OperationalError, IntegrityError, NoSuchModuleError, ArgumentError; a missing driver
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise StorageError(f"--storage {url}: cannot open this Optuna storage ({reason})") from None
-    return JournalStorage(JournalFileBackend(str(Path(study_dir) / STUDY_JOURNAL)))
+            if not _creating_tables(reason):
+                raise StorageError(f"--storage {url}: cannot open this Optuna storage ({reason})") from None
+            if attempt + 1 == attempts:
+                raise StorageError(
+                    f"--storage {url}: another process kept creating this storage's tables at the same moment ({reason}); "
+                    "run the command again once it has started"
+                ) from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
-def study_name(plan: TunePlan, index: int) -> str:
-    return f"{plan.spec.name}.{method_dirname(index, plan.labels[index])}"
+def _creating_tables(reason: str) -> bool:
+    """The error of a database whose schema another process is creating right now."""
+    return "alembic_version" in reason or "already exists" in reason or "database is locked" in reason
+
+
+def study_tag(study_dir: Path, url: str | None) -> str:
+    """What makes a directory's study names its own in a shared `--storage URL`: `@<directory>.<id>`,
+    the id written once when the directory was created (the same on every host that shares it).
+    Empty for the directory's own journal, and for a study directory from before ids existed."""
+    if not url:
+        return ""
+    try:
+        ident = (Path(study_dir) / STUDY_ID).read_text().strip()
+    except OSError:
+        return ""
+    return f"@{Path(study_dir).name[:40]}.{ident}" if ident else ""
+
+
+def study_name(plan: TunePlan, index: int, tag: str = "") -> str:
+    return f"{plan.spec.name}.{method_dirname(index, plan.labels[index])}{tag}"
 
 
 def _sampler(plan: TunePlan, salt: int) -> Any:
@@ -120,7 +155,7 @@ def _pruner(plan: TunePlan) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_studies(plan: TunePlan, study_dir: Path, storage: Any, salt: int = 0) -> list[Any]:
+def open_studies(plan: TunePlan, study_dir: Path, storage: Any, salt: int = 0, tag: str = "") -> list[Any]:
     """One study per method (created by whichever worker comes first, under the study lock)."""
     import optuna
 
@@ -128,11 +163,11 @@ def open_studies(plan: TunePlan, study_dir: Path, storage: Any, salt: int = 0) -
         studies = []
         for i in range(len(plan.labels)):
             try:  # a continued study draws a fresh stream, not the first trials again
-                done = len(storage.get_all_trials(storage.get_study_id_from_name(study_name(plan, i)), deepcopy=False))
+                done = len(storage.get_all_trials(storage.get_study_id_from_name(study_name(plan, i, tag)), deepcopy=False))
             except KeyError:
                 done = 0
             study = optuna.create_study(
-                study_name=study_name(plan, i),
+                study_name=study_name(plan, i, tag),
                 storage=storage,
                 sampler=_sampler(plan, salt + 7919 * i + 104_729 * done),
                 pruner=_pruner(plan),
@@ -469,7 +504,7 @@ def tune_worker(job: WorkerJob, on_trial: Callable[[str, Any, dict[str, Any]], N
         print(f"{label} trial {trial.number}: {outcome.get('state')} {outcome.get('value', '')} {_params(trial.params)}", flush=True)
 
     with stop_on_signals() as stop:
-        studies = open_studies(plan, study_dir, storage, salt)
+        studies = open_studies(plan, study_dir, storage, salt, study_tag(study_dir, job.options.get("storage")))
         if run_defaults(plan, study_dir, job, stop):  # the untuned reference, once per study (claimed)
             return 130
         if search(plan, study_dir, studies, owner, stop, on_trial or say, job.tensorboard):
@@ -485,8 +520,8 @@ def tune_worker(job: WorkerJob, on_trial: Callable[[str, Any, dict[str, Any]], N
 class TrialPrinter:
     """For the launching process: report each trial the workers finish, once, by polling the storage."""
 
-    def __init__(self, plan: TunePlan, storage: Any, say: Callable[[str, Any, dict[str, Any]], None]):
-        self.plan, self.storage, self.say = plan, storage, say
+    def __init__(self, plan: TunePlan, storage: Any, say: Callable[[str, Any, dict[str, Any]], None], tag: str = ""):
+        self.plan, self.storage, self.say, self.tag = plan, storage, say, tag
         self.seen: set[tuple[int, int]] = set()
 
     def poll(self) -> None:
@@ -496,7 +531,7 @@ class TrialPrinter:
         states = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
         for i, label in enumerate(self.plan.labels):
             try:
-                study = optuna.load_study(study_name=study_name(self.plan, i), storage=self.storage)
+                study = optuna.load_study(study_name=study_name(self.plan, i, self.tag), storage=self.storage)
             except KeyError:  # not created yet
                 continue
             for t in study.get_trials(deepcopy=False):
@@ -508,11 +543,11 @@ class TrialPrinter:
                     self.say(label, t, outcome)
 
 
-def report(plan: TunePlan, study_dir: Path, storage: Any) -> dict[str, Any]:
+def report(plan: TunePlan, study_dir: Path, storage: Any, tag: str = "") -> dict[str, Any]:
     """The study's summary (`tune.json`): per method its trials, best, and test loss over the final seeds."""
     import optuna
 
-    studies = [optuna.load_study(study_name=study_name(plan, i), storage=storage) for i in range(len(plan.labels))]
+    studies = [optuna.load_study(study_name=study_name(plan, i, tag), storage=storage) for i in range(len(plan.labels))]
     best = best_trials(plan, studies)
     defaults = default_values(plan, study_dir)
     finals = _final_results(Path(study_dir) / FINAL)
@@ -527,7 +562,7 @@ def report(plan: TunePlan, study_dir: Path, storage: Any) -> dict[str, Any]:
         methods.append(
             {
                 "method": label,
-                "study": study_name(plan, i),
+                "study": study_name(plan, i, tag),
                 "trials": counts(study),
                 "time_s": spent,
                 "best": None if t is None else {"trial": t.number, "value": t.value, "params": t.params, "dir": t.user_attrs.get("dir")},
@@ -578,17 +613,58 @@ def _final_results(final_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def prepare_study_dir(plan: TunePlan, study_dir: Path) -> bool:
-    """Write tune.yaml, or check the one there; True when continuing a study already started."""
+def check_study_dir(plan: TunePlan, study_dir: Path) -> bool:
+    """Whether `study_dir` continues this study (True) or is free for a new one (False); writes nothing.
+
+    StudyDirMismatch (one line) for a directory holding another study, a study whose data
+    changed since it started (`seqpar.records.identity`), or files that are no study."""
     study_dir = Path(study_dir)
     path = study_dir / TUNE_SPEC
-    text = spec_yaml(plan.raw)
     if path.exists():
-        if yaml.safe_load(path.read_text()) != yaml.safe_load(text):
+        if yaml.safe_load(path.read_text()) != yaml.safe_load(spec_yaml(plan.raw)):
             raise StudyDirMismatch(f"{study_dir}: holds another study (its {TUNE_SPEC} differs from this spec); give another --out")
+        _check_study_data(plan, study_dir)
         return True
-    if study_dir.exists() and any(study_dir.iterdir()):
+    # Its id alone: another host is creating this study right now (prepare_study_dir writes the id first).
+    if study_dir.exists() and any(p.name != STUDY_ID and not p.name.startswith(f".{STUDY_ID}.") for p in study_dir.iterdir()):
         raise StudyDirMismatch(f"--out {study_dir}: directory exists, is not empty and holds no study; studies are never mixed")
-    study_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
     return False
+
+
+def _check_study_data(plan: TunePlan, study_dir: Path) -> None:
+    """Every trial trains on the same data: a study continued on changed files is refused (one record is read)."""
+    for found in study_dir.glob(f"{TRIALS}/*/*/{SUMMARY}"):
+        try:
+            recorded = (read_summary(found.parent).get("task") or {}).get("data")
+        except BadRecord:
+            continue
+        if recorded:
+            try:
+                now = data_identity({f"task.{k}": p for k, p in plan.spec.task.data_files().items()})
+                check_data(recorded, now, str(study_dir), "the study")
+            except IdentityError as e:
+                raise StudyDirMismatch(str(e)) from None
+            return
+
+
+def prepare_study_dir(plan: TunePlan, study_dir: Path) -> bool:
+    """Write tune.yaml and the directory's id (`study_tag`), or check the ones there; True when continuing a study."""
+    study_dir = Path(study_dir)
+    if check_study_dir(plan, study_dir):
+        return True
+    study_dir.mkdir(parents=True, exist_ok=True)
+    _publish_once(study_dir / STUDY_ID, secrets.token_hex(4) + "\n")
+    atomic_write_text(study_dir / TUNE_SPEC, spec_yaml(plan.raw))
+    return False
+
+
+def _publish_once(path: Path, text: str) -> None:
+    """Write `path` whole unless it exists: of several hosts creating one study directory at once, one id wins."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    atomic_write_text(tmp, text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
