@@ -467,7 +467,8 @@ class DatasetConfig(TaskConfig):
         return load_arrays(self.file, self.max_mb)
 
     def data_files(self) -> dict[str, Path]:
-        return {"path": self.file}
+        # Arrays given in memory have no file until `seqpar.run` saves them in the run directory.
+        return {"path": self.file} if self.file is not None else {}
 
     def build(self) -> Task:
         parsed, _ = parse(self.arrays(), self.kind, self.classes, self.vocab)
