@@ -790,29 +790,150 @@ def bench(
 @app.command()
 @_one_line_errors
 def predictability(
-    lengths: Annotated[str, typer.Option(help="sequence lengths, comma-separated")] = "256,1024,4096,16384",
-    sequences: Annotated[int, typer.Option(min=1, help="sequences solved per point")] = 2,
-    hidden: Annotated[int, typer.Option(min=1, help="hidden size of every recurrence")] = 16,
-    max_iters: Annotated[int, typer.Option(min=1, help="Newton's iteration cap")] = 1024,
-    gru_steps: Annotated[int, typer.Option(min=0, help="BPTT steps of the GRU on the dynamics task")] = 200,
-    out: Annotated[Path, typer.Option(help="output directory of predictability.{json,md,png}")] = Path("results/predictability"),
+    gains: Annotated[str, typer.Option(help="gains g of the mean-field tanh RNN, comma-separated")] = "0.5,0.75,1,1.25,1.5,1.75,2",
+    hidden: Annotated[int, typer.Option(min=1, help="D: units of the recurrence")] = 100,
+    lengths: Annotated[str, typer.Option(help="sequence lengths T, comma-separated")] = "100,300,1000",
+    dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float64",
+    init: Annotated[str, typer.Option(help="Newton's initial guess: zeros or random (uniform in [-1, 1], the paper's)")] = "random",
+    sequences: Annotated[int, typer.Option(min=1, help="draws (weights, inputs, initial state) per gain, each its own seed")] = 3,
+    solvers: Annotated[str, typer.Option(help="deer, quasi-deer, elk (comma-separated)")] = "deer,quasi-deer,elk",
+    max_iters: Annotated[int | None, typer.Option(min=1, help="iteration cap (default: T, the paper's)")] = None,
+    damping: Annotated[float, typer.Option(min=0, help="ELK's λ")] = 1.0,
+    burn_in: Annotated[int, typer.Option(min=0, help="LLE steps run but not counted")] = 100,
+    out: Annotated[Path, typer.Option(help="output directory of predictability.json")] = Path("results/predictability"),
 ) -> None:
-    """Newton iterations vs sequence length for contracting and expanding recurrences, beside their LLE."""
-    from seqpar.bench.grid import BenchError, parse_ints
-    from seqpar.bench.predictability import PredictabilityGrid, markdown_table, run_predictability, write_predictability
+    """DEER, quasi-DEER and ELK iterations against the gain of a mean-field tanh RNN, beside its LLE
+    (Gonzalez, Kozachkov et al. 2025, Fig. 2): writes predictability.json, a list of points."""
+    from seqpar.bench.grid import BenchError, parse_floats, parse_ints
+    from seqpar.bench.predictability import SOLVERS, PredictabilityGrid, run_predictability
+    from seqpar.records.writer import atomic_write_json
 
     try:
-        grid = PredictabilityGrid(parse_ints(lengths, "--lengths"), sequences, hidden, max_iters, gru_steps=gru_steps)
+        names = tuple(x.strip() for x in solvers.split(",") if x.strip())
+        bad = [n for n in names if n not in SOLVERS]
+        if bad or not names:
+            raise BenchError(f"--solvers: {bad[0] if bad else solvers!r} is not one of {', '.join(SOLVERS)}")
+        if dtype not in ("float32", "float64"):
+            raise BenchError(f"--dtype: expected float32 or float64, got {dtype!r}")
+        if init not in ("zeros", "random"):
+            raise BenchError(f"--init: expected zeros or random, got {init!r}")
+        grid = PredictabilityGrid(
+            gains=parse_floats(gains, "--gains"),
+            hidden=hidden,
+            lengths=parse_ints(lengths, "--lengths"),
+            dtype=dtype,  # type: ignore[arg-type]
+            init=init,  # type: ignore[arg-type]
+            sequences=sequences,
+            solvers=names,
+            max_iters=max_iters,
+            damping=damping,
+            burn_in=burn_in,
+        )
     except BenchError as e:
         _fail(str(e))
 
     def on_point(p):
-        line = f"  {p['recurrence']:<36} {p['jacobian']:<8} T={p['length']:<6} {p['iters_mean']:7.1f} iterations"
-        console.print(line + (f"  ({p['unsolved']}/{p['rows']} not converged)" if p["unsolved"] else ""), highlight=False)
+        state = f"{p['iterations']:5d} iterations" + ("" if p["converged"] else f" (not converged by {p['cap']})")
+        console.print(
+            f"  {p['solver']:<10} g={p['gain']:<5g} T={p['length']:<5} draw {p['draw']}  {state}  LLE {p['lle']:+.3f}", highlight=False
+        )
 
     result = run_predictability(grid, on_point)
-    console.print(markdown_table(result), highlight=False, markup=False)
-    console.print(f"written: {', '.join(str(p) for p in write_predictability(result, out))}", highlight=False, markup=False)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "predictability.json", result)
+    console.print(f"written: {out / 'predictability.json'}", highlight=False, markup=False)
+
+
+@app.command()
+@_one_line_errors
+def tolerance(
+    lengths: Annotated[str, typer.Option(help="sequence lengths, comma-separated")] = "256,1024,4096",
+    hidden: Annotated[int, typer.Option(min=1, help="hidden size")] = 64,
+    sequences: Annotated[int, typer.Option(min=1, help="sequences solved per point")] = 4,
+    iterations: Annotated[int, typer.Option(min=1, help="Newton iterates measured (1, 2, ..., this)")] = 16,
+    out: Annotated[Path, typer.Option(help="output directory of tolerance.json")] = Path("results/tolerance"),
+) -> None:
+    """Newton's residual, state error and gradient error against its iterations in float32: the
+    measurement `tol: auto` is chosen from (writes tolerance.json)."""
+    from seqpar.bench.grid import BenchError, parse_ints
+    from seqpar.bench.tolerance import ToleranceGrid, run_tolerance
+    from seqpar.records.writer import atomic_write_json
+
+    try:
+        grid = ToleranceGrid(parse_ints(lengths, "--lengths"), hidden, sequences, iterations)
+    except BenchError as e:
+        _fail(str(e))
+
+    def on_point(p):
+        where = f"  {p['cell']:<8} {p['jacobian']:<8} T={p['length']:<5} k={p['iteration']:<3}"
+        errors = f"residual {p['residual']:.2e}  state error {p['state_error']:.2e}  gradient {p['grad_relerr']:.2e}"
+        console.print(f"{where} {errors}", highlight=False)
+
+    result = run_tolerance(grid, on_point)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "tolerance.json", result)
+    console.print(f"written: {out / 'tolerance.json'}", highlight=False, markup=False)
+
+
+findings_app = typer.Typer(
+    help="Every findings table, figure and number, generated from the committed store (findings/): regenerate, check, add a study.",
+    no_args_is_help=False,
+)
+app.add_typer(findings_app, name="findings")
+
+
+@findings_app.callback(invoke_without_command=True)
+@_one_line_errors
+def findings(
+    ctx: typer.Context,
+    check: Annotated[bool, typer.Option("--check", help="change nothing; exit 1 when a generated block or figure differs")] = False,
+    only: Annotated[str | None, typer.Option(help="only the blocks and figures whose name starts with this")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Rewrite the generated blocks of README.md and docs/ (between findings markers) and the
+    findings figures from the store; --check compares instead (CI runs it)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from seqpar.analysis.findings import generate
+
+    report = generate(check=check, only=only)
+    for line in report.problems:
+        _warn(line) if not check else err_console.print(f"[red]differs[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if check:
+        if report.problems:
+            raise typer.Exit(1)
+        console.print("findings: every generated block and figure matches the store", highlight=False)
+        return
+    for w in report.written:
+        console.print(f"regenerated {w}", highlight=False, markup=False)
+    if report.problems:
+        raise typer.Exit(1)
+    if not report.written:
+        console.print("findings: nothing to regenerate", highlight=False)
+
+
+@findings_app.command("add")
+@_one_line_errors
+def findings_add(
+    study: Annotated[str, typer.Argument(help="the study's name in the store (findings/STUDY)")],
+    sources: Annotated[list[Path], typer.Argument(help="run, sweep or study directories; or one JSON record with --json")],
+    command: Annotated[list[str] | None, typer.Option("--command", help="a command that produced it (repeatable)")] = None,
+    json_name: Annotated[str | None, typer.Option("--json", help="the source is a JSON record kept under this file name")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Copy a study's records into the store, slimmed (no checkpoints, environments or machine paths; curves subsampled)."""
+    from seqpar.analysis.findings.store import FindingsError, add_json, add_runs, store_bytes
+
+    try:
+        if json_name is not None:
+            if len(sources) != 1:
+                raise FindingsError("--json takes one source file")
+            add_json(study, sources[0], json_name, command or [])
+        else:
+            add_runs(study, list(sources), command or [])
+    except FindingsError as e:
+        _fail(str(e))
+    console.print(f"findings/{study}: added; the store holds {store_bytes() / 1e6:.2f} MB", highlight=False, markup=False)
 
 
 def main() -> None:  # console-script entry point

@@ -54,10 +54,31 @@ MAX_LAYERS = 256
 
 
 class BlockConfig(Config):
-    """What sits between two layers of a stack (minGRU's and ParaRNN's pre-norm residual blocks)."""
+    """What wraps each layer of a stack: minGRU's pre-norm residual block, or ParaRNN's (`pararnn`)."""
 
+    omit_defaults = ("style",)
+    style: Literal["plain", "pararnn"] = Field(
+        default="plain",
+        description="plain: the stream between layers, with the residual and norm below; pararnn: ParaRNN's layer block "
+        "around every cell (RMSNorm, in-projection to the cell's input and a gate, SiLU, the cell, RMSNorm of its output "
+        "times the gate, out-projection, a residual with a learnable scale, a SwiGLU MLP, and a final RMSNorm; written "
+        "`block: pararnn`)",
+    )
     residual: bool = Field(default=False, description="add each layer's input stream to its output (layers above the first)")
     norm: Literal["none", "layer", "rms"] = Field(default="none", description="norm of each upper layer's input: none, layer or rms")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, v: Any) -> Any:
+        return {"style": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _own_parts(self):
+        if self.style == "pararnn":
+            for key in ("residual", "norm"):
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise KeyedError(key, "the pararnn block has its own residual and norms; give block: pararnn alone")
+        return self
 
 
 class ModelConfig(Config):
@@ -71,7 +92,10 @@ class ModelConfig(Config):
         le=MAX_LAYERS,
         description=f"L: cells stacked, each reading the layer below's output, the readout the top (at most {MAX_LAYERS})",
     )
-    block: BlockConfig = Field(default=BlockConfig(), description="between layers: {residual: bool, norm: none|layer|rms} (layers >= 2)")
+    block: BlockConfig = Field(
+        default=BlockConfig(),
+        description="between layers: {residual: bool, norm: none|layer|rms} (layers >= 2), or pararnn: ParaRNN's block around every layer",
+    )
 
     @field_validator("cell", mode="before")
     @classmethod
@@ -80,7 +104,7 @@ class ModelConfig(Config):
 
     @model_validator(mode="after")
     def _block_between_layers(self):
-        if self.layers == 1:
+        if self.layers == 1 and self.block.style == "plain":
             for key in ("residual", "norm"):
                 if getattr(self.block, key) != BlockConfig.model_fields[key].default:
                     raise KeyedError(f"block.{key}", "only meaningful with layers >= 2 (a block sits between layers; layers is 1)")
@@ -93,7 +117,7 @@ class ModelConfig(Config):
 
     def structure(self) -> dict[str, Any]:
         """The stack's keyword arguments of `seqpar.model.model.build_model`."""
-        return {"layers": self.layers, "residual": self.block.residual, "norm": self.block.norm}
+        return {"layers": self.layers, "residual": self.block.residual, "norm": self.block.norm, "block": self.block.style}
 
 
 class TrainConfig(Config):

@@ -164,8 +164,15 @@ def _method(raw_method, length=8):
         ({"type": "parallel", "refresh": "jacobi", "refresh_every": 4, "sweeps": 3}, {}, 2 + 3 / 4),
         ({"type": "parallel", "refresh": "rollout", "refresh_every": 2}, {}, 2 + 8 / 2),
         ({"type": "parallel", "refresh": "newton", "refresh_every": 5, "iterations": 2}, {}, 2 + 2 * (6 + 1) / 5),
-        ({"type": "deer"}, {"newton_iters_max": 3.0}, (3 + 1) * (6 + 1)),  # 2 ceil(log2 8) = 6 scan levels
-        ({"type": "deer", "max_iters": 7}, {}, (7 + 1) * (6 + 1)),  # no count logged: the cap
+        # Newton: iterations of (linearise, scan of 2 ceil(log2 8) = 6 levels), then the adjoint the run used: on a CPU the
+        # sequential one (a reverse scan of T = 8 steps, then one VJP pass), else the same scan backwards.
+        ({"type": "deer"}, {"newton_iters_max": 3.0}, 3 * (6 + 1) + 8 + 1),
+        ({"type": "deer", "adjoint": "parallel"}, {"newton_iters_max": 3.0}, 3 * (6 + 1) + 6 + 1),
+        ({"type": "deer", "jacobian": "diagonal", "gradient": "diagonal"}, {"newton_iters_max": 3.0}, 3 * (6 + 1) + 6 + 1),
+        ({"type": "deer", "max_iters": 7}, {}, 7 * (6 + 1) + 8 + 1),  # no count logged: the cap
+        ({"type": "deer", "jacobian": "none"}, {"newton_iters_max": 5.0}, 5 * 1 + 8 + 1),  # Picard: one pass per iteration
+        ({"type": "parallel", "segment": 4}, {}, 2 * 4),  # multiple shooting: each segment's K steps, both ways
+        ({"type": "parallel", "segment": 64}, {}, 2 * 8),  # one segment: BPTT's
     ],
 )
 def test_sequential_depth_formulas(raw, metrics, expected):

@@ -104,21 +104,25 @@ def test_lle_sequences_zero_measures_nothing():
 
 
 def test_predictability_command_smoke(tmp_path):
+    """The gain sweep at toy size: a point per (solver, gain, draw, length); a contracting gain
+    converges within T and has a negative LLE, an expanding one a positive LLE; a converged
+    DEER solve's adjoint gradient is BPTT's."""
     out = tmp_path / "pred"
-    args = ["predictability", "--lengths", "16", "--sequences", "1", "--max-iters", "32", "--gru-steps", "1", "--out", str(out)]
+    args = ["predictability", "--gains", "0.5,3", "--hidden", "8", "--lengths", "24", "--sequences", "1", "--dtype", "float32"]
+    args += ["--solvers", "deer,quasi-deer,elk", "--burn-in", "4", "--out", str(out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["predictability.json", "predictability.md", "predictability.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["predictability.json"]
     result = json.loads((out / "predictability.json").read_text())
-    assert len(result["points"]) == 3 * 2  # recurrences x solvers at one length
-    assert result["lle"]["elman (recurrent_scale 0.5)"] < 0
-    for p in result["points"]:
-        # With the first state fixed, k Newton iterations make the first k states exact: a solve
-        # that converged took at most T of them.
-        if not p["unsolved"]:
-            assert p["iters_max"] <= p["length"]
-    contracting = [p for p in result["points"] if p["recurrence"].startswith("elman (recurrent_scale 0.5)")]
-    assert all(p["unsolved"] == 0 for p in contracting)
-    assert "| elman (recurrent_scale 0.5) |" in (out / "predictability.md").read_text()
+    points = result["points"]
+    assert len(points) == 3 * 2  # solvers x gains at one length and one draw
+    assert {k for p in points for k in p} >= {"solver", "gain", "length", "iterations", "lle", "lle_spread", "converged"}
+    for p in points:
+        assert p["iterations"] <= p["length"] and p["cap"] == p["length"]  # the paper's cap: T
+    deer = {p["gain"]: p for p in points if p["solver"] == "deer"}
+    assert deer[0.5]["lle"] < 0 < deer[3.0]["lle"]
+    assert deer[0.5]["converged"] and deer[0.5]["grad_cos"] > 1 - 1e-4
     bad = runner.invoke(app, ["predictability", "--lengths", "0", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--lengths" in bad.stderr and not (tmp_path / "bad").exists()
+    bad = runner.invoke(app, ["predictability", "--solvers", "newton", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "--solvers: 'newton' is not one of deer, quasi-deer, elk" in bad.stderr

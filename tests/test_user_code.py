@@ -427,10 +427,11 @@ def test_the_extending_page_runs_as_a_notebook(tmp_path, monkeypatch):
     assert len(blocks) >= 5
     monkeypatch.chdir(tmp_path)
     before = set(CELLS.names())
-    ns: dict = {}
+    ns: dict = {"__name__": "extending_page"}
     try:
         for block in blocks:
-            exec(compile(block, str(page), "exec"), ns)  # noqa: S102 - the page's own examples
+            # dont_inherit: the page's code runs as a reader's file would, without this module's `from __future__` flags.
+            exec(compile(block, str(page), "exec", dont_inherit=True), ns)  # noqa: S102 - the page's own examples
         assert {"diag_tanh", "leaky_diag"} <= set(CELLS.names())
         checks.declares_the_truth("leaky_diag")  # its written-out Jacobian is jax.jacfwd's
         record = ns["record"]

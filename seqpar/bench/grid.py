@@ -74,6 +74,16 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
     return vals
 
 
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BenchError(f"{option} {text}: expected comma-separated numbers, e.g. 0.5,1,1.5") from None
+    if not vals or any(not (v > 0 and v < float("inf")) for v in vals):
+        raise BenchError(f"{option} {text}: expected positive finite numbers")
+    return vals
+
+
 def load_bench_spec(path: Path | None, overrides: list[str] | None = None) -> Spec:
     raw = read_yaml(Path(path)) if path is not None else copy.deepcopy(DEFAULT_SPEC)
     for item in overrides or []:

@@ -1,228 +1,196 @@
-"""`seqpar predictability`: Newton iterations against sequence length, beside each recurrence's LLE.
+"""`seqpar predictability`: the gain sweep of Gonzalez, Kozachkov et al. (2025, Fig. 2), reproduced.
 
-The central figure of Gonzalez, Kozachkov et al. ("Predictability enables parallelization
-of nonlinear state space models", 2025), reproduced with seqpar's own cells and solver: a
-recurrence whose largest Lyapunov exponent is negative forgets errors in Newton's guess
-along time, so DEER / quasi-DEER need about the same few iterations at any length; one
-whose LLE is positive amplifies them, so the iterations grow with T up to the cap (or the
-linearised solve overflows). Each recurrence is solved from zeros over a grid of lengths
-with `solve_states`, full DEER and quasi-DEER (`jacobian: diagonal`), and its LLE is
-measured by `seqpar.model.lle` along the same inputs.
+"Predictability enables parallelization of nonlinear state space models" shows that Newton's
+method over the whole sequence (DEER) needs a handful of iterations when the recurrence's
+largest Lyapunov exponent (LLE) is negative and jumps towards T of them when it is positive.
+Their figure sweeps the gain g of a mean-field tanh RNN,
 
-The recurrences: an Elman cell at a small and at a large `recurrent_scale` (driven by
-unit Gaussian inputs) and a GRU trained briefly by BPTT on the shipped `dynamics` task
-(Lorenz-63 forecasting), driven by that task's sequences.
+    s_t = W tanh(s_{t-1}) + u_t,   W = g / √D · N(0, 1) with a zero diagonal,
+    u_t = A ⊙ sin(ω t + φ),  A ~ U(0, 0.2), ω ~ U(0.5, 3), φ ~ U(0, 2π) per unit,  s_0 ~ U(-1, 1),
+
+at D = 100, from a random initial guess U(-1, 1), in float64 (their `experiments/fig2.py`, read
+in the public repository lindermanlab/predictability_enables_parallelization). Every draw here
+(one W, one input and one s_0 per `--sequences` index, its own seed) is solved by seqpar's own
+solver (`seqpar.model.newton`): DEER (full Jacobians), quasi-DEER (their diagonals, here zero:
+the diagonal of W is zero, so quasi-DEER is Picard iteration on this recurrence) and ELK
+(DEER damped by λ = `damping`). A non-finite entry of an iterate is reset to the guess, as
+those authors' `reset` does, and the solve goes on: a solve that has not met the tolerance by
+`max_iters` (default T, their cap) is reported as such, a result, never an overflow.
+
+Each point also carries the recurrence's LLE along the sequential trajectory (the first
+`burn_in` steps run but not counted; three random tangent vectors, the spread between them
+reported as its error) and, for a converged solve, how the adjoint gradient at the solved
+states agrees with BPTT's (`grad_cos`). The renderers (table, figure) read the JSON only
+(`seqpar.analysis.findings`), so the findings can be redrawn without JAX.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from seqpar.bench.machine import machine
-from seqpar.model.cells.elman import ElmanConfig
-from seqpar.model.lle import model_lle
-from seqpar.model.model import Model, Params, build_model
-from seqpar.model.newton import NewtonOptions, solve_states
-from seqpar.spec import validate_spec
-from seqpar.tasks.dynamics import DynamicsConfig
-from seqpar.train.loop import build_experiment, init_state, make_train_step
+from seqpar.model.lle import tangent_log_growth
+from seqpar.model.newton import NewtonOptions, differentiable_states, solve_states
 
-JACOBIANS = ("diagonal", "full")
+SOLVERS = ("deer", "quasi-deer", "elk")
 
 
 @dataclass(frozen=True)
 class PredictabilityGrid:
-    """What `seqpar predictability` measures (the defaults: about 5 minutes on a 2-core CPU)."""
-
-    lengths: tuple[int, ...] = (256, 1024, 4096, 16384)
-    sequences: int = 2  # rows solved per (recurrence, solver, length)
-    hidden: int = 16
-    max_iters: int = 1024  # Newton's cap: above the shorter lengths (which converge in <= T), below the longer ones
-    small_scale: float = 0.5  # Elman recurrent_scale of the contracting cell
-    large_scale: float = 3.0  # ... of the expanding one
-    gru_steps: int = 200  # BPTT steps of the GRU on `dynamics` (0: the GRU at its initialisation)
+    gains: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+    hidden: int = 100
+    lengths: tuple[int, ...] = (100, 300, 1000, 3000)
+    dtype: Literal["float32", "float64"] = "float64"
+    init: Literal["zeros", "random"] = "random"
+    sequences: int = 3  # draws (W, inputs, s_0) per gain, each its own seed
+    solvers: tuple[str, ...] = SOLVERS
+    max_iters: int | None = None  # None: T, the paper's cap
+    damping: float = 1.0  # ELK's λ
+    tol: float | None = None  # on max_t ‖r_t‖; None: 1e-8 in float64, seqpar's auto in float32
+    burn_in: int = 100  # LLE steps run but not counted (the tangent vectors' transient)
     seed: int = 0
+    lle_vectors: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class Recurrence:
-    name: str
-    model: Model
-    params: Params
-    inputs: Callable[[int], jax.Array]  # length -> (sequences, length, D)
+class MeanField:
+    """The mean-field tanh RNN as a single-layer view of seqpar's Newton solver (the interface of
+    `seqpar.model.model.Layer`): the state is s, the parameters W, the "projected input" u_t."""
+
+    state_dim: int
+    dtype: Any
+    jacobian_structure: str = "full"
+    jacobian_block: int = 1
+
+    def initial_state(self) -> jax.Array:
+        return jnp.zeros((self.state_dim,), self.dtype)
+
+    def project(self, params: jax.Array, x: jax.Array) -> jax.Array:
+        return x
+
+    def step_projected(self, params: jax.Array, s: jax.Array, u: jax.Array) -> jax.Array:
+        return params @ jnp.tanh(s) + u
+
+    def step(self, params: jax.Array, s: jax.Array, u: jax.Array) -> jax.Array:
+        return self.step_projected(params, s, u)
+
+    def step_and_jacobian(self, params: jax.Array, s: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+        t = jnp.tanh(s)
+        return params @ t + u, params * (1.0 - t * t)[None, :]
+
+    def step_and_diagonal(self, params: jax.Array, s: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+        t = jnp.tanh(s)
+        return params @ t + u, jnp.diagonal(params) * (1.0 - t * t)
 
 
-def trained_gru(grid: PredictabilityGrid) -> tuple[Model, Params]:
-    """A GRU trained `gru_steps` BPTT steps on `dynamics` (length 64) through the harness's own step."""
-    spec = validate_spec(
-        {
-            "name": "predictability-gru",
-            "seed": grid.seed,
-            "task": {"type": "dynamics", "length": 64, "train_sequences": 256, "val_sequences": 16, "test_sequences": 16},
-            "model": {"cell": "gru", "hidden": grid.hidden},
-            "train": {"steps": max(grid.gru_steps, 1), "batch_size": 64, "lle_sequences": 0},
-            "methods": [{"type": "bptt", "optimizer": {"type": "adam", "lr": 3e-3}}],
-        }
-    )
-    exp = build_experiment(spec)
-    method = spec.methods[0].build(exp.model, exp.task)
-    state = init_state(exp, method)
-    with jax.set_mesh(exp.mesh):
-        step = jax.jit(make_train_step(method, exp.train_key, spec.task.train_sequences, spec.train.batch_size), donate_argnums=0)
-        for i in range(grid.gru_steps):
-            state, _ = step(state, exp.train, np.int32(i))
-    return exp.model, method.params(state)
+def draw(key: jax.Array, gain: float, hidden: int, length: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """(W, u): the weights and the inputs `(T, D)` of one draw, with s_0 folded into u_1
+    (s_1 = W tanh(s_0) + u_1, so the solver's fixed initial state can be zero)."""
+    kw, ka, ko, kp, k0 = jax.random.split(key, 5)
+    w = gain / math.sqrt(hidden) * jax.random.normal(kw, (hidden, hidden), dtype)
+    w = w * (1.0 - jnp.eye(hidden, dtype=dtype))
+    amp = jax.random.uniform(ka, (hidden,), dtype, 0.0, 0.2)
+    omega = jax.random.uniform(ko, (hidden,), dtype, 0.5, 3.0)
+    phase = jax.random.uniform(kp, (hidden,), dtype, 0.0, 2 * math.pi)
+    t = jnp.arange(length, dtype=dtype)[:, None]
+    u = amp * jnp.sin(omega * t + phase)
+    s0 = jax.random.uniform(k0, (hidden,), dtype, -1.0, 1.0)
+    return w, u.at[0].add(w @ jnp.tanh(s0))
 
 
-def recurrences(grid: PredictabilityGrid) -> list[Recurrence]:
-    key = jax.random.key(grid.seed)
-    k_small, k_large, k_noise, k_lorenz = jax.random.split(key, 4)
+def rollout(cell: MeanField, w: jax.Array, u: jax.Array) -> jax.Array:
+    def body(s, ut):
+        s = cell.step(w, s, ut)
+        return s, s
 
-    def noise(length: int) -> jax.Array:
-        return jax.random.normal(k_noise, (grid.sequences, length, 1))
-
-    def lorenz(length: int) -> jax.Array:
-        return DynamicsConfig(length=length).build().make_data(k_lorenz, grid.sequences).x
-
-    out = []
-    for scale, k in ((grid.small_scale, k_small), (grid.large_scale, k_large)):
-        model, params = build_model(ElmanConfig.model_validate({"recurrent_scale": scale}), 1, grid.hidden, 1, k)
-        out.append(Recurrence(f"elman (recurrent_scale {scale:g})", model, params, noise))
-    model, params = trained_gru(grid)
-    out.append(Recurrence(f"gru (bptt {grid.gru_steps} steps on dynamics)", model, params, lorenz))
-    return out
+    return jax.lax.scan(body, cell.initial_state(), u)[1]
 
 
-def solve_point(rec: Recurrence, jacobian: str, length: int, max_iters: int) -> dict[str, Any]:
-    """Newton from zeros over `length` steps: iterations per row, and which rows did not converge."""
-    x = rec.inputs(length)
-    opts = NewtonOptions(jacobian=jacobian, max_iters=max_iters)  # type: ignore[arg-type]
-    guess = jnp.zeros((*x.shape[:2], rec.model.state_dim), x.dtype)
-    t0 = time.perf_counter()
-    _, stats = jax.jit(lambda p, x, g: solve_states(rec.model, p, x, g, opts))(rec.params, x, guess)
-    iters, residual = np.asarray(stats.iterations), np.asarray(stats.residual)
-    # A row counts as solved only with a finite residual at the tolerance: an overflowing solve
-    # can report a non-finite residual as "converged".
-    solved = np.asarray(stats.converged) & np.isfinite(residual)
+def point(cell: MeanField, w: jax.Array, u: jax.Array, guess: jax.Array, *, opts: NewtonOptions, cot: jax.Array) -> dict[str, jax.Array]:
+    """One solve: iterations, whether it met the tolerance, its distance from the rollout, and the
+    adjoint gradient's cosine with BPTT's (on the loss Σ_t ⟨c_t, s_t⟩)."""
+    states, stats = solve_states(cell, w, u[None], guess[None], opts)
+    truth = rollout(cell, w, u)
+    g = jax.grad(lambda p: jnp.sum(differentiable_states(cell, p, u[None], states) * cot[None]))(w)
+    t = jax.grad(lambda p: jnp.sum(rollout(cell, p, u) * cot))(w)
+    cos = jnp.sum(g * t) / jnp.maximum(jnp.linalg.norm(g) * jnp.linalg.norm(t), jnp.finfo(w.dtype).tiny)
     return {
-        "recurrence": rec.name,
-        "jacobian": jacobian,
-        "length": length,
-        "iters_mean": float(iters.mean()),
-        "iters_max": int(iters.max()),
-        "rows": int(iters.size),
-        "hit_max_iters": int(np.sum(~solved & (iters >= max_iters))),
-        "non_finite": int(np.sum(~np.isfinite(residual))),
-        "unsolved": int(np.sum(~solved)),
-        "seconds": time.perf_counter() - t0,
+        "iterations": stats.iterations[0],
+        "converged": stats.converged[0],
+        "residual": stats.residual[0],
+        "state_error": jnp.max(jnp.abs(states[0] - truth)),
+        "grad_cos": cos,
     }
 
 
+def lle(cell: MeanField, w: jax.Array, u: jax.Array, *, key: jax.Array, vectors: int, burn_in: int) -> jax.Array:
+    """Per-vector LLE estimates `(vectors,)` along the sequential trajectory, the first `burn_in` steps not counted."""
+    v0 = jax.random.normal(key, (vectors, cell.state_dim), u.dtype)
+    return tangent_log_growth(lambda s, x: cell.step(w, s, x), cell.initial_state(), u, v0, discard=min(burn_in, u.shape[0] - 1))
+
+
 def run_predictability(grid: PredictabilityGrid, on_point: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Every (recurrence, solver, length) point and each recurrence's LLE: the JSON record."""
-    recs, points, lles = recurrences(grid), [], {}
-    for rec in recs:
-        # The LLE along the longest inputs the grid solves (per step; averaged over rows and 3 vectors).
-        x = rec.inputs(max(grid.lengths))
-        lle = jax.jit(functools.partial(model_lle, rec.model, key=jax.random.key(grid.seed)))
-        lles[rec.name] = float(lle(rec.params, x))
-        for jacobian in JACOBIANS:
-            for length in grid.lengths:
-                p = {**solve_point(rec, jacobian, length, grid.max_iters), "lle": lles[rec.name]}
-                points.append(p)
-                if on_point is not None:
-                    on_point(p)
+    """Every (solver, gain, draw, length) point: the JSON record `predictability.json` holds."""
+    if grid.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    dtype = jnp.float64 if grid.dtype == "float64" else jnp.float32
+    tol = grid.tol if grid.tol is not None else (1e-8 if grid.dtype == "float64" else "auto")
+    cell = MeanField(grid.hidden, dtype)
+    points = []
+    for solver in grid.solvers:
+        for length in grid.lengths:
+            cap = grid.max_iters if grid.max_iters is not None else length
+            opts = NewtonOptions(
+                jacobian="diagonal" if solver == "quasi-deer" else "full",
+                max_iters=cap,
+                tol=tol,  # type: ignore[arg-type]
+                damping=grid.damping if solver == "elk" else 0.0,
+                reset=True,
+            )
+            solve = jax.jit(functools.partial(point, cell, opts=opts))
+            exponent = jax.jit(functools.partial(lle, cell, vectors=grid.lle_vectors, burn_in=grid.burn_in))
+            for gain in grid.gains:
+                for i in range(grid.sequences):
+                    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(grid.seed), i), int(round(gain * 1000)))
+                    w, u = draw(key, gain, grid.hidden, length, dtype)
+                    kg, kc, kl = jax.random.split(jax.random.fold_in(key, 1), 3)
+                    guess = jax.random.uniform(kg, u.shape, dtype, -1.0, 1.0) if grid.init == "random" else jnp.zeros_like(u)
+                    t0 = time.perf_counter()
+                    got = jax.device_get(solve(w, u, guess, cot=jax.random.normal(kc, u.shape, dtype)))
+                    seconds = time.perf_counter() - t0
+                    estimates = np.asarray(exponent(w, u, key=kl))
+                    p = {
+                        "solver": solver,
+                        "gain": gain,
+                        "draw": i,
+                        "length": length,
+                        "iterations": int(got["iterations"]),
+                        "cap": cap,
+                        "converged": bool(got["converged"]),
+                        "residual": float(got["residual"]),
+                        "state_error": float(got["state_error"]),
+                        "grad_cos": float(got["grad_cos"]) if bool(got["converged"]) else None,
+                        "lle": float(estimates.mean()),
+                        "lle_spread": float(estimates.max() - estimates.min()),
+                        "seconds": seconds,
+                    }
+                    points.append(p)
+                    if on_point is not None:
+                        on_point(p)
     return {
         "grid": asdict(grid),
         "date": datetime.date.today().isoformat(),
         "machine": machine()["summary"],
-        "lle": lles,
         "points": points,
     }
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def _cell(p: dict[str, Any], cap: int) -> str:
-    """Mean iterations of a point whose rows all converged; else why they did not."""
-    if p["non_finite"]:
-        return f"overflow ({p['non_finite']}/{p['rows']} rows, iteration {p['iters_max']})"
-    if p["unsolved"]:
-        return f"> {cap} ({p['unsolved']}/{p['rows']} rows at the cap)"
-    return f"{p['iters_mean']:.0f}" if p["iters_mean"] >= 10 else f"{p['iters_mean']:.1f}"
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    """One row per (recurrence, solver): its LLE and the mean Newton iterations at every length."""
-    lengths = result["grid"]["lengths"]
-    head = ["recurrence", "LLE / step", "solver", *(f"T = {t}" for t in lengths)]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * len(lengths)]
-    rows: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
-    for p in result["points"]:
-        rows.setdefault((p["recurrence"], p["jacobian"]), {})[p["length"]] = p
-    for (name, jac), by_t in rows.items():
-        solver = "quasi-DEER" if jac == "diagonal" else "DEER"
-        cells = [_cell(by_t[t], result["grid"]["max_iters"]) if t in by_t else "—" for t in lengths]
-        lines.append(f"| {name} | {result['lle'][name]:+.3f} | {solver} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_predictability(result: dict[str, Any], path: Path) -> None:
-    """Mean Newton iterations against T (log-log), a colour per recurrence (LLE in the legend),
-    solid DEER, dashed quasi-DEER; a point where some row did not converge is an x at the cap."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
-    names = list(result["lle"])
-    for i, name in enumerate(names):
-        for jac, style in (("full", "-"), ("diagonal", "--")):
-            pts = sorted((p for p in result["points"] if p["recurrence"] == name and p["jacobian"] == jac), key=lambda p: p["length"])
-            if not pts:
-                continue
-            # A row that did not converge (cap or overflow) needs more than the cap: drawn at the cap, as x.
-            cap = result["grid"]["max_iters"]
-            t = [p["length"] for p in pts]
-            y = [float(cap) if p["unsolved"] else max(p["iters_mean"], 1.0) for p in pts]
-            solver = "DEER" if jac == "full" else "quasi-DEER"
-            color = colors[i % len(colors)]
-            ax.plot(t, y, style, color=color, label=f"{name}, LLE {result['lle'][name]:+.2f}/step: {solver}")
-            for tt, yy, p in zip(t, y, pts, strict=True):
-                ax.plot(tt, yy, "x" if p["unsolved"] else "o", color=color, markersize=7 if p["unsolved"] else 4)
-    cap = result["grid"]["max_iters"]
-    cap = result["grid"]["max_iters"]
-    ax.axhline(cap, color="0.45", linestyle=":", linewidth=1.2, label=f"max_iters = {cap}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("Newton iterations from zeros (mean over rows)")
-    ax.set_title("Newton iterations from zeros vs length; x at the cap: not converged (cap reached or overflow)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="center right")
-    fig.savefig(path, dpi=100)
-
-
-def write_predictability(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """predictability.json (the record), .md (the table) and .png (the figure) in `out_dir`."""
-    from seqpar.records.writer import atomic_write_json, atomic_write_text
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"predictability.{ext}" for ext in ("json", "md", "png")]
-    atomic_write_json(paths[0], result)
-    atomic_write_text(paths[1], markdown_table(result))
-    plot_predictability(result, paths[2])
-    return paths

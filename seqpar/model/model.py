@@ -33,6 +33,7 @@ from seqpar.model.cells.base import JacobianStructure
 
 Params = Any
 Norm = Literal["none", "layer", "rms"]
+Block = Literal["plain", "pararnn"]
 LayerFn = Callable[["Layer", jax.Array], jax.Array]  # (layer, its input sequence (..., T, D_l)) -> its states (..., T, S)
 
 
@@ -50,6 +51,65 @@ def norm_name(index: int) -> str:
     return f"norm_{index}"
 
 
+def block_name(index: int) -> str:
+    return f"block_{index}"
+
+
+def mlp_width(hidden: int) -> int:
+    """The SwiGLU MLP's inner width: 8/3 of the hidden size (ParaRNN's and DCLM's ratio), rounded up to 8."""
+    return -(-8 * hidden // 3 // 8) * 8
+
+
+class ParaRNNBlock(nnx.Module):
+    """ParaRNN's layer block around one cell (the public fork's `training/src/model.py`, re-read):
+
+        u = RMSNorm(z);  [v, g] = W_in u;  cell input = SiLU(v)          (cell_input)
+        y = RMSNorm(h) ⊙ SiLU(g);  z' = s·z + W_out y                    (pass_up; s a learnable scalar, 1 at start)
+        z'' = z' + W_2(SiLU(W_1 u') ⊙ W_3 u'),  u' = RMSNorm(z')          (the SwiGLU MLP, with its residual)
+
+    and an RMSNorm on the top stream before the readout. Left out: the causal depthwise
+    convolution before the cell's input (it would let a layer see the last inputs without
+    its recurrence, so the memoryless baseline would no longer be memoryless), and, on the
+    first layer, the gate and the residual (they read the task's input, where seqpar's
+    readout reads the states only). Initialisation as ParaRNN's: every matrix normal with
+    standard deviation 1/√d, the norms' weights and the residual scale 1."""
+
+    def __init__(self, input_dim: int, hidden: int, first: bool, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(stddev=1.0 / hidden**0.5)
+        self.first = first
+        self.norm_in = nnx.RMSNorm(input_dim, epsilon=1e-6, rngs=rngs)
+        self.w_in = nnx.Linear(input_dim, hidden if first else 2 * hidden, use_bias=False, kernel_init=init, rngs=rngs)
+        self.norm_h = nnx.RMSNorm(hidden, epsilon=1e-6, rngs=rngs)
+        self.w_out = nnx.Linear(hidden, hidden, use_bias=False, kernel_init=init, rngs=rngs)
+        self.scale = None if first else nnx.Param(jnp.ones(()))
+        self.norm_mlp = nnx.RMSNorm(hidden, epsilon=1e-6, rngs=rngs)
+        width = mlp_width(hidden)
+        self.w1 = nnx.Linear(hidden, width, use_bias=False, kernel_init=init, rngs=rngs)
+        self.w3 = nnx.Linear(hidden, width, use_bias=False, kernel_init=init, rngs=rngs)
+        self.w2 = nnx.Linear(width, hidden, use_bias=False, kernel_init=init, rngs=rngs)
+
+    def _in(self, z: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        vg = self.w_in(self.norm_in(z))
+        if self.first:
+            return vg, None
+        v, g = jnp.split(vg, 2, axis=-1)
+        return v, g
+
+    def cell_input(self, z: jax.Array) -> jax.Array:
+        return jax.nn.silu(self._in(z)[0])
+
+    def pass_up(self, z: jax.Array | None, h: jax.Array) -> jax.Array:
+        if self.scale is None:  # the first layer: no gate, no residual (`z` is the task's input, unread)
+            z = self.w_out(self.norm_h(h))
+        else:
+            assert z is not None
+            g = self._in(z)[1]
+            assert g is not None
+            z = self.scale[...] * z + self.w_out(self.norm_h(h) * jax.nn.silu(g))
+        u = self.norm_mlp(z)
+        return z + self.w2(jax.nn.silu(self.w1(u)) * self.w3(u))
+
+
 class RNN(nnx.Module):
     def __init__(
         self,
@@ -61,11 +121,13 @@ class RNN(nnx.Module):
         rngs: nnx.Rngs,
         layers: int = 1,
         norm: Norm = "none",
+        block: Block = "plain",
     ):
         cfg = as_cell_config(cell)
         # Built in this order (cells bottom up, then norms, then the readout) so that one layer
         # draws its initial weights exactly as the one-cell model did.
-        self.cell: Cell = cfg.build(input_dim, hidden, rngs=rngs)
+        # In ParaRNN's block every cell reads the block's in-projection (hidden wide).
+        self.cell: Cell = cfg.build(hidden if block == "pararnn" else input_dim, hidden, rngs=rngs)
         for i in range(1, layers):
             setattr(self, cell_name(i), cfg.build(hidden, hidden, rngs=rngs))
         for i in range(1, layers):
@@ -73,6 +135,10 @@ class RNN(nnx.Module):
                 setattr(self, norm_name(i), nnx.LayerNorm(hidden, rngs=rngs))
             elif norm == "rms":
                 setattr(self, norm_name(i), nnx.RMSNorm(hidden, rngs=rngs))
+        if block == "pararnn":
+            for i in range(layers):
+                setattr(self, block_name(i), ParaRNNBlock(input_dim if i == 0 else hidden, hidden, i == 0, rngs=rngs))
+            self.norm_top = nnx.RMSNorm(hidden, epsilon=1e-6, rngs=rngs)
         self.readout = nnx.Linear(hidden, output_dim, rngs=rngs)
 
 
@@ -164,6 +230,7 @@ class Model:
     layers: int = 1
     residual: bool = False
     norm: Norm = "none"
+    block: Block = "plain"
     cell_jacobian_structure: JacobianStructure = "full"
     cell_jacobian_block: int = 1
     cell_jacobian_kind: Literal["analytic", "autodiff"] = "analytic"  # written out, or by autodiff (a user's function cell)
@@ -199,21 +266,29 @@ class Model:
     # ------------------------------------------------------------------ between layers (any leading shape)
 
     def cell_input(self, params: Params, index: int, z: jax.Array) -> jax.Array:
-        """What layer `index`'s cell reads: the task's input for layer 0, the (normed) stream `z` otherwise."""
+        """What layer `index`'s cell reads: the task's input for layer 0, the (normed) stream `z`
+        otherwise; in ParaRNN's block, the block's in-projection of `z` (every layer)."""
+        if self.block == "pararnn":
+            return getattr(nnx.merge(self.graphdef, params), block_name(index)).cell_input(z)
         if index == 0 or self.norm == "none":
             return z
         return getattr(nnx.merge(self.graphdef, params), norm_name(index))(z)
 
     def pass_up(self, params: Params, index: int, z: jax.Array, s: jax.Array) -> jax.Array:
-        """The stream above layer `index`, from the stream `z` below it and the layer's states `s`."""
+        """The stream above layer `index`, from the stream `z` below it and the layer's states `s`
+        (layer 0's never reads `z`: the stream is a function of the states alone)."""
         h = self.layer(index).output(params, s)
+        if self.block == "pararnn":
+            return getattr(nnx.merge(self.graphdef, params), block_name(index)).pass_up(z, h)
         return z + h if self.residual and index > 0 else h
 
     def features(self, params: Params, s: jax.Array) -> jax.Array:
-        """The readout's input `z_L` from joint states `(..., L·S)`."""
+        """The readout's input `z_L` from joint states `(..., L·S)` (normed first in ParaRNN's block)."""
         z = None
         for i, part in enumerate(self.split(s)):
             z = self.pass_up(params, i, z, part)  # type: ignore[arg-type]  # z is unused by layer 0
+        if self.block == "pararnn":
+            z = nnx.merge(self.graphdef, params).norm_top(z)
         return z  # type: ignore[return-value]
 
     def over_layers(self, params: Params, x: jax.Array, layer_states: LayerFn) -> jax.Array:
@@ -243,8 +318,8 @@ class Model:
         return self.joint_step(params, s, x)
 
     def project(self, params: Params, x: jax.Array) -> jax.Array:
-        """One layer: its cell's projection. A stack: the input itself (only layer 0 reads `x`)."""
-        return self.layer(0).project(params, x) if self.layers == 1 else x
+        """One layer: its cell's projection of what it reads. A stack: the input itself (only layer 0 reads `x`)."""
+        return self.layer(0).project(params, self.cell_input(params, 0, x)) if self.layers == 1 else x
 
     def step_projected(self, params: Params, s: jax.Array, px: jax.Array) -> jax.Array:
         return self.layer(0).step_projected(params, s, px) if self.layers == 1 else self.joint_step(params, s, px)
@@ -302,7 +377,7 @@ class Model:
         return jax.vmap(self.readout, in_axes=(None, 0))(params, s)
 
 
-def _model(graphdef, module: RNN, hidden: int, layers: int, residual: bool, norm: Norm) -> Model:
+def _model(graphdef, module: RNN, hidden: int, layers: int, residual: bool, norm: Norm, block: Block = "plain") -> Model:
     cell: Cell = module.cell
     if cell.state_dim % cell.jacobian_block:  # a cell's own declaration, checked once: no user input sets it
         raise ValueError(f"{type(cell).__name__}: jacobian_block={cell.jacobian_block} must divide state_dim={cell.state_dim}")
@@ -314,6 +389,7 @@ def _model(graphdef, module: RNN, hidden: int, layers: int, residual: bool, norm
         layers,
         residual,
         norm,
+        block,
         cell.jacobian_structure,
         cell.jacobian_block,
         type(cell).jacobian_kind(),
@@ -330,10 +406,11 @@ def build_model(
     layers: int = 1,
     residual: bool = False,
     norm: Norm = "none",
+    block: Block = "plain",
 ) -> tuple[Model, Params]:
-    module = RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=key), layers=layers, norm=norm)
+    module = RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=key), layers=layers, norm=norm, block=block)
     graphdef, params = nnx.split(module, nnx.Param)
-    return _model(graphdef, module, hidden, layers, residual, norm), params
+    return _model(graphdef, module, hidden, layers, residual, norm, block), params
 
 
 def abstract_model(
@@ -345,8 +422,10 @@ def abstract_model(
     layers: int = 1,
     residual: bool = False,
     norm: Norm = "none",
+    block: Block = "plain",
 ) -> tuple[Model, Params]:
     """`build_model`'s result as shapes only (nothing allocated), for memory estimates."""
-    module = nnx.eval_shape(lambda: RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=0), layers=layers, norm=norm))
+    build = lambda: RNN(cell, input_dim, hidden, output_dim, rngs=nnx.Rngs(params=0), layers=layers, norm=norm, block=block)  # noqa: E731
+    module = nnx.eval_shape(build)
     graphdef, params = nnx.split(module, nnx.Param)
-    return _model(graphdef, module, hidden, layers, residual, norm), params
+    return _model(graphdef, module, hidden, layers, residual, norm, block), params

@@ -86,6 +86,7 @@ class NewtonOptions:
     max_iters: int = 100
     tol: float | Literal["auto"] = 1e-5  # on max_t ‖residual_t‖ or, undamped, max_t ‖s_t^{k+1} − s_t^k‖; 0: a fixed budget
     damping: float = 0.0
+    reset: bool = False  # a non-finite entry of an iterate is reset to the guess's and the solve goes on (the predictability authors')
 
     @property
     def budget(self) -> bool:
@@ -142,7 +143,7 @@ BLOCK = _Ops(
 )
 
 
-# Picard: the Jacobian is zero (a scalar per step); the linear "solve" returns its right-hand side.
+# Picard: the Jacobian is zero (one 0 per step, broadcast); the linear "solve" returns its right-hand side.
 NONE = _Ops(mm=jnp.multiply, mv=lambda a, v: a * v, t=lambda a: a, inv1p=lambda a: 1.0 / (1.0 + a))
 
 
@@ -293,9 +294,10 @@ def newton_solve(
 
     def going(carry):
         s, _, _, res, change, k, _, _ = carry
+        finite = jnp.isfinite(res) | opts.reset  # with resets a non-finite residual is one more iteration, not the end
         if opts.budget:  # a fixed number of iterations, whatever the residual (ParaRNN's)
-            return (k < opts.max_iters) & jnp.isfinite(res)
-        return (k < opts.max_iters) & ~converged(s, res, change) & jnp.isfinite(res)
+            return (k < opts.max_iters) & finite
+        return (k < opts.max_iters) & ~converged(s, res, change) & finite
 
     def update(carry):
         s, fs, jac, _, _, k, best, best_res = carry
@@ -304,6 +306,8 @@ def newton_solve(
             new = kalman_filter_means(jac, b, s, opts.damping, structure)
         else:
             new = linear_recurrence(jac, b, structure)
+        if opts.reset:  # Newton still makes one more leading state exact per iteration, so the solve still ends
+            new = jnp.where(jnp.isfinite(new), new, guess)
         f_new, jac_new = linearise(new)
         res = _max_norm(f_new - new)
         better = res < best_res
@@ -334,7 +338,7 @@ def solve_structure(layer: Layer, jacobian: Jacobian) -> Structure:
 def _linearisation(layer: Layer, structure: Structure) -> Callable:
     """`(params, s, px) -> (s', J)` from one pass, J in `structure` (Picard: a zero per step, no derivative)."""
     if structure == "none":
-        return lambda params, s, px: (layer.step_projected(params, s, px), jnp.zeros((), s.dtype))
+        return lambda params, s, px: (layer.step_projected(params, s, px), jnp.zeros((1,), s.dtype))
     if layer.jacobian_structure == "full" and structure == "diagonal":
         return layer.step_and_diagonal
     return layer.step_and_jacobian

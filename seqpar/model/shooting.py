@@ -103,7 +103,7 @@ def shooting_predictions(model: Model, params: Params, nodes: jax.Array, x: jax.
 
 def _identity(structure: Structure, s: jax.Array, block: int) -> jax.Array:
     if structure == "none":  # Picard: no Jacobian to chain
-        return jnp.ones((), s.dtype)
+        return jnp.ones((1,), s.dtype)
     if structure == "diagonal":
         return jnp.ones_like(s)
     if structure == "full":

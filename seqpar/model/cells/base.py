@@ -154,3 +154,21 @@ def linear(n_in: int, n_out: int, rngs: nnx.Rngs, *, recurrent: bool = False, bi
     if recurrent:
         return nnx.Linear(n_in, n_out, use_bias=bias, rngs=rngs, kernel_init=_recurrent_init)
     return nnx.Linear(n_in, n_out, use_bias=bias, rngs=rngs)
+
+
+# ParaRNN's initialisation of its cells (Apple's library defaults, read in the public fork
+# xaviergonzalez/ml-pararnn: `pararnn/utils/init.py` and the cells' configs): the per-unit
+# recurrent weights (and peepholes) normal with standard deviation 2/√(5N) ("xlstm"), the input
+# projection Xavier-uniform, the biases zero but the first gate's (a GRU's update gate, an LSTM's
+# forget gate) −linspace(0, 1, N), so units start with a spread of memory.
+def pararnn_recurrent(key: jax.Array, shape: tuple[int, ...], hidden: int) -> jax.Array:
+    return (2.0 / (5.0 * hidden) ** 0.5) * jax.random.normal(key, shape)
+
+
+def pararnn_projection(layer: nnx.Linear, key: jax.Array, hidden: int, gates: int) -> None:
+    """Xavier-uniform input weights (fan in: the input width, fan out: the state) and the biases."""
+    kernel = layer.kernel[...]
+    bound = (6.0 / (kernel.shape[0] + hidden)) ** 0.5
+    layer.kernel[...] = jax.random.uniform(key, kernel.shape, minval=-bound, maxval=bound)
+    assert layer.bias is not None
+    layer.bias[...] = jnp.zeros((gates * hidden,)).at[:hidden].set(-jnp.linspace(0.0, 1.0, hidden))

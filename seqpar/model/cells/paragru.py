@@ -24,9 +24,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from seqpar.model.cells.base import CELLS, Cell, CellConfig, linear
+from seqpar.config import KeyedError
+from seqpar.model.cells.base import CELLS, Cell, CellConfig, linear, pararnn_projection, pararnn_recurrent
 
 
 @CELLS.register("paragru")
@@ -35,9 +36,21 @@ class ParaGRUConfig(CellConfig):
     recurrent_init: float = Field(
         1.0, gt=0, allow_inf_nan=False, description="per-unit recurrent weights a start uniform in [-recurrent_init, recurrent_init]"
     )
+    init: Literal["uniform", "pararnn"] = Field(
+        "uniform",
+        description="uniform: a uniform in ±recurrent_init, default dense inputs; pararnn: ParaRNN's (a normal with std "
+        "2/√(5H), Xavier-uniform inputs, the update gate's bias −linspace(0, 1, H))",
+    )
+    omit_defaults = ("init",)
+
+    @model_validator(mode="after")
+    def _one_init(self):
+        if self.init == "pararnn" and "recurrent_init" in self.model_fields_set:
+            raise KeyedError("recurrent_init", "only with init: uniform (pararnn draws its own)")
+        return self
 
     def build(self, input_dim, hidden, *, rngs):
-        return ParaGRU(input_dim, hidden, rngs=rngs, recurrent_init=self.recurrent_init)
+        return ParaGRU(input_dim, hidden, rngs=rngs, recurrent_init=self.recurrent_init, init=self.init)
 
 
 class ParaGRU(Cell):
@@ -45,10 +58,15 @@ class ParaGRU(Cell):
 
     jacobian_structure = "diagonal"
 
-    def __init__(self, input_dim: int, hidden: int, *, rngs: nnx.Rngs, recurrent_init: float = 1.0):
+    def __init__(self, input_dim: int, hidden: int, *, rngs: nnx.Rngs, recurrent_init: float = 1.0, init: str = "uniform"):
         self.hidden = self.state_dim = hidden
         self.wx = linear(input_dim, 3 * hidden, rngs)  # [z, r, n]
-        a = jax.random.uniform(rngs.params(), (3, hidden), minval=-recurrent_init, maxval=recurrent_init)
+        if init == "pararnn":
+            k_a, k_x = jax.random.split(rngs.params())
+            a = pararnn_recurrent(k_a, (3, hidden), hidden)
+            pararnn_projection(self.wx, k_x, hidden, 3)
+        else:
+            a = jax.random.uniform(rngs.params(), (3, hidden), minval=-recurrent_init, maxval=recurrent_init)
         self.a = nnx.Param(a)
 
     def project(self, x):

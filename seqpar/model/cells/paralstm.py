@@ -26,9 +26,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from seqpar.model.cells.base import CELLS, Cell, CellConfig, linear
+from seqpar.config import KeyedError
+from seqpar.model.cells.base import CELLS, Cell, CellConfig, linear, pararnn_projection, pararnn_recurrent
 
 
 @CELLS.register("paralstm")
@@ -39,10 +40,30 @@ class ParaLSTMConfig(CellConfig):
     recurrent_init: float = Field(
         1.0, gt=0, allow_inf_nan=False, description="per-unit recurrent weights start uniform in [-recurrent_init, recurrent_init]"
     )
+    init: Literal["uniform", "pararnn"] = Field(
+        "uniform",
+        description="uniform: recurrent weights and peepholes uniform in ±recurrent_init, forget bias forget_bias; pararnn: "
+        "ParaRNN's (normals with std 2/√(5H), Xavier-uniform inputs, the forget gate's bias −linspace(0, 1, H))",
+    )
+    omit_defaults = ("init",)
+
+    @model_validator(mode="after")
+    def _one_init(self):
+        if self.init == "pararnn":
+            for key in ("recurrent_init", "forget_bias"):
+                if key in self.model_fields_set:
+                    raise KeyedError(key, "only with init: uniform (pararnn draws its own)")
+        return self
 
     def build(self, input_dim, hidden, *, rngs):
         return ParaLSTM(
-            input_dim, hidden, rngs=rngs, forget_bias=self.forget_bias, peephole=self.peephole, recurrent_init=self.recurrent_init
+            input_dim,
+            hidden,
+            rngs=rngs,
+            forget_bias=self.forget_bias,
+            peephole=self.peephole,
+            recurrent_init=self.recurrent_init,
+            init=self.init,
         )
 
 
@@ -53,7 +74,15 @@ class ParaLSTM(Cell):
     jacobian_block = 2
 
     def __init__(
-        self, input_dim: int, hidden: int, *, rngs: nnx.Rngs, forget_bias: float = 1.0, peephole: bool = True, recurrent_init: float = 1.0
+        self,
+        input_dim: int,
+        hidden: int,
+        *,
+        rngs: nnx.Rngs,
+        forget_bias: float = 1.0,
+        peephole: bool = True,
+        recurrent_init: float = 1.0,
+        init: str = "uniform",
     ):
         self.hidden = hidden
         self.state_dim = 2 * hidden
@@ -61,9 +90,16 @@ class ParaLSTM(Cell):
         assert self.wx.bias is not None  # built with a bias
         self.wx.bias[...] = self.wx.bias[...].at[:hidden].set(forget_bias)
         k_a, k_p = jax.random.split(rngs.params())
-        self.a = nnx.Param(jax.random.uniform(k_a, (3, hidden), minval=-recurrent_init, maxval=recurrent_init))
+        if init == "pararnn":
+            k_a, k_x = jax.random.split(k_a)
+            pararnn_projection(self.wx, k_x, hidden, 3)
+            a, p = pararnn_recurrent(k_a, (3, hidden), hidden), pararnn_recurrent(k_p, (2, hidden), hidden)
+        else:
+            a = jax.random.uniform(k_a, (3, hidden), minval=-recurrent_init, maxval=recurrent_init)
+            p = jax.random.uniform(k_p, (2, hidden), minval=-recurrent_init, maxval=recurrent_init)
+        self.a = nnx.Param(a)
         # Without peepholes the weights are not parameters at all (no gradient, no optimizer state).
-        self.p = nnx.Param(jax.random.uniform(k_p, (2, hidden), minval=-recurrent_init, maxval=recurrent_init)) if peephole else None
+        self.p = nnx.Param(p) if peephole else None
 
     def project(self, x):
         return self.wx(x)

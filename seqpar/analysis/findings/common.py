@@ -1,0 +1,77 @@
+"""What every study's renderer needs: its results from the store, grouped, and how it was run."""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from seqpar.analysis.findings.stats import fmt
+from seqpar.analysis.findings.store import FindingsError, read_study, study_dir
+from seqpar.records.reader import Result, load, read_metrics, results
+
+
+@functools.cache
+def study_results(store: Path, name: str) -> tuple[Result, ...]:
+    """Every method record of the study's runs (cached per process: a regeneration reads each once)."""
+    folder = study_dir(name, store)
+    if not folder.is_dir():
+        raise FindingsError(f"findings/{name}: not in the store (seqpar findings add {name} ...)")
+    loaded = load([folder])
+    return tuple(results(loaded.runs))
+
+
+def ratio(r: Result, metric: str = "rollout_loss_test") -> float | None:
+    """The metric ÷ the run's memoryless baseline (None where either is missing)."""
+    v, b = r.value(metric), r.value("baseline_loss")
+    return v / b if v is not None and b else None
+
+
+def grouped(rs: Iterable[Result], *keys: str) -> dict[tuple, list[Result]]:
+    """Results by the values of `keys` (settings, or `label`), each group sorted by seed."""
+    out: dict[tuple, list[Result]] = defaultdict(list)
+    for r in rs:
+        out[tuple(r.label if k == "label" else r.settings.get(k) for k in keys)].append(r)
+    return {k: sorted(v, key=lambda r: r.seed if r.seed is not None else -1) for k, v in out.items()}
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return statistics.median(got) if got else None
+
+
+def steps_cell(rs: list[Result], metric: str = "steps_to_target") -> str:
+    """Steps (or seconds) to the target: the median over the seeds that reached it, and how many did."""
+    got = [r.value(metric) for r in rs]
+    reached = [v for v in got if v is not None]
+    if not reached:
+        return f"never (0/{len(rs)})"
+    return f"{fmt(statistics.median(reached), 3)} ({len(reached)}/{len(rs)})"
+
+
+def curve(r: Result, key: str) -> list[tuple[int, float]]:
+    """(step, value) of `key` along the run's kept evaluation lines."""
+    lines = read_metrics(r.run_dir)
+    return [(ln["step"], ln[key]) for ln in lines if ln.get("method") == r.label and isinstance(ln.get(key), (int, float))]
+
+
+def provenance(store: Path, name: str) -> str:
+    """The study's commands, machine, dates and training time, as one paragraph."""
+    info = read_study(name, store)
+    parts = []
+    for src in info.get("sources", []):
+        when = src.get("finished") or src.get("date") or ""
+        hours = src.get("training_seconds")
+        ran = f", {src['runs']} runs" if src.get("runs") else ""
+        spent = f", {fmt(hours / 60, 2)} min of training" if hours else ""
+        parts.append(f"`{src['name']}`{ran}{spent} on {src.get('machine') or 'an unnamed machine'}, {when[:10]}")
+    commands = "\n".join(f"    {c}" for c in info.get("commands", []))
+    return f"Produced by\n\n{commands}\n\n({'; '.join(parts)}; record: `findings/{name}/`).\n"
+
+
+def by_label(rs: Iterable[Result], order: Callable[[str], Any] | None = None) -> list[str]:
+    labels = list(dict.fromkeys(r.label for r in rs))
+    return sorted(labels, key=order) if order else labels
