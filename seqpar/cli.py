@@ -731,11 +731,14 @@ def bench(
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="measure even points whose estimated memory exceeds the machine's")] = False,
     profile: Annotated[bool, typer.Option("--profile", help="also time the embedding-parallel step in stages")] = False,
+    peer: Annotated[
+        str | None, typer.Option("--peer", help="also time what a user would otherwise run: torch (nn.GRU BPTT; needs seqpar\\[peer])")
+    ] = None,
 ) -> None:
     """Step time, memory and FLOP/s of every method against length and batch; writes bench.json and bench.png."""
     from seqpar.bench import grid as B
     from seqpar.bench.machine import machine
-    from seqpar.bench.report import bench_table, overhead_table, profile_table
+    from seqpar.bench.report import bench_table, overhead_table, peer_table, profile_table
     from seqpar.bench.run import bench_to_dir
     from seqpar.records.writer import OutputError, new_run_dir
     from seqpar.spec import SpecError
@@ -753,7 +756,14 @@ def bench(
             max_repeats=max(200, repeats),
             min_time_s=min_time,
             profile=profile,
+            peer=peer,
         )
+        if peer is not None:
+            from seqpar.bench.peer import available
+
+            reason = available(peer)
+            if reason is not None:
+                raise B.BenchError(reason)
         B.check_overhead_args(overhead_steps, overhead_rounds)
         for note in B.check_points(s, grid, force):
             _warn(note)
@@ -771,6 +781,10 @@ def bench(
         if "stage" in r:
             console.print(line + f"{r['step_ms']['median']:9.3f} ms  {r['stage']}", highlight=False)
             return
+        if "peer" in r:
+            ratio = f"  (seqpar bptt ÷ torch: {r['seqpar_over_torch']:.2f})" if "seqpar_over_torch" in r else ""
+            console.print(line + f"{r['step_ms']['median']:9.3f} ms/step  {r['backend']}{ratio}", highlight=False)
+            return
         iters = r["step_metrics"].get("newton_iters_mean")
         line += f"{r['step_ms']['median']:9.3f} ms/step" + (f"  {iters:.1f} Newton iterations" if iters is not None else "")
         console.print(line, highlight=False)
@@ -784,6 +798,8 @@ def bench(
         console.print(profile_table(result["profile"]))
     if result.get("loop_overhead"):
         console.print(overhead_table(result["loop_overhead"]))
+    if result.get("peer"):
+        console.print(peer_table(result["peer"]))
     console.print(f"bench record: {run_dir / 'bench.json'}, plot: {run_dir / 'bench.png'}")
 
 

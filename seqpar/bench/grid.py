@@ -47,6 +47,7 @@ class Grid:
     max_repeats: int = 200  # ... and at most this many,
     min_time_s: float = 1.0  # ... running until this much time has been spent
     profile: bool = False  # also time the embedding-parallel step in stages (`seqpar.bench.profile`)
+    peer: str | None = None  # also time the step a user would otherwise run (`seqpar.bench.peer`: torch)
 
     def __post_init__(self):
         for name, option in (("lengths", "--lengths"), ("batches", "--batch"), ("unrolls", "--unrolls")):

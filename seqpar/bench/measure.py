@@ -65,6 +65,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqpar.bench.grid import SCHEMA, Grid, point_spec, with_baseline
 from seqpar.bench.machine import device_peak_mb, machine, matmul_peak, reset_peak_rss, rss_mb
+from seqpar.bench.peer import torch_row
 from seqpar.bench.profile import derive_profile, profile_rows, profiled_method
 from seqpar.bench.yardstick import quasi_deer_method, yardstick_rows
 from seqpar.records.writer import environment
@@ -255,6 +256,7 @@ def run_bench(
         "skipped": [],  # (method, point) pairs whose memory estimate exceeds the machine's
         "yardstick": [],  # seqpar's quasi-DEER solve beside a minimal one (`seqpar.bench.yardstick`)
         "profile": [],  # the embedding-parallel step in stages (`seqpar.bench.profile`, with grid.profile)
+        "peer": [],  # the step a user would otherwise run (`seqpar.bench.peer`, with grid.peer)
     }
     profiled = profiled_method(methods) if grid.profile else None
     for cell in cells:
@@ -308,6 +310,15 @@ def run_bench(
                         result["yardstick"].append(row)
                         if on_point:
                             on_point(row)
+                if grid.peer is not None and cell == "gru":
+                    row = torch_row(exp.task.input_dim, grid.hidden, length, batch, grid, summarize_ms)
+                    ours = next((r for r in rows if r["method"] == "bptt"), None)
+                    if ours is not None:
+                        row["seqpar_bptt_ms"] = ours["step_ms"]["median"]
+                        row["seqpar_over_torch"] = ours["step_ms"]["median"] / row["step_ms"]["median"]
+                    result["peer"].append(row)
+                    if on_point:
+                        on_point(row)
                 if profiled is not None:
                     step_row = next((r for r in rows if r["label"] == profiled.display_label), None)
                     for row in profile_rows(exp, profiled, cell, grid, time_function, step_row):

@@ -107,6 +107,25 @@ def overhead_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def peer_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="what a user would otherwise run: PyTorch's nn.GRU, one BPTT training step (same shapes, same machine state)")
+    for c in ("peer", "T", "B", "H", "median ms", "backend", "threads", "seqpar bptt ms", "seqpar ÷ torch"):
+        t.add_column(c, justify="left" if c in ("peer", "backend") else "right")
+    for r in rows:
+        t.add_row(
+            f"{r['label']} {r['torch']}",
+            str(r["length"]),
+            str(r["batch"]),
+            str(r["hidden"]),
+            _ms(r["step_ms"]),
+            r["backend"],
+            str(r["threads"]),
+            f"{r['seqpar_bptt_ms']:.3g}" if "seqpar_bptt_ms" in r else "—",
+            f"{r['seqpar_over_torch']:.3g}" if "seqpar_over_torch" in r else "—",
+        )
+    return t
+
+
 def plot_bench(result: dict[str, Any], path: Path) -> None:
     """Log-log step time and compiled-program memory against length; one line per method x cell x batch."""
     import matplotlib

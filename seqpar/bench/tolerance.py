@@ -28,7 +28,7 @@ import numpy as np
 
 from seqpar.bench.machine import machine
 from seqpar.model.model import build_model
-from seqpar.model.newton import NewtonOptions, differentiable_states, solve_states
+from seqpar.model.newton import AUTO_TOL_EPS, NewtonOptions, differentiable_states, solve_states
 from seqpar.model.rollout import rollout_states
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
 
@@ -94,6 +94,7 @@ def run_tolerance(grid: ToleranceGrid, on_point: Callable[[dict[str, Any]], None
     return {
         "grid": asdict(grid),
         "eps": float(np.finfo(np.float32).eps),
+        "auto_tol_eps": AUTO_TOL_EPS,  # the rule in force when measured: tol = this · eps · (1 + max_t ‖s_t‖)
         "date": datetime.date.today().isoformat(),
         "machine": machine()["summary"],
         "points": points,

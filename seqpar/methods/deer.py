@@ -22,8 +22,15 @@ BPTT's, so DEER is BPTT computed in log T depth per iteration instead of T steps
 - `gradient: diagonal` (only with `jacobian: diagonal`): the adjoint with the diagonal
   Jacobians too, an approximate gradient that never builds an S×S block (exact on a
   structured cell).
-- `tol: auto` (the default): stop at `sqrt(eps) · (1 + max_t ‖s_t‖)` for the states'
-  dtype (`seqpar.model.newton`), where float32 Newton stops improving.
+- `tol: auto` (the default): stop at `10 · eps · (1 + max_t ‖s_t‖)` for the states'
+  dtype (`seqpar.model.newton`), just above float32 Newton's floor (measured); `tol: 0` runs
+  a fixed budget of `max_iters` iterations (ParaRNN's); `jacobian: none` is Picard iteration;
+  `warm_start: f0` starts from ParaRNN's guess `f(0, x_t)`.
+- `unconverged: bptt` (the default): a step in which a solve stopped unconverged (or went
+  non-finite) takes BPTT's gradient instead of the adjoint at the wrong iterate, counted
+  (`newton_fallback`); `apply` applies it anyway, counted (`newton_unconverged`). Every
+  evaluation compares the gradient the method would apply with BPTT's on a fixed batch
+  (`grad_cos_bptt`, `grad_relerr_bptt`).
 - `damping` λ > 0: ELK's Levenberg–Marquardt step (a parallel Kalman filter), for
   cells whose linearisation expands and would overflow plain Newton.
 - `warm_start: previous` keeps each training sequence's last solution as a per-row

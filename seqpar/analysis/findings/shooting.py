@@ -81,7 +81,7 @@ def summary(store: Path) -> str:
     # 1. From which K does the table train a cell that uses its memory?
     for lag in lags:
         wins = [label for label in labels if _kind(label) in ("penalty", "augmented Lagrangian") and _learned(groups, label, lag)]
-        first = min((_k(w) for w in wins if _k(w) is not None), default=None)
+        first = min((k for k in map(_k, wins) if k is not None), default=None)
         bptt = median(_ratios(groups, "bptt", lag))
         if first is None:
             lines.append(
