@@ -46,6 +46,7 @@ NO_JAX = [
     "seqpar.analysis.plots",
     "seqpar.analysis.tensorboard",
     "seqpar.analysis.report",
+    "seqpar.analysis.findings",  # seqpar findings --check runs in CI: the pages are redrawn from records, never by JAX
     "seqpar.track",
     "seqpar.track.tensorboard",
     "seqpar.track.mlflow",

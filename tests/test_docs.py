@@ -24,7 +24,7 @@ from seqpar.tune.space import check_tune
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FRAGMENT = re.compile(r"^# fragment of (\S+\.ya?ml)\s*$")
-COMMAND = re.compile(r"(^|`|\s)seqpar (run|tune|bench|compare|plot)\b", re.M)
+COMMAND = re.compile(r"(^|`|\s)seqpar (run|tune|bench|compare|plot|predictability|tolerance|findings)\b", re.M)
 README_MAX_LINES = 200
 
 
@@ -131,13 +131,24 @@ def test_a_valid_fragment_passes(monkeypatch):
 
 
 def tables_without_command(text: str) -> list[int]:
-    """Line numbers of tables whose section (the text since the heading above) names no seqpar command."""
+    """Line numbers of tables whose section (the text since the heading above) names no seqpar command.
+    A table generated from the findings store (inside a `findings:` block) carries its commands
+    through the page: the page must name them (its provenance block does, from the store)."""
     missing, section, lines = [], "", text.splitlines()
+    generated, inside = set(), None
+    for i, line in enumerate(lines):
+        m = re.match(r"^<!-- (/?)findings:", line)
+        if m:
+            inside = None if m.group(1) else i
+        elif inside is not None:
+            generated.add(i)
+    page_names_a_command = bool(COMMAND.search(text))
     for i, line in enumerate(lines):
         if line.startswith("#"):
             section = ""
         elif line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|[\s:|-]+\|$", lines[i + 1]):
-            if not (i > 0 and lines[i - 1].startswith("|")) and not COMMAND.search(section):
+            carried = COMMAND.search(section) or (i in generated and page_names_a_command)
+            if not (i > 0 and lines[i - 1].startswith("|")) and not carried:
                 missing.append(i + 1)
         section += line + "\n"
     return missing

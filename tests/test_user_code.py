@@ -341,6 +341,34 @@ def test_a_diagonal_function_cell_is_solved_exactly_by_elementwise_newton():
         CELLS.remove(liar)
 
 
+def test_a_flax_module_is_taken_as_it_is():
+    """A researcher's own `nnx.Module` (no seqpar class): registered with `module=`, it passes the
+    registry's checks and Newton solves it exactly."""
+    from flax import nnx
+
+    class TanhRNN(nnx.Module):
+        def __init__(self, input_size, hidden_size, *, rngs):
+            self.w = nnx.Linear(input_size, hidden_size, rngs=rngs)
+            self.u = nnx.Linear(hidden_size, hidden_size, use_bias=False, rngs=rngs)
+
+        def __call__(self, h, x):
+            return jnp.tanh(self.w(x) + self.u(h))
+
+    name = f"module_{uuid.uuid4().hex[:6]}"
+    seqpar.register_cell(name, module=TanhRNN)
+    try:
+        for check in (checks.declares_the_truth, checks.scan_is_a_python_loop, checks.newton_solves_the_rollout):
+            check(name)
+        checks.adjoint_is_the_bptt_gradient(name)
+        checks.trains_with(name, "parallel")
+        model, params = checks.model_of(name)
+        assert "u" in params["cell"]["inner"] and model.cell_jacobian_kind == "autodiff"
+    finally:
+        CELLS.remove(name)
+    with pytest.raises(ValueError, match="give one of init= and step=, config= or module="):
+        seqpar.register_cell("both", module=TanhRNN, config=BPTTConfig)  # type: ignore[arg-type]
+
+
 def test_a_user_cell_trains_on_a_sharded_mesh(tiny_spec, tmp_path):
     """Sharding: the user cell of conftest on 2 of the 4 virtual devices, every row state split."""
     from conftest import USER_CELL

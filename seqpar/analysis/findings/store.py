@@ -184,9 +184,20 @@ def add_json(name: str, source: Path, file: str, commands: list[str], store: Pat
     target = study_dir(name, store)
     target.mkdir(parents=True, exist_ok=True)
     atomic_write_json(target / file, _rounded(_scrub(record)))
-    info = {"study": name, "commands": commands, "sources": [{"name": file, "date": record.get("date"), "machine": record.get("machine")}]}
+    # A study may hold several records (float32 and float64 sweeps): each added one joins the others.
+    info = json.loads((target / STUDY).read_text()) if (target / STUDY).is_file() else {"study": name, "commands": [], "sources": []}
+    info["commands"] = [*[c for c in info["commands"] if c not in commands], *commands]
+    info["sources"] = [
+        *[src for src in info["sources"] if src.get("name") != file],
+        {"name": file, "date": record.get("date") or str(record.get("created", ""))[:10], "machine": _machine_of(record)},
+    ]
     atomic_write_json(target / STUDY, info)
     return info
+
+
+def _machine_of(record: dict[str, Any]) -> str | None:
+    m = record.get("machine")
+    return m.get("summary") if isinstance(m, dict) else m
 
 
 def store_bytes(store: Path = STORE) -> int:

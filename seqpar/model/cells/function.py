@@ -62,25 +62,11 @@ def _name(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
-class FunctionCell(Cell):
-    """A `Cell` around `init`/`step` functions: the params pytree held as `nnx.Param` leaves.
-
-    Subclassed per structure below (the structure is a class-level declaration of `Cell`)."""
+class AutodiffCell(Cell):
+    """A cell whose Newton Jacobian comes from autodiff of its step, in the structure it declares
+    (subclassed per structure below: the structure is a class-level declaration of `Cell`)."""
 
     autodiff_jacobian = True
-
-    def __init__(self, init: InitFn, step: StepFn, input_dim: int, hidden: int, *, rngs: nnx.Rngs, label: str):
-        self.hidden = self.state_dim = hidden
-        self.label = label
-        self.fn = step
-        params = init(rngs.params(), input_dim, hidden)
-        self.p = nnx.data(jax.tree.map(lambda a: nnx.Param(jnp.asarray(a)), params))
-
-    def _params(self) -> Any:
-        return jax.tree.map(lambda v: v[...], self.p, is_leaf=lambda v: isinstance(v, nnx.Variable))
-
-    def step_projected(self, s, px):
-        return self.fn(self._params(), s, px)
 
     def step_and_jacobian(self, s, px):
         f = lambda h: self.step_projected(h, px)  # noqa: E731
@@ -96,11 +82,52 @@ class FunctionCell(Cell):
         return new, jnp.diagonal(jac)
 
 
+class FunctionCell(AutodiffCell):
+    """A `Cell` around `init`/`step` functions: the params pytree held as `nnx.Param` leaves."""
+
+    def __init__(self, init: InitFn, step: StepFn, input_dim: int, hidden: int, *, rngs: nnx.Rngs, label: str):
+        self.hidden = self.state_dim = hidden
+        self.label = label
+        self.fn = step
+        params = init(rngs.params(), input_dim, hidden)
+        self.p = nnx.data(jax.tree.map(lambda a: nnx.Param(jnp.asarray(a)), params))
+
+    def _params(self) -> Any:
+        return jax.tree.map(lambda v: v[...], self.p, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+    def step_projected(self, s, px):
+        return self.fn(self._params(), s, px)
+
+
 class FullFunctionCell(FunctionCell):
     jacobian_structure = "full"
 
 
 class DiagonalFunctionCell(FunctionCell):
+    jacobian_structure = "diagonal"
+
+
+ModuleFactory = Callable[..., nnx.Module]  # (input_size, hidden_size, *, rngs) -> a module with __call__(h, x) -> h_new
+
+
+class ModuleCell(AutodiffCell):
+    """A researcher's own Flax NNX module as a cell, as it is: `module(h, x) -> h_new` for one
+    example; its `nnx.Param`s are trained, its Jacobian taken by autodiff."""
+
+    def __init__(self, make: ModuleFactory, input_dim: int, hidden: int, *, rngs: nnx.Rngs, label: str):
+        self.hidden = self.state_dim = hidden
+        self.label = label
+        self.inner = make(input_dim, hidden, rngs=rngs)
+
+    def step_projected(self, s, px):
+        return self.inner(s, px)
+
+
+class FullModuleCell(ModuleCell):
+    jacobian_structure = "full"
+
+
+class DiagonalModuleCell(ModuleCell):
     jacobian_structure = "diagonal"
 
 
@@ -154,14 +181,18 @@ class FunctionCellConfig(CellConfig):
 
 
 class RegisteredFunctionCell(CellConfig):
-    """Base of the config classes `register_cell` makes for a named function pair."""
+    """Base of the config classes `register_cell` makes for a named function pair (or module)."""
 
     init_fn: ClassVar[InitFn]
     step_fn: ClassVar[StepFn]
+    module_fn: ClassVar[ModuleFactory | None] = None
     structure: ClassVar[Structure]
 
     def build(self, input_dim, hidden, *, rngs):
         label = str(getattr(self, "type"))  # noqa: B009 - every registered subclass has its `type:`
+        if self.module_fn is not None:
+            cls = DiagonalModuleCell if self.structure == "diagonal" else FullModuleCell
+            return cls(self.module_fn, input_dim, hidden, rngs=rngs, label=label)
         return build_function_cell(self.init_fn, self.step_fn, self.structure, input_dim, hidden, rngs=rngs, label=label)
 
 
@@ -172,21 +203,39 @@ def register_cell(
     step: StepFn | None = None,
     structure: Structure = "full",
     config: type[CellConfig] | None = None,
+    module: ModuleFactory | None = None,
 ) -> type[CellConfig]:
     """Make `model.cell: NAME` valid in every spec: a function pair (`init`, `step`, see the module
-    doc) or, with `config`, a `CellConfig` class following the cell protocol (an analytic
-    Jacobian, a block structure, options of its own). Returns the registered config class.
+    doc); with `module`, a Flax NNX module as it is (`module(input_size, hidden_size, rngs=...)`
+    builds it, `m(h, x)` steps it; its Jacobian by autodiff in `structure`); or, with `config`, a
+    `CellConfig` class following the cell protocol (an analytic Jacobian, a block structure,
+    options of its own). Returns the registered config class.
 
     Call it from a plugin module (a spec's `plugins:`, or an installed package's `seqpar.plugins`
     entry point), so that every process of a run (workers, a resume) registers it too."""
-    if config is not None:
-        if init is not None or step is not None:
-            raise ValueError(f"register_cell({name!r}): give init and step, or config, not both")
-        return CELLS.register_class(name, config, CellConfig)
-    if init is None or step is None:
-        raise ValueError(f"register_cell({name!r}): give init= and step= (plain functions), or config= (a CellConfig class)")
+    given = [k for k, v in (("init/step", init or step), ("config", config), ("module", module)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"register_cell({name!r}): give one of init= and step=, config= or module= (got {' and '.join(given)})")
     if structure not in ("full", "diagonal"):
         raise ValueError(f"register_cell({name!r}): structure must be 'full' or 'diagonal' (got {structure!r})")
+    if config is not None:
+        return CELLS.register_class(name, config, CellConfig)
+    if module is not None:
+        if not callable(module):
+            raise ValueError(f"register_cell({name!r}): module must build an nnx.Module: module(input_size, hidden_size, rngs=...)")
+        doc = f"The cell registered as {name!r}: the Flax module {_name(module)} ({structure} Jacobian, by autodiff)."
+        cls = create_model(
+            f"{name}_cell",
+            __base__=RegisteredFunctionCell,
+            __module__=getattr(module, "__module__", __name__),
+            __doc__=doc,
+            type=(Literal[name], name),  # type: ignore[valid-type]
+        )
+        cls.module_fn, cls.structure = staticmethod(module), structure  # type: ignore[assignment]
+        CELLS.register(name)(cls)
+        return cls
+    if init is None or step is None:
+        raise ValueError(f"register_cell({name!r}): give init= and step= (plain functions), config= (a CellConfig class) or module=")
     try:
         check_function("init", init, _name(init))
         check_function("step", step, _name(step))

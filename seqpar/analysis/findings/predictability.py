@@ -1,0 +1,187 @@
+"""docs/findings/predictability.md: the gain sweep of Gonzalez, Kozachkov et al. (2025, Fig. 2), from `seqpar predictability`."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from seqpar.analysis.findings import block, figure
+from seqpar.analysis.findings.stats import fmt, spearman, table
+from seqpar.analysis.findings.store import FindingsError, read_json, study_dir
+
+STUDY = "predictability"
+RECORDS = {"float64": "predictability-float64", "float32": "predictability-float32"}  # file-name prefixes
+NAMES = {"deer": "DEER", "quasi-deer": "quasi-DEER", "elk": "ELK"}
+
+
+def _points(store: Path, dtype: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The dtype's records merged (ELK may run at fewer lengths, in a record of its own): the first
+    record's grid, every record's points."""
+    files = sorted(p.name for p in study_dir(STUDY, store).glob(f"{RECORDS[dtype]}*.json"))
+    if not files:
+        raise FindingsError(f"findings/{STUDY}: no {RECORDS[dtype]}*.json record")
+    records = [read_json(STUDY, f, store) for f in files]
+    return records[0], [p for r in records for p in r["points"]]
+
+
+def _lle_by_gain(points: list[dict[str, Any]]) -> dict[float, float]:
+    """The median LLE of each gain, over its draws and lengths (each point's own estimate)."""
+    by: dict[float, list[float]] = defaultdict(list)
+    for p in points:
+        by[p["gain"]].append(p["lle"])
+    return {g: statistics.median(v) for g, v in sorted(by.items())}
+
+
+def _cell(pts: list[dict[str, Any]]) -> str:
+    """Median iterations over draws; how many did not converge by the cap."""
+    if not pts:
+        return "—"
+    med = statistics.median(p["iterations"] for p in pts)
+    failed = sum(not p["converged"] for p in pts)
+    text = fmt(med, 3)
+    return f"{text} ({failed}/{len(pts)} not by {pts[0]['cap']})" if failed else text
+
+
+def _grid(points: list[dict[str, Any]]) -> tuple[list[float], list[int], list[str]]:
+    gains = sorted({p["gain"] for p in points})
+    lengths = sorted({p["length"] for p in points})
+    solvers = [s for s in NAMES if any(p["solver"] == s for p in points)]
+    return gains, lengths, solvers
+
+
+def _table(store: Path, dtype: str) -> str:
+    record, points = _points(store, dtype)
+    gains, lengths, solvers = _grid(points)
+    lle = _lle_by_gain(points)
+    spread = max(p["lle_spread"] for p in points)
+    rows = []
+    for g in gains:
+        cells = [f"{fmt(g, 3)}", f"{lle[g]:+.3f}"]
+        for s in solvers:
+            for t in lengths:
+                pts = [p for p in points if p["gain"] == g and p["solver"] == s and p["length"] == t]
+                cells.append(_cell(pts))
+        rows.append(cells)
+    head = ["gain g", "LLE / step (median)", *(f"{NAMES[s]} T = {t}" for s in solvers for t in lengths)]
+    grid = record["grid"]
+    return (
+        f"{dtype}, D = {grid['hidden']}, {grid['sequences']} draws per gain (weights, inputs and initial state), initial guess "
+        f"{grid['init']}, ELK's λ = {fmt(grid['damping'])}; the LLE with {grid['burn_in']} burn-in steps, its spread between "
+        f"tangent vectors at most {fmt(spread)}. Median Newton iterations to a residual of "
+        f"{'1e-8' if dtype == 'float64' else 'tol: auto'} (the cap is T, the paper's):\n\n" + table(head, rows)
+    )
+
+
+@block("predictability.float64")
+def table64(store: Path) -> str:
+    return _table(store, "float64")
+
+
+@block("predictability.float32")
+def table32(store: Path) -> str:
+    return _table(store, "float32")
+
+
+def _jump(points: list[dict[str, Any]], solver: str, length: int) -> tuple[list[float], list[float]]:
+    """Iterations ÷ T of the converged-or-capped solves, below and above LLE 0."""
+    below, above = [], []
+    for p in points:
+        if p["solver"] == solver and p["length"] == length:
+            (below if p["lle"] < 0 else above).append(p["iterations"] / length)
+    return below, above
+
+
+@block("predictability.summary")
+def summary(store: Path) -> str:
+    lines = []
+    for dtype in RECORDS:
+        try:
+            _, points = _points(store, dtype)
+        except FindingsError:
+            continue
+        gains, lengths, solvers = _grid(points)
+        t = max(lengths)
+        for s in solvers:
+            below, above = _jump(points, s, t)
+            rho = spearman(
+                [p["lle"] for p in points if p["solver"] == s and p["length"] == t],
+                [p["iterations"] for p in points if p["solver"] == s and p["length"] == t],
+            )
+            if below and above:
+                lines.append(
+                    f"- **{NAMES[s]}, {dtype}, T = {t}:** median {fmt(statistics.median(below) * t, 3)} iterations where the LLE is "
+                    f"negative ({len(below)} draws), {fmt(statistics.median(above) * t, 3)} where it is positive ({len(above)} draws, "
+                    f"the cap is {t}); Spearman's ρ between LLE and iterations {fmt(rho)} (this solver, this T)."
+                )
+            elif below or above:
+                lines.append(f"- **{NAMES[s]}, {dtype}, T = {t}:** every draw's LLE is {'negative' if below else 'positive'}.")
+        deer = [p for p in points if p["solver"] == "deer" and p["converged"] and p.get("grad_cos") is not None]
+        if deer:
+            lines.append(
+                f"- **The gradient ({dtype}):** wherever DEER converged, its adjoint gradient's cosine with BPTT's is at least "
+                f"{fmt(min(p['grad_cos'] for p in deer), 6)} ({len(deer)} solves)."
+            )
+        elk_only = [
+            (p["gain"], p["length"])
+            for p in points
+            if p["solver"] == "elk"
+            and p["converged"]
+            and not any(
+                q["converged"]
+                for q in points
+                if q["solver"] == "deer" and (q["gain"], q["length"], q["draw"]) == (p["gain"], p["length"], p["draw"])
+            )
+        ]
+        if any(p["solver"] == "elk" for p in points):
+            lines.append(
+                f"- **ELK where DEER fails ({dtype}):** ELK converged on {len(elk_only)} draws where DEER did not "
+                f"({', '.join(f'g = {fmt(g, 3)}, T = {n}' for g, n in sorted(set(elk_only))) or 'none'})."
+            )
+    return "\n".join(lines) + "\n"
+
+
+@figure("predictability")
+def predictability_figure(store: Path) -> tuple[dict[str, Any], Any]:
+    data: dict[str, Any] = {}
+    for dtype in RECORDS:
+        try:
+            _, points = _points(store, dtype)
+        except FindingsError:
+            continue
+        gains, lengths, solvers = _grid(points)
+        data[dtype] = {
+            f"{NAMES[s]}, T = {t}": {
+                "lle": [p["lle"] for p in points if p["solver"] == s and p["length"] == t],
+                "iterations": [p["iterations"] for p in points if p["solver"] == s and p["length"] == t],
+                "converged": [p["converged"] for p in points if p["solver"] == s and p["length"] == t],
+                "cap": t,
+            }
+            for s in solvers
+            for t in lengths
+        }
+    return data, _draw
+
+
+def _draw(data: dict[str, Any], png: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(len(data), 1), sharey=True, squeeze=False)[0]
+    for ax, (dtype, series) in zip(axes, data.items(), strict=False):
+        for name, s in series.items():
+            ok = [(x, y) for x, y, c in zip(s["lle"], s["iterations"], s["converged"], strict=True) if c]
+            bad = [(x, y) for x, y, c in zip(s["lle"], s["iterations"], s["converged"], strict=True) if not c]
+            line = ax.plot([x for x, _ in ok], [y for _, y in ok], "o", markersize=4, label=name)[0]
+            ax.plot([x for x, _ in bad], [y for _, y in bad], "x", color=line.get_color(), markersize=6)
+        ax.axvline(0.0, color="0.5", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("largest Lyapunov exponent per step")
+        ax.set_title(f"mean-field tanh RNN, {dtype} (x: not converged by the cap T)", fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("Newton iterations")
+    axes[-1].legend(fontsize=6, frameon=False)
+    fig.savefig(png, dpi=100)
