@@ -161,22 +161,26 @@ def test_refresh_and_table_init_work_on_the_nodes():
 
 
 def test_augmented_lagrangian_multipliers_follow_their_rule_and_are_logged():
-    """λ starts at 0 and after each step moves by rate · r for the batch's rows (r: the step's own
-    residual, before its update); the objective holds ⟨λ, r⟩ beside the penalty."""
-    spec = _spec([{"type": "parallel", "segment": 3, "constraint": "augmented_lagrangian", "multiplier_rate": 0.5, "optimizer": ADAM}])
-    exp, [(method, states, metrics)] = _steps(spec, 3)
+    """λ starts at 0; after every `multiplier_every`-th step every node's multiplier moves by
+    rate · r, its residual at the parameters and table that step produced; between those steps
+    it holds; the objective holds ⟨λ, r⟩ beside the penalty."""
+    options = {"segment": 3, "constraint": "augmented_lagrangian", "multiplier_rate": 0.5, "multiplier_every": 2}
+    spec = _spec([{"type": "parallel", **options, "optimizer": ADAM}], batch=4)
+    exp, [(method, states, metrics)] = _steps(spec, 4)
     assert states[0]["multipliers"].shape == states[0]["table"].shape == (8, 4, 6)
     np.testing.assert_array_equal(states[0]["multipliers"], 0.0)
-    for k in range(3):
-        before = states[k]
-        pred = shooting_predictions(method.model, before["params"], before["table"], exp.train.x, 3)[:, node_steps(T, 3)]
-        expected = before["multipliers"] + 0.5 * (pred - before["table"])
-        np.testing.assert_allclose(states[k + 1]["multipliers"], expected, atol=1e-5)
+    for k in range(4):
+        after = states[k + 1]
+        if (k + 1) % 2:
+            np.testing.assert_array_equal(after["multipliers"], states[k]["multipliers"])
+            continue
+        pred = shooting_predictions(method.model, after["params"], after["table"], exp.train.x, 3)[:, node_steps(T, 3)]
+        expected = states[k]["multipliers"] + 0.5 * (pred - after["table"])
+        np.testing.assert_allclose(after["multipliers"], expected, atol=1e-5)
         np.testing.assert_allclose(metrics[k]["multiplier_norm"], jnp.mean(jnp.linalg.norm(expected, axis=-1)), rtol=1e-5)
-    objective, aux = method.loss(
-        states[2]["params"], states[2]["table"], exp.train.x, exp.train.y, exp.train.mask, 1.0, states[2]["multipliers"]
-    )
-    penalty, _ = method.loss(states[2]["params"], states[2]["table"], exp.train.x, exp.train.y, exp.train.mask, 1.0)
+    data = (exp.train.x, exp.train.y, exp.train.mask)
+    objective, aux = method.loss(states[2]["params"], states[2]["table"], *data, 1.0, states[2]["multipliers"])
+    penalty, _ = method.loss(states[2]["params"], states[2]["table"], *data, 1.0)
     np.testing.assert_allclose(objective - penalty, jnp.mean(jnp.sum(states[2]["multipliers"] * aux["diff"], axis=-1)), atol=1e-6)
 
 
@@ -198,7 +202,7 @@ def _lines(run_dir: Path) -> list[dict]:
 
 
 def test_a_segmented_lagrangian_table_resumes_from_its_checkpoint_exactly(tmp_path):
-    methods = [{"type": "parallel", "segment": 3, "constraint": "augmented_lagrangian", "optimizer": ADAM}]
+    methods = [{"type": "parallel", "segment": 3, "constraint": "augmented_lagrangian", "multiplier_every": 1, "optimizer": ADAM}]
     spec = _spec(methods, layers=2, steps=4, batch=4, log_every=1, checkpoint_every=2)
     reference = tmp_path / "reference"
     assert run_experiment(spec, reference)["status"] == "completed"

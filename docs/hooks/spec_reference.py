@@ -197,7 +197,7 @@ def render(ref: Reference | None = None) -> str:
             continue
         out += ["| key | type | default | bounds | description |", "|---|---|---|---|---|"]
         for key, f in rows:
-            cells = [f"`{f.alias or key}`", _type(field_annotation(f), by_cls, by_members), _default(f), _bounds(f), f.description or ""]
+            cells = [f"`{f.alias or key}`", _type(field_annotation(f), by_cls, by_members), _default(f), _bounds(f), _prose(f.description or "")]
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -301,6 +301,12 @@ def _annotated_metadata(a: Any) -> list[Any]:
     if origin in (typing.Union, types.UnionType):
         return [m for x in args for m in _annotated_metadata(x)]
     return []
+
+
+def _prose(text: str) -> str:
+    """A description as table text: braces as entities (Markdown's attr_list would read `{a, b}` as
+    attributes and drop it), pipes escaped."""
+    return text.replace("{", "&#123;").replace("}", "&#125;").replace("|", "\\|")
 
 
 def _slug(text: str) -> str:

@@ -39,9 +39,9 @@ every K-step segment (`seqpar.model.shooting`); each segment is scanned from the
 it, and the consistency term compares each segment's last prediction with its node. K = 1 is
 the table above; K >= T leaves no node and is BPTT. `constraint: augmented_lagrangian` adds
 ⟨λ, r⟩ with a multiplier per node (a row state like the table, checkpointed with it), updated
-λ <- λ + rate·r for the batch's rows after every `multiplier_every`-th step (default rate 2w,
-the method of multipliers' step for the penalty w·‖r‖²). Every stabilizer below acts on the
-nodes.
+λ <- λ + rate·r for every node after every `multiplier_every`-th step (default 50; default
+rate 2w, the method of multipliers' step for the penalty w·‖r‖²). Every stabilizer below
+acts on the nodes.
 
 Stabilizers (all off by default, so the defaults are the plain method):
 
@@ -167,6 +167,7 @@ else:
 # ----------------------------------------------------------------------------- config
 
 DEFAULT_INIT_SCALE = 0.1
+MULTIPLIER_EVERY = 50  # augmented Lagrangian: steps between multiplier updates (see `EmbeddingParallel.multiplier_update`)
 
 
 @METHODS.register("parallel")
@@ -217,7 +218,10 @@ class ParallelConfig(MethodConfig):
         "method of multipliers' step for the penalty w·‖r‖²)",
     )
     multiplier_every: int | None = Field(
-        None, ge=1, description="augmented_lagrangian: update the batch rows' multipliers after every N-th step (default 1)"
+        None,
+        ge=1,
+        description=f"augmented_lagrangian: update every node's multiplier after every N-th step (default {MULTIPLIER_EVERY}), "
+        "from the residuals at that step's parameters and table",
     )
 
     # Added after records existed: a spec that does not use them is recorded (and hashed) as before.
@@ -483,13 +487,24 @@ class EmbeddingParallel(Method):
             **self.layer_metrics(aux["diff"]),
         }
         if lam is not None:
-            # λ <- λ + rate·r for the batch's rows, r taken at this step's parameters and table (before its update).
-            rate = 2.0 * weight if self.cfg.multiplier_rate is None else self.cfg.multiplier_rate
-            due = (step + 1) % (self.cfg.multiplier_every or 1) == 0
-            lam = lam + jnp.where(due, rate, 0.0) * jax.lax.stop_gradient(aux["diff"])
-            new_state["multipliers"] = put_rows(state["multipliers"], batch.idx, lam)
-            metrics["multiplier_norm"] = _mean(jnp.linalg.norm(lam, axis=-1))
+            new_state["multipliers"] = self.multiplier_update(state["multipliers"], new_state, train, step, weight)
+            metrics["multiplier_norm"] = _mean(jnp.linalg.norm(new_state["multipliers"], axis=-1))
         return new_state, metrics
+
+    def multiplier_update(self, lam, new_state, train, step, weight):
+        """After every `multiplier_every`-th step: λ <- λ + rate·r for every node of the training set,
+        r each segment's residual at the parameters and table this step produced. The method of
+        multipliers moves λ once the primal variables have had steps to respond to it; moving the
+        batch's multipliers after every step at the classic rate 2w let them grow without bound (a
+        measurement at K = 16: docs/findings/shooting.md)."""
+        rate = 2.0 * weight if self.cfg.multiplier_rate is None else self.cfg.multiplier_rate
+        due = (step + 1) % (self.cfg.multiplier_every or MULTIPLIER_EVERY) == 0
+
+        def update(lam):
+            pred = self.at_nodes(self.predictions(new_state["params"], new_state["table"], train.x))
+            return lam + rate * jax.lax.stop_gradient(pred - new_state["table"])
+
+        return jax.lax.cond(due, update, lambda lam: lam, lam)
 
     def _accumulate(self, state, table, idx, g_rows, step):
         """freeze_every > 1: add this step's row gradients; after every K-th step apply and clear."""

@@ -161,6 +161,8 @@ def predictability_figure(store: Path) -> tuple[dict[str, Any], Any]:
             for s in solvers
             for t in lengths
         }
+    if not data:
+        raise FindingsError(f"findings/{STUDY}: no record to draw")
     return data, _draw
 
 

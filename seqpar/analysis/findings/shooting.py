@@ -154,7 +154,7 @@ def _draw(data: dict[str, Any], png: Path) -> None:
 
     fig = Figure(figsize=(9, 3.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(data["lags"]), sharey=True)
+    axes = fig.subplots(1, len(data["lags"]), sharey=True, squeeze=False)[0]
     styles = {"penalty": ("o-", "#1f77b4"), "augmented Lagrangian": ("s--", "#d62728"), "truncated BPTT": ("^:", "#2ca02c")}
     for ax, lag in zip(axes, data["lags"], strict=True):
         for kind, (style, color) in styles.items():
