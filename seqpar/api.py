@@ -201,10 +201,11 @@ def run(
     `data`: arrays in memory for `task: {type: dataset}` with no `path` (the keys and checks of
     a dataset file: `x`, `y`, optionally `mask`, `score_at`, `x_val`, ...); they are saved as
     the run directory's `data.npz`, which the recorded spec names, so the run resumes like any.
-    `out`: the run directory (must be new or empty; default `results_root/<name>/<run id>`). `tracker`: live trackers besides metrics.jsonl
-    (`"tensorboard"`, `"mlflow"`; `tracking_uri` for MLflow). `progress`: Rich bars on stdout.
-    `force`: run even if the estimated memory exceeds the machine's. Raises `SpecError` for a
-    bad spec, `MemoryLimitError` for one too big, `OutputError` for an unusable `out`. A
+    `out`: the run directory (must be new or empty; default `results_root/<name>/<run id>`).
+    `tracker`: live trackers besides metrics.jsonl (`"tensorboard"`, `"mlflow"`; `tracking_uri`
+    for MLflow). `progress`: Rich bars on stdout. `force`: run even if the estimated memory
+    exceeds the machine's. Raises `SpecError` for a bad spec, `MemoryLimitError` for one too big,
+    `OutputError` for an unusable `out`, `ValueError` for a tracking URI MLflow cannot open. A
     method that fails or diverges is a result (its `status`), not an exception."""
     from seqpar.records.writer import new_run_dir
     from seqpar.track import Tracking
@@ -218,6 +219,7 @@ def run(
     hint = tracking.missing()
     if hint:
         raise ImportError(hint)
+    tracking.check()  # a tracking URI MLflow cannot open: ValueError, before anything is written
     for note in check_all([s], force):
         warnings.warn(note, stacklevel=2)
     for note in check_user_code([s]):
