@@ -21,31 +21,51 @@ import pytest
 import yaml
 
 import seqpar
+from seqpar.train.loop import NullProgress
 
 jax.config.update("jax_num_cpu_devices", 4)
 
 
 # A user's cell, registered as a user registers one (two plain functions, no seqpar class), so every
 # test parametrised over the cell registry (`seqpar.testing.cell_names()`) runs it beside the built-ins:
-# a GRU whose candidate uses softsign, its Jacobian left to autodiff.
-def _softgru_init(key, input_size, hidden_size):
-    kx, kh = jax.random.split(key)
-    return {
-        "wx": jax.random.normal(kx, (input_size, 3 * hidden_size)) / input_size**0.5,
-        "wh": jax.random.normal(kh, (hidden_size, 3 * hidden_size)) / hidden_size**0.5,
-        "b": jax.numpy.zeros(3 * hidden_size),
-    }
+# examples/function_cell/mycell.py, a GRU whose candidate uses softsign, its Jacobian left to autodiff.
+def _example_cell():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "function_cell" / "mycell.py"
+    spec = importlib.util.spec_from_file_location("seqpar_example_mycell", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _softgru_step(params, h, x):
-    xr, xz, xn = jax.numpy.split(x @ params["wx"] + params["b"], 3)
-    hr, hz, hn = jax.numpy.split(h @ params["wh"], 3)
-    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-    return (1 - z) * jax.nn.soft_sign(xn + r * hn) + z * h
-
-
+_mycell = _example_cell()
 USER_CELL = "user_softgru"
-seqpar.register_cell(USER_CELL, init=_softgru_init, step=_softgru_step)
+seqpar.register_cell(USER_CELL, init=_mycell.init, step=_mycell.step)
+
+
+class Crash(BaseException):
+    """Stands for the process dying (not an Exception: nothing records it as a failure)."""
+
+
+class CrashAt(NullProgress):
+    """A progress sink that kills the run (raises `Crash`) when `label` logs `step`."""
+
+    def __init__(self, label, step):
+        self.label, self.step = label, step
+
+    def update(self, label, step, record):
+        if (label, step) == (self.label, self.step):
+            raise Crash
+
+
+def metric_lines(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without its wall-clock field: what a resumed run must reproduce exactly."""
+    from seqpar.records.reader import read_metrics
+
+    return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in read_metrics(run_dir)]
+
 
 TINY = {
     "name": "tiny",

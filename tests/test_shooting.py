@@ -10,21 +10,20 @@ for parameters after several steps.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Crash, CrashAt, metric_lines
 
 from seqpar.model.model import build_model
 from seqpar.model.newton import NewtonOptions
 from seqpar.model.rollout import rollout_states
 from seqpar.model.shooting import node_steps, shooting_predictions, solve_nodes
-from seqpar.records.reader import read_metrics
 from seqpar.spec import SpecError, validate_spec
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
-from seqpar.train.loop import NullProgress, build_experiment, make_train_step
+from seqpar.train.loop import build_experiment, make_train_step
 from seqpar.train.runner import run_experiment
 
 ADAM = {"type": "adam", "lr": 1e-2}
@@ -184,35 +183,18 @@ def test_augmented_lagrangian_multipliers_follow_their_rule_and_are_logged():
     np.testing.assert_allclose(objective - penalty, jnp.mean(jnp.sum(states[2]["multipliers"] * aux["diff"], axis=-1)), atol=1e-6)
 
 
-class _Crash(BaseException):
-    """Stands for the process dying."""
-
-
-class _CrashAt(NullProgress):
-    def __init__(self, label, step):
-        self.label, self.step = label, step
-
-    def update(self, label, step, record):
-        if (label, step) == (self.label, self.step):
-            raise _Crash
-
-
-def _lines(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in read_metrics(run_dir)]
-
-
 def test_a_segmented_lagrangian_table_resumes_from_its_checkpoint_exactly(tmp_path):
     methods = [{"type": "parallel", "segment": 3, "constraint": "augmented_lagrangian", "multiplier_every": 1, "optimizer": ADAM}]
     spec = _spec(methods, layers=2, steps=4, batch=4, log_every=1, checkpoint_every=2)
     reference = tmp_path / "reference"
     assert run_experiment(spec, reference)["status"] == "completed"
     out = tmp_path / "run"
-    with pytest.raises(_Crash):
-        run_experiment(spec, out, _CrashAt("parallel", 3))
+    with pytest.raises(Crash):
+        run_experiment(spec, out, CrashAt("parallel", 3))
     summary = run_experiment(spec, out, resume=True)
     assert summary["resumes"][0]["from_step"] == {"parallel": 2}
-    assert _lines(out) == _lines(reference)
-    assert all("multiplier_norm" in ln for ln in _lines(out) if "consistency" in ln)  # every training and eval line
+    assert metric_lines(out) == metric_lines(reference)
+    assert all("multiplier_norm" in ln for ln in metric_lines(out) if "consistency" in ln)  # every training and eval line
     a, b = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
     assert [r["final"] for r in a["runs"]] == [r["final"] for r in b["runs"]]
 

@@ -8,12 +8,12 @@ same function (states, gradients, truncation, the memoryless cut, Newton's solut
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import Crash, CrashAt, metric_lines
 from typer.testing import CliRunner
 
 from seqpar import testing as checks
@@ -24,10 +24,9 @@ from seqpar.model.model import build_model
 from seqpar.model.newton import NewtonOptions
 from seqpar.model.newton_stack import differentiable_stack, solve_stack
 from seqpar.model.rollout import readout_all, rollout_states
-from seqpar.records.reader import read_metrics
 from seqpar.spec import validate_spec
 from seqpar.tasks.delayed_recall import DelayedRecallConfig
-from seqpar.train.loop import NullProgress, build_experiment, init_state, make_train_step, run_method
+from seqpar.train.loop import build_experiment, init_state, make_train_step, run_method
 from seqpar.train.runner import run_experiment
 
 CELL_NAMES = checks.cell_names()
@@ -244,23 +243,6 @@ def test_one_layer_is_recorded_as_before_and_a_stack_round_trips():
     assert validate_spec(two.model_dump(mode="json")) == two
 
 
-class _Crash(BaseException):
-    """Stands for the process dying (not an Exception: nothing records it as a failure)."""
-
-
-class _CrashAt(NullProgress):
-    def __init__(self, label, step):
-        self.label, self.step = label, step
-
-    def update(self, label, step, record):
-        if (label, step) == (self.label, self.step):
-            raise _Crash
-
-
-def _lines(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in rec.items() if k != "wall_s"} for rec in read_metrics(run_dir)]
-
-
 def test_a_stack_resumes_from_its_checkpoint_exactly(tmp_path):
     # The checkpoint holds every layer's table, side by side, and their per-row optimizer states.
     methods = [{"type": "parallel", "optimizer": SGD}]
@@ -268,11 +250,11 @@ def test_a_stack_resumes_from_its_checkpoint_exactly(tmp_path):
     reference = tmp_path / "reference"
     assert run_experiment(spec, reference)["status"] == "completed"
     out = tmp_path / "run"
-    with pytest.raises(_Crash):
-        run_experiment(spec, out, _CrashAt("parallel", 3))
+    with pytest.raises(Crash):
+        run_experiment(spec, out, CrashAt("parallel", 3))
     summary = run_experiment(spec, out, resume=True)
     assert summary["resumes"][0]["from_step"] == {"parallel": 2}
-    assert _lines(out) == _lines(reference)
+    assert metric_lines(out) == metric_lines(reference)
     a, b = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
     assert [r["final"] for r in a["runs"]] == [r["final"] for r in b["runs"]]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
+from seqpar.analysis.findings.common import new_figure
 from seqpar.analysis.findings.stats import fmt, table
 from seqpar.analysis.findings.store import read_json, read_study
 
@@ -154,11 +155,7 @@ def bench_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(8, 4.5)
     ax = fig.subplots()
     for name, s in sorted(data["series"].items()):
         pts = sorted(zip(s["length"], s["ms"], strict=True))

@@ -75,3 +75,13 @@ def provenance(store: Path, name: str) -> str:
 def by_label(rs: Iterable[Result], order: Callable[[str], Any] | None = None) -> list[str]:
     labels = list(dict.fromkeys(r.label for r in rs))
     return sorted(labels, key=order) if order else labels
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure drawn without a display (the Agg canvas), laid out to fit."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import BLOCKS, block, figure
-from seqpar.analysis.findings.common import curve, study_results
+from seqpar.analysis.findings.common import curve, new_figure, study_results
 from seqpar.analysis.findings.stats import fmt
 from seqpar.analysis.findings.store import FindingsError, study_dir
 
@@ -79,11 +79,7 @@ def quickstart_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(7, 3.6)
     ax = fig.subplots()
     for i, (label, d) in enumerate(data.items()):
         ax.plot(*zip(*d["objective"], strict=True), "--", color=f"C{i}", label=f"{label}: training objective")

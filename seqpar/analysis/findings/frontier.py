@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import curve, median, provenance, ratio, study_results
+from seqpar.analysis.findings.common import curve, median, new_figure, provenance, ratio, study_results
 from seqpar.analysis.findings.stats import fmt, seeds_cell, spearman, table
 from seqpar.records.reader import Result
 
@@ -167,11 +167,7 @@ def frontier_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(9, 3.8)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, solver in zip(axes, ("deer", "quasi-deer"), strict=True):
         for i, cell in enumerate(CELLS):

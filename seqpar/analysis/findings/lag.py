@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import curve, grouped, median, provenance, ratio, steps_cell, study_results
+from seqpar.analysis.findings.common import curve, grouped, median, new_figure, provenance, ratio, steps_cell, study_results
 from seqpar.analysis.findings.stats import MIN_SLOPE_POINTS, fmt, seeds_cell, slope, table
 from seqpar.analysis.findings.store import read_json
 
@@ -92,11 +92,7 @@ def lag_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(6.5, 4)
     ax = fig.subplots()
     for i, (label, d) in enumerate(data.items()):
         reached = [(lag, s) for lag, s in zip(d["lag"], d["steps"], strict=True) if s is not None]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import curve, median, provenance, ratio, study_results
+from seqpar.analysis.findings.common import curve, median, new_figure, provenance, ratio, study_results
 from seqpar.analysis.findings.stats import LEARNED, fmt, seeds_cell, table
 from seqpar.records.reader import Result
 
@@ -178,12 +178,8 @@ def long_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     cols = data["cols"]
-    fig = Figure(figsize=(12, 7), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(12, 7)
     axes = fig.subplots(3, 3, squeeze=False)
     for ax, col in zip(axes.flat, cols, strict=False):
         for key, c in data["curves"].items():

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
+from seqpar.analysis.findings.common import new_figure
 from seqpar.analysis.findings.stats import fmt, table
 from seqpar.analysis.findings.store import read_json
 
@@ -88,11 +89,7 @@ def tolerance_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(10, 3.4)
     axes = fig.subplots(1, 3)
     for name, c in data["curves"].items():
         style = "-" if "T = 256" in name else "--" if "T = 1024" in name else ":"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
+from seqpar.analysis.findings.common import new_figure
 from seqpar.analysis.findings.stats import fmt, spearman, table
 from seqpar.analysis.findings.store import FindingsError, read_json, study_dir
 
@@ -167,11 +168,7 @@ def predictability_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.8), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(10, 3.8)
     axes = fig.subplots(1, max(len(data), 1), sharey=True, squeeze=False)[0]
     for ax, (dtype, series) in zip(axes, data.items(), strict=False):
         for name, s in series.items():

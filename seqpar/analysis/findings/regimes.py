@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import curve, grouped, median, provenance, ratio, study_results
+from seqpar.analysis.findings.common import curve, grouped, median, new_figure, provenance, ratio, study_results
 from seqpar.analysis.findings.stats import fmt, seeds_cell, table
 
 STUDY = "pararnn-regime"
@@ -140,11 +140,7 @@ def regimes_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(9, 3.4)
     a, b = fig.subplots(1, 2)
     for cell, d in data.items():
         pts = [(k, c, g) for k, c, g in zip(d["k"], d["grad_cos_median"], d["loss_gap"], strict=True)]

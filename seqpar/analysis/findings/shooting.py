@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import grouped, median, provenance, ratio, steps_cell, study_results
+from seqpar.analysis.findings.common import grouped, median, new_figure, provenance, ratio, steps_cell, study_results
 from seqpar.analysis.findings.stats import LEARNED, fmt, seeds_cell, table
 
 STUDY = "shooting"
@@ -149,11 +149,7 @@ def shooting_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(9, 3.6)
     axes = fig.subplots(1, len(data["lags"]), sharey=True, squeeze=False)[0]
     styles = {"penalty": ("o-", "#1f77b4"), "augmented Lagrangian": ("s--", "#d62728"), "truncated BPTT": ("^:", "#2ca02c")}
     for ax, lag in zip(axes, data["lags"], strict=True):

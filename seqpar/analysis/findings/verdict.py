@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import median, provenance, ratio, study_results
+from seqpar.analysis.findings.common import median, new_figure, provenance, ratio, study_results
 from seqpar.analysis.findings.stats import LEARNED, fmt, seeds_cell, table
 from seqpar.records.reader import Result
 
@@ -166,12 +166,8 @@ def verdict_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     tasks, methods = data["tasks"], data["methods"]
-    fig = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(11, 4.2)
     ax = fig.subplots()
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):

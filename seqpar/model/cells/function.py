@@ -224,16 +224,7 @@ def register_cell(
         if not callable(module):
             raise ValueError(f"register_cell({name!r}): module must build an nnx.Module: module(input_size, hidden_size, rngs=...)")
         doc = f"The cell registered as {name!r}: the Flax module {_name(module)} ({structure} Jacobian, by autodiff)."
-        cls = create_model(
-            f"{name}_cell",
-            __base__=RegisteredFunctionCell,
-            __module__=getattr(module, "__module__", __name__),
-            __doc__=doc,
-            type=(Literal[name], name),  # type: ignore[valid-type]
-        )
-        cls.module_fn, cls.structure = staticmethod(module), structure  # type: ignore[assignment]
-        CELLS.register(name)(cls)
-        return cls
+        return _register_named(name, module, doc, module_fn=staticmethod(module), structure=structure)
     if init is None or step is None:
         raise ValueError(f"register_cell({name!r}): give init= and step= (plain functions), config= (a CellConfig class) or module=")
     try:
@@ -242,13 +233,19 @@ def register_cell(
     except PluginError as e:
         raise ValueError(f"register_cell({name!r}): {e}") from None
     doc = f"The cell registered as {name!r}: init {_name(init)}, step {_name(step)} ({structure} Jacobian, by autodiff)."
+    return _register_named(name, step, doc, init_fn=staticmethod(init), step_fn=staticmethod(step), structure=structure)
+
+
+def _register_named(name: str, owner: Any, doc: str, **classvars: Any) -> type[CellConfig]:
+    """A `RegisteredFunctionCell` subclass whose `type:` is `name` (its module the user's), registered."""
     cls = create_model(
         f"{name}_cell",
         __base__=RegisteredFunctionCell,
-        __module__=getattr(step, "__module__", __name__),
+        __module__=getattr(owner, "__module__", __name__),
         __doc__=doc,
         type=(Literal[name], name),  # type: ignore[valid-type]
     )
-    cls.init_fn, cls.step_fn, cls.structure = staticmethod(init), staticmethod(step), structure  # type: ignore[assignment]
+    for key, value in classvars.items():
+        setattr(cls, key, value)
     CELLS.register(name)(cls)
     return cls
