@@ -166,6 +166,34 @@ def test_a_function_cell_beside_the_spec_trains_every_method_from_any_directory(
     assert done.returncode == 0 and done.stdout.strip() == "autodiff", done.stderr
 
 
+def test_a_function_cell_is_tuned_and_its_best_spec_reruns_from_elsewhere(tmp_path, monkeypatch):
+    """`seqpar tune` on a spec whose cell is a user's module beside it: every trial builds the cell,
+    and best.yaml (which carries the spec's directory) reproduces the tuned test loss when run
+    from a directory where the module is not importable."""
+    pytest.importorskip("optuna")
+    specdir = tmp_path / "specdir"
+    specdir.mkdir()
+    module = _module(specdir, CELL_SOURCE)
+    raw = yaml.safe_load(_function_spec(specdir, module).read_text())
+    raw["methods"] = [m for m in raw["methods"] if m["type"] == "bptt"]
+    raw["tune"] = {"trials": 2, "seeds": [0], "space": {"bptt": {"optimizer.lr": {"log": [1e-3, 1e-1]}}}}
+    spec = specdir / "tune.yaml"
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "study"
+    res = runner.invoke(app, ["tune", str(spec), "--out", str(out), "--quiet", *[a for s in SMALL for a in ("--set", s)]])
+    assert res.exit_code == 0, res.output
+    (method,) = json.loads((out / "tune.json").read_text())["methods"]
+    assert method["trials"]["completed"] + method["trials"]["pruned"] == 2 and method["trials"]["failed"] == 0
+    res = runner.invoke(app, ["run", str(out / "best.yaml"), "--out", str(tmp_path / "again"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    (record,) = (tmp_path / "again").glob("**/summary.json")
+    (again,) = [r["final"]["rollout_loss_test"] for r in json.loads(record.read_text())["runs"]]
+    assert again == pytest.approx(method["final"][0]["rollout_loss_test"], abs=1e-6)
+
+
 BROKEN = {
     "a module that does not import": ("nosuchmodule_x", "step", "module 'nosuchmodule_x' not found (looked in"),
     "a name the module lacks": (None, "stepp", "has no 'stepp'; it defines: init, liar, np_step, short, step, wrong_shape"),

@@ -183,6 +183,8 @@ def measure(exp, cfg, grid: Grid) -> dict[str, Any]:
         "rss_before_mb": rss_before,
         "device_peak_mb": device_peak_mb(),
         "table_bytes": table_bytes,
+        # Dependent steps on the step's critical path, as `seqpar run` records it (Newton's from the last step's iterations).
+        "sequential_depth": float(method.sequential_depth(int(exp.train.x.shape[1]), jax.device_get(last_metrics))),
         # The last timed step's metrics (Newton iterations, residual...): what the step did.
         "step_metrics": {k: float(v) for k, v in jax.device_get(last_metrics).items()},
     }

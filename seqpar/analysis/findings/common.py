@@ -67,6 +67,8 @@ def provenance(store: Path, name: str) -> str:
         hours = src.get("training_seconds")
         ran = f", {src['runs']} runs" if src.get("runs") else ""
         spent = f", {fmt(hours / 60, 2)} min of training" if hours else ""
+        if src.get("seconds"):
+            spent = f", {fmt(src['seconds'] / 60, 2)} min of solves (compiles included)"
         parts.append(f"`{src['name']}`{ran}{spent} on {src.get('machine') or 'an unnamed machine'}, {when[:10]}")
     commands = "\n".join(f"    {c}" for c in info.get("commands", []))
     return f"Produced by\n\n{commands}\n\n({'; '.join(parts)}; record: `findings/{name}/`).\n"

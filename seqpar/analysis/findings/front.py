@@ -10,7 +10,7 @@ from typing import Any
 from seqpar.analysis.findings import BLOCKS, block, figure
 from seqpar.analysis.findings.common import curve, new_figure, study_results
 from seqpar.analysis.findings.stats import fmt
-from seqpar.analysis.findings.store import FindingsError, study_dir
+from seqpar.analysis.findings.store import FindingsError, read_study, study_dir
 
 QUICKSTART = "quickstart"
 
@@ -59,9 +59,14 @@ def timing(store: Path) -> str:
     walls = ", ".join(f"{r.label} {fmt(r.value('wall_s'), 2)} s after a {fmt(r.value('compile_s'), 2)} s compile" for r in rs)
     return (
         f"**How long.** The quickstart's methods train for {walls} "
-        f"(recorded {str(summary.get('started', ''))[:10]}, on the machine named in `findings/{QUICKSTART}/study.json`); "
+        f"(recorded {str(summary.get('started', ''))[:10]} on {_machine(store)}); "
         "installing adds the time of a `pip install` of JAX and its dependencies.\n"
     )
+
+
+def _machine(store: Path) -> str:
+    sources = read_study(QUICKSTART, store).get("sources") or [{}]
+    return sources[0].get("machine") or "an unnamed machine"
 
 
 @figure("quickstart")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import new_figure
+from seqpar.analysis.findings.common import new_figure, provenance
 from seqpar.analysis.findings.stats import fmt, spearman, table
 from seqpar.analysis.findings.store import FindingsError, read_json, study_dir
 
@@ -17,13 +17,17 @@ RECORDS = {"float64": "predictability-float64", "float32": "predictability-float
 NAMES = {"deer": "DEER", "quasi-deer": "quasi-DEER", "elk": "ELK"}
 
 
-def _points(store: Path, dtype: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The dtype's records merged (ELK may run at fewer lengths, in a record of its own): the first
-    record's grid, every record's points."""
+def _records(store: Path, dtype: str) -> list[dict[str, Any]]:
     files = sorted(p.name for p in study_dir(STUDY, store).glob(f"{RECORDS[dtype]}*.json"))
     if not files:
         raise FindingsError(f"findings/{STUDY}: no {RECORDS[dtype]}*.json record")
-    records = [read_json(STUDY, f, store) for f in files]
+    return [read_json(STUDY, f, store) for f in files]
+
+
+def _points(store: Path, dtype: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The dtype's records merged (ELK may run at fewer lengths, in a record of its own): the first
+    record's grid, every record's points."""
+    records = _records(store, dtype)
     return records[0], [p for r in records for p in r["points"]]
 
 
@@ -67,12 +71,18 @@ def _table(store: Path, dtype: str) -> str:
         rows.append(cells)
     head = ["gain g", "LLE / step (median)", *(f"{NAMES[s]} T = {t}" for s in solvers for t in lengths)]
     grid = record["grid"]
+    elk = next((r["grid"] for r in _records(store, dtype) if "elk" in r["grid"]["solvers"]), grid)
     return (
         f"{dtype}, D = {grid['hidden']}, {grid['sequences']} draws per gain (weights, inputs and initial state), initial guess "
-        f"{grid['init']}, ELK's λ = {fmt(grid['damping'])}; the LLE with {grid['burn_in']} burn-in steps, its spread between "
+        f"{grid['init']}, ELK's λ = {fmt(elk['damping'])}; the LLE with {grid['burn_in']} burn-in steps, its spread between "
         f"tangent vectors at most {fmt(spread)}. Median Newton iterations to a residual of "
         f"{'1e-8' if dtype == 'float64' else 'tol: auto'} (the cap is T, the paper's):\n\n" + table(head, rows)
     )
+
+
+@block("predictability.provenance")
+def predictability_provenance(store: Path) -> str:
+    return provenance(store, STUDY)
 
 
 @block("predictability.float64")

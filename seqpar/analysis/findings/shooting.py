@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import grouped, median, new_figure, provenance, ratio, steps_cell, study_results
+from seqpar.analysis.findings.common import curve, grouped, median, new_figure, provenance, ratio, steps_cell, study_results
 from seqpar.analysis.findings.stats import LEARNED, fmt, seeds_cell, table
+from seqpar.analysis.findings.store import read_json, read_study
 
 STUDY = "shooting"
+BENCH = "bench-shooting"  # `seqpar bench experiments/bench_shooting.yaml`: step time and memory against K at T = 4096
 
 
 def _k(label: str) -> int | None:
@@ -45,26 +47,89 @@ def _ratios(groups: dict[tuple, list], label: str, lag: int) -> list[float | Non
 @block("shooting.table")
 def results_table(store: Path) -> str:
     lags, labels, groups = _data(store)
-    head = ["method", "K", *(f"lag {lag}" for lag in lags), *(f"steps to target, lag {lag}" for lag in lags), "table MiB", "depth"]
+    head = ["method", "K", *(f"lag {lag}" for lag in lags), "steps in 60 s", "depth"]
     rows = []
     for label in labels:
-        any_run = next(r for lag in lags for r in groups.get((label, lag), []))
-        table_mib = (any_run.record.get("state_table_bytes") or 0) / 2**20
+        runs = [r for lag in lags for r in groups.get((label, lag), [])]
         rows.append(
             [
                 label,
-                str(_k(label) or ("T" if label == "bptt" else "—")),
+                _k_text(label),
                 *(seeds_cell(_ratios(groups, label, lag)) for lag in lags),
-                *(steps_cell(groups.get((label, lag), [])) for lag in lags),
-                fmt(table_mib, 3) if table_mib else "—",
-                fmt(any_run.value("sequential_depth"), 3),
+                fmt(median(r.record.get("steps_done") for r in runs), 3),
+                fmt(runs[0].value("sequential_depth"), 3),
             ]
         )
     return (
         "Test rollout loss ÷ the memoryless baseline (ln 2), per lag; **bold**: below half of it (the cell uses its memory). "
-        "Where the seeds disagree every seed is shown. Steps to the validation target (a tenth of the baseline): the median "
-        "over the seeds that reached it, and how many did. `table MiB`: the free states (nodes) of the training set; "
-        "`depth`: the dependent cell steps on one training step's critical path.\n\n" + table(head, rows)
+        "Where the seeds disagree every seed is shown. `steps in 60 s`: the median steps a method took in its budget "
+        "(every lag and seed); `depth`: the dependent cell steps on one training step's critical path.\n\n" + table(head, rows)
+    )
+
+
+def _k_text(label: str) -> str:
+    return str(_k(label) or ("T" if label == "bptt" else "—"))
+
+
+def _horizon(rs: list) -> str:
+    """The agreement horizon at the last evaluation: the leading steps over which the nodes agree with the rollout."""
+    got = [c[-1][1] for c in (curve(r, "agreement_horizon") for r in rs) if c]
+    return fmt(median(got), 3) if got else "—"
+
+
+@block("shooting.steps")
+def steps_table(store: Path) -> str:
+    lags, labels, groups = _data(store)
+    head = ["method", "K", *(f"lag {lag}: steps / s to target / horizon" for lag in lags)]
+    rows = []
+    for label in labels:
+        cells = []
+        for lag in lags:
+            rs = groups.get((label, lag), [])
+            cells.append(f"{steps_cell(rs)} / {steps_cell(rs, 'seconds_to_target')} / {_horizon(rs)}")
+        rows.append([label, _k_text(label), *cells])
+    return (
+        "Steps and seconds of training to the validation target (a tenth of the baseline): the median over the seeds that "
+        "reached it, and how many did; the agreement horizon at the end (median over seeds; the steps from the start over "
+        "which the nodes agree with the sequential rollout, T = 256 where they agree everywhere; — for methods without a "
+        "table). The seed's prediction, re-asked: steps to target should grow with the lag for a table that carries "
+        "information one node per update.\n\n" + table(head, rows)
+    )
+
+
+@block("shooting.cost")
+def cost_table(store: Path) -> str:
+    record = read_json(BENCH, "bench.json", store)
+    methods = {m.get("label") or m["type"]: m for m in record["spec"]["methods"]}
+    rows, bptt = [], None
+    for p in record["points"]:
+        if p["label"] == "bptt":
+            bptt = p["step_ms"]["median"]
+    for p in record["points"]:
+        cfg = methods.get(p["label"], {})
+        k = cfg.get("segment") or cfg.get("window")  # multiple shooting's K, or truncation's
+        k = str(k) if k else ("T" if p["label"] == "bptt" else "—")
+        rows.append(
+            [
+                p["label"],
+                k,
+                fmt(p["step_ms"]["median"], 3),
+                fmt(p["step_ms"]["median"] / bptt, 3) if bptt else "—",
+                fmt(p["table_bytes"] / 2**20, 3) if p.get("table_bytes") else "—",
+                fmt(p["memory"]["compiled_mb"], 3),
+                fmt(p.get("sequential_depth"), 3),
+            ]
+        )
+    info = read_study(BENCH, store)
+    commands = "\n".join(f"    {c}" for c in info.get("commands", []))
+    first = record["points"][0]
+    return (
+        f"One training step at T = {first['length']}, {first['batch']} sequences, GRU {first['hidden']}, on "
+        f"{record['machine']['summary']}, {str(record['created'])[:10]}: median of timed steps after warm-up, compilation "
+        "apart, every row in the one bench run. `table MiB`: the nodes (and the augmented Lagrangian's multipliers); "
+        "`compiled MiB`: the step's compiled memory (arguments, outputs, temporaries); `depth`: dependent cell steps on the "
+        f"critical path. Produced by\n\n{commands}\n\n"
+        + table(["method", "K", "step ms", "÷ BPTT", "table MiB", "compiled MiB", "depth"], rows)
     )
 
 

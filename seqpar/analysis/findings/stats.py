@@ -27,7 +27,7 @@ def fmt(v: float | None, digits: int = 2) -> str:
         return "—"
     if v == 0:
         return "0"
-    a = abs(v)
+    a = abs(float(f"{v:.{max(digits - 1, 0)}e}"))  # rounded first: 0.99999995 reads 1.000, as 1.0 does
     if a < 1e-3 or a >= 1e5:
         return f"{v:.{max(digits - 1, 0)}e}"
     decimals = max(digits - 1 - math.floor(math.log10(a)), 0)

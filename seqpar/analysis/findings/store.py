@@ -189,10 +189,24 @@ def add_json(name: str, source: Path, file: str, commands: list[str], store: Pat
     info["commands"] = [*[c for c in info["commands"] if c not in commands], *commands]
     info["sources"] = [
         *[src for src in info["sources"] if src.get("name") != file],
-        {"name": file, "date": record.get("date") or str(record.get("created", ""))[:10], "machine": _machine_of(record)},
+        {
+            "name": file,
+            "date": record.get("date") or str(record.get("created", ""))[:10],
+            "machine": _machine_of(record),
+            **({"seconds": seconds} if (seconds := _seconds_of(record)) else {}),
+        },
     ]
     atomic_write_json(target / STUDY, info)
     return info
+
+
+def _seconds_of(record: dict[str, Any]) -> float | None:
+    """A measurement's own time: the sum of its points' seconds, where they carry them."""
+    points = record.get("points")
+    if not isinstance(points, list):
+        return None
+    got = [p["seconds"] for p in points if isinstance(p, dict) and isinstance(p.get("seconds"), (int, float))]
+    return round(sum(got), 1) if got else None
 
 
 def _machine_of(record: dict[str, Any]) -> str | None:
