@@ -160,8 +160,16 @@ class TrainConfig(Config):
         16,
         ge=0,
         description="validation sequences along whose rollouts every evaluation estimates the recurrence's largest "
-        "Lyapunov exponent (eval metric lle; 3 random tangent vectors each); 0: not measured",
+        "Lyapunov exponent (eval metric lle, its standard error over the sequences lle_stderr; 3 random tangent "
+        "vectors each); 0: not measured",
     )
+    lle_burn_in: int | None = Field(
+        None,
+        ge=0,
+        description="steps of each LLE rollout run but not counted (the tangent vectors' alignment with the most "
+        "expanding direction is a transient); default: a quarter of the sequence",
+    )
+    omit_defaults = ("lle_burn_in",)
 
     @model_validator(mode="after")
     def _one_target(self):

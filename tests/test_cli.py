@@ -36,6 +36,7 @@ def test_run_end_to_end_writes_the_run_record(tiny_spec, write_spec, tmp_path):
         assert r["step_time_ms"] > 0 and r["compile_s"] > 0
     assert summary["runs"][0]["state_table_bytes"] == 0
     assert summary["runs"][1]["state_table_bytes"] == 16 * 8 * 8 * 4  # N x T x H float32
+    assert {r["lle_burn_in"] for r in summary["runs"]} == {8 // 4}  # a quarter of the sequence, recorded
     assert summary["env"]["versions"]["jax"] and summary["env"]["backend"] == "cpu"
     # The resolved spec carries the override; metrics lines carry method, step and wall time.
     assert yaml.safe_load((out / "spec.yaml").read_text())["train"]["steps"] == 4

@@ -103,6 +103,31 @@ def test_lle_sequences_zero_measures_nothing():
     assert "lle" in make_eval(method, exp.model, exp.task, key, 2)(state, exp.train, exp.val, exp.test)
 
 
+def test_the_runs_lle_skips_a_burn_in_and_states_its_standard_error():
+    """The evaluation's `lle` is the mean over the sequences' estimates with the first quarter of each
+    rollout run but not counted (or `train.lle_burn_in` steps); `lle_stderr` is the standard error
+    over the sequences, computed here from the per-sequence estimates independently."""
+    import jax
+    import numpy as np
+    from conftest import TINY
+
+    from seqpar.model.lle import model_lle, model_lle_estimates
+    from seqpar.train.loop import build_experiment, init_state, make_eval
+
+    spec = validate_spec({**json.loads(json.dumps(TINY)), "methods": [TINY["methods"][0]]})
+    exp = build_experiment(spec)
+    method = spec.methods[0].build(exp.model, exp.task)
+    state = init_state(exp, method)
+    params, key, x = method.params(state), jax.random.key(0), exp.val.x[:4]
+    length = x.shape[1]
+    for given, discard in ((None, length // 4), (3, 3)):
+        out = make_eval(method, exp.model, exp.task, key, 4, given)(state, exp.train, exp.val, exp.test)
+        per = np.asarray(model_lle_estimates(exp.model, params, x, key, discard=discard)).mean(axis=1)
+        assert float(out["lle"]) == pytest.approx(float(model_lle(exp.model, params, x, key, discard=discard)), abs=1e-6)
+        assert float(out["lle_stderr"]) == pytest.approx(np.std(per, ddof=1) / math.sqrt(len(per)), rel=1e-4)
+    assert float(out["lle"]) != pytest.approx(float(model_lle(exp.model, params, x, key, discard=0)), abs=1e-7)
+
+
 def test_predictability_command_smoke(tmp_path):
     """The gain sweep at toy size: a point per (solver, gain, draw, length); a contracting gain
     converges within T and has a negative LLE, an expanding one a positive LLE; a converged

@@ -65,14 +65,24 @@ def random_tangents(key: jax.Array, sequences: int, vectors: int, state_dim: int
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
 
+def lle_estimates(step: StepFn, s0: jax.Array, x: jax.Array, key: jax.Array, vectors: int = LLE_VECTORS, discard: int = 0) -> jax.Array:
+    """`(N, vectors)` LLE estimates of `s_t = step(s_{t-1}, x_t)` from `s0: (S,)` over `x: (N, T, D)`,
+    one per sequence and random initial tangent vector drawn from `key`."""
+    v0 = random_tangents(key, x.shape[0], vectors, s0.shape[-1], s0.dtype)
+    return jax.vmap(functools.partial(tangent_log_growth, step, s0, discard=discard))(x, v0)
+
+
 def largest_lyapunov_exponent(
     step: StepFn, s0: jax.Array, x: jax.Array, key: jax.Array, vectors: int = LLE_VECTORS, discard: int = 0
 ) -> jax.Array:
     """The LLE per step of `s_t = step(s_{t-1}, x_t)` from `s0: (S,)` over `x: (N, T, D)`: the mean
     over the N sequences and `vectors` random initial tangent vectors drawn from `key`."""
-    v0 = random_tangents(key, x.shape[0], vectors, s0.shape[-1], s0.dtype)
-    per = jax.vmap(functools.partial(tangent_log_growth, step, s0, discard=discard))(x, v0)
-    return jnp.mean(per)
+    return jnp.mean(lle_estimates(step, s0, x, key, vectors, discard))
+
+
+def burn_in(length: int, given: int | None) -> int:
+    """Steps of an LLE rollout run but not counted: `given`, or a quarter of the sequence."""
+    return min(given, length - 1) if given is not None else length // 4
 
 
 def joint_recurrence(model: Any, params: Any) -> tuple[StepFn, jax.Array]:
@@ -90,5 +100,19 @@ def joint_recurrence(model: Any, params: Any) -> tuple[StepFn, jax.Array]:
 def model_lle(model: Any, params: Any, x: jax.Array, key: jax.Array, vectors: int = LLE_VECTORS, discard: int = 0) -> jax.Array:
     """The LLE per step of the model's (joint) recurrence along its rollouts over `x: (N, T, D)`
     from the fixed initial state (jit-able; the parameters get no gradient)."""
+    return jnp.mean(model_lle_estimates(model, params, x, key, vectors, discard))
+
+
+def model_lle_estimates(model: Any, params: Any, x: jax.Array, key: jax.Array, vectors: int = LLE_VECTORS, discard: int = 0) -> jax.Array:
+    """`(N, vectors)`: `model_lle`'s estimates, one per sequence and tangent vector."""
     step, s0 = joint_recurrence(model, jax.lax.stop_gradient(params))
-    return largest_lyapunov_exponent(step, s0.astype(x.dtype), x, key, vectors, discard)
+    return lle_estimates(step, s0.astype(x.dtype), x, key, vectors, discard)
+
+
+def mean_and_stderr(estimates: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The LLE and its standard error over the sequences (each sequence's mean over its vectors);
+    NaN error from one sequence."""
+    per_sequence = jnp.mean(estimates, axis=-1)
+    n = per_sequence.shape[0]
+    err = jnp.std(per_sequence, ddof=1) / jnp.sqrt(n) if n > 1 else jnp.full((), jnp.nan, estimates.dtype)
+    return jnp.mean(per_sequence), err

@@ -42,7 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 from seqpar import sharding
 from seqpar.methods.base import Batch, Method, MethodConfig
-from seqpar.model.lle import model_lle
+from seqpar.model.lle import burn_in, mean_and_stderr, model_lle_estimates
 from seqpar.model.model import Model, Params, build_model
 from seqpar.model.rollout import evaluate
 from seqpar.spec import Spec
@@ -157,7 +157,9 @@ def watch_divergence(train_step: Callable) -> Callable:
 LLE_KEY_FOLD = 3
 
 
-def make_eval(method: Method, model: Model, task: Task, lle_key: jax.Array | None = None, lle_sequences: int = 0) -> Callable:
+def make_eval(
+    method: Method, model: Model, task: Task, lle_key: jax.Array | None = None, lle_sequences: int = 0, lle_burn_in: int | None = None
+) -> Callable:
     def eval_fn(state, train: Dataset, val: Dataset, test: Dataset):
         params, reset = method.params(state), method.rollout_reset(state)
         splits = (("train", train), ("val", val), ("test", test))
@@ -169,7 +171,9 @@ def make_eval(method: Method, model: Model, task: Task, lle_key: jax.Array | Non
         # Predictability of the trained recurrence along validation rollouts (`seqpar.model.lle`);
         # a model whose rollout cuts the recurrence (`reset`) has none.
         if lle_key is not None and lle_sequences > 0 and reset is None:
-            out["lle"] = model_lle(model, params, val.x[:lle_sequences], lle_key)
+            x = val.x[:lle_sequences]
+            estimates = model_lle_estimates(model, params, x, lle_key, discard=burn_in(x.shape[1], lle_burn_in))
+            out["lle"], out["lle_stderr"] = mean_and_stderr(estimates)
         return out
 
     return eval_fn
@@ -303,7 +307,7 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
         watch_divergence(make_train_step(method, exp.train_key, n, b, exp.strata)), donate_argnums=0, out_shardings=out_shardings
     )
     lle_key = jax.random.fold_in(exp.train_key, LLE_KEY_FOLD)
-    eval_fn = jax.jit(make_eval(method, exp.model, exp.task, lle_key, spec.train.lle_sequences))
+    eval_fn = jax.jit(make_eval(method, exp.model, exp.task, lle_key, spec.train.lle_sequences, spec.train.lle_burn_in))
     t0 = clock()
     compiled = step_fn.lower(state, no_divergence, exp.train, jnp.int32(0)).compile()
     compile_s = clock() - t0
@@ -326,6 +330,8 @@ def _run_method(exp, cfg, log, progress, should_stop, checkpoints, resume_from) 
         "eval_compile_s": eval_compile_s,
         "peak_memory_mb": compiled_memory_mb(compiled),
         "state_table_bytes": method.state_table_bytes(state),
+        # Steps of each LLE rollout not counted (records without it counted every step).
+        "lle_burn_in": burn_in(int(exp.val.x.shape[1]), spec.train.lle_burn_in) if spec.train.lle_sequences else None,
         "mesh": dict(exp.mesh.shape),
         "sample_strata": exp.strata,
         # Per device: the row-sharded part of the state (table, its optimizer state, buffers).

@@ -87,3 +87,13 @@ def new_figure(width: float, height: float) -> Any:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def lle_note(rs: Iterable[Result]) -> str:
+    """How the records' LLE was estimated: the burn-in each rollout ran before counting (records
+    written before the burn-in existed counted every step, and say nothing)."""
+    burns = sorted({r.record.get("lle_burn_in") for r in rs}, key=lambda b: -1 if b is None else b)
+    if burns == [None]:
+        return "the LLE counted from the first step (no burn-in: a transient bias of the order of 1/T)"
+    said = ", ".join("none" if b is None else str(b) for b in burns)
+    return f"the LLE after a burn-in of {said} steps per rollout (`lle_stderr` in the records: its standard error)"

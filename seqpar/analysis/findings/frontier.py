@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import curve, median, new_figure, provenance, ratio, study_results
+from seqpar.analysis.findings.common import curve, lle_note, median, new_figure, provenance, ratio, study_results
 from seqpar.analysis.findings.stats import fmt, seeds_cell, spearman, table
 from seqpar.records.reader import Result
 
@@ -73,10 +73,12 @@ def frontier_table(store: Path) -> str:
         f"quasi-DEER iterations ({order})",
         f"LLE after BPTT ({order})",
     ]
+    every = [r for g in groups.values() for r in g]
     return (
         "Test rollout loss ÷ the memoryless baseline (seeds that disagree shown one by one); Newton iterations per solve at the "
         "first and the last logged training step (medians over seeds; on paragru and paralstm both Newton methods are exact "
-        "Newton in the cell's structure); the LLE of the recurrence BPTT trained.\n\n" + table(head, rows, "l" + "r" * (len(head) - 1))
+        f"Newton in the cell's structure); the LLE of the recurrence BPTT trained ({lle_note(every)}).\n\n"
+        + table(head, rows, "l" + "r" * (len(head) - 1))
     )
 
 

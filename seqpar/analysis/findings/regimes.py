@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import curve, grouped, median, new_figure, provenance, ratio, study_results
+from seqpar.analysis.findings.common import curve, grouped, lle_note, median, new_figure, provenance, ratio, study_results
 from seqpar.analysis.findings.stats import fmt, seeds_cell, table
 
 STUDY = "pararnn-regime"
@@ -88,7 +88,8 @@ def results_table(store: Path) -> str:
             "Newton iterations (train)",
             "LLE",
         ]
-        out.append(f"**{cell}** (two layers in ParaRNN's block, its initialisation):\n\n" + table(head, rows))
+        every = [r for label in labels for r in groups.get((cell, label), [])]
+        out.append(f"**{cell}** (two layers in ParaRNN's block, its initialisation; {lle_note(every)}):\n\n" + table(head, rows))
     return "\n".join(out)
 
 
