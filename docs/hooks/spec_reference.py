@@ -197,7 +197,13 @@ def render(ref: Reference | None = None) -> str:
             continue
         out += ["| key | type | default | bounds | description |", "|---|---|---|---|---|"]
         for key, f in rows:
-            cells = [f"`{f.alias or key}`", _type(field_annotation(f), by_cls, by_members), _default(f), _bounds(f), _prose(f.description or "")]
+            cells = [
+                f"`{f.alias or key}`",
+                _type(field_annotation(f), by_cls, by_members),
+                _default(f),
+                _bounds(f),
+                _prose(f.description or ""),
+            ]
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         out.append("")
     return "\n".join(out)

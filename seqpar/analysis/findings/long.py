@@ -131,7 +131,7 @@ def projection(store: Path) -> str:
         "**A projection, not a measurement.** If every dependent step cost one accelerator launch of "
         f"{fmt(LAUNCH_US)} µs and nothing else, a training step would take its sequential depth times that. The depth counts the "
         "adjoint each run used (on this CPU the sequential one: T steps) and the Newton iterations the runs logged across "
-        "training (the depth uses the last logged step's).\n\n" + table(head, rows)
+        "training (the depth is the mean over the run's logged steps, each counted with that step's iterations).\n\n" + table(head, rows)
     )
 
 
