@@ -43,14 +43,18 @@ def _copy_pages(tmp: Path) -> Path:
 
 def test_a_hand_edited_number_fails_the_check_and_a_regeneration_restores_it(tmp_path):
     root = _copy_pages(tmp_path)
-    page = root / "docs" / "findings" / "verdict.md"
+    page, m = next(
+        (p, m)
+        for p in sorted((root / "docs" / "findings").glob("*.md"))
+        for m in MARKER.finditer(p.read_text())
+        if re.search(r"\d\.\d", m.group(2))
+    )
     text = page.read_text()
-    m = next(m for m in MARKER.finditer(text) if re.search(r"\d\.\d", m.group(2)))
     body = m.group(2)
     edited = re.sub(r"(\d)\.(\d)", lambda d: f"{d.group(1)}.{(int(d.group(2)) + 1) % 10}", body, count=1)
     page.write_text(text.replace(body, edited))
     report = generate(check=True, root=root)
-    assert any(p.startswith(f"docs/findings/verdict.md: {m.group(1)}: differs") for p in report.problems), report.problems
+    assert any(p.startswith(f"docs/findings/{page.name}: {m.group(1)}: differs") for p in report.problems), report.problems
     generate(check=False, root=root)
     assert page.read_text() == text
 
@@ -108,3 +112,21 @@ def test_no_slope_through_fewer_points_and_ranks_are_spearmans():
     assert MIN_SLOPE_POINTS == 4 and slope([1, 2, 3, 4], [3, 5, 7, 9]) == pytest.approx(2.0)
     assert spearman([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx(0.8)
     assert spearman([1, 2], [1, 2]) is None
+
+
+def test_a_study_the_store_lacks_is_said_once_per_page_and_shows_nothing(tmp_path):
+    """An empty store (a fork before its first study) builds pages that say each study was not measured:
+    once per page and study, no figure linked, no number; stale figures are flagged, then removed."""
+    root = _copy_pages(tmp_path)
+    empty = tmp_path / "store"
+    empty.mkdir()
+    (root / "docs" / "img" / "verdict.json").write_text("{}\n")
+    assert any("docs/img/verdict.png: drawn from a study" in p for p in generate(check=True, root=root, store=empty).problems)
+    report = generate(check=False, root=root, store=empty)
+    assert report.problems == [], report.problems
+    assert not (root / "docs" / "img" / "verdict.json").exists()
+    page = (root / "docs" / "findings" / "verdict.md").read_text()
+    assert page.count("holds no record of the study `verdict`") == 1
+    assert "img/verdict.png" not in page and not re.search(r"\d\.\d", "".join(m.group(2) for m in MARKER.finditer(page)))
+    assert "not measured" in (root / "README.md").read_text()
+    assert generate(check=True, root=root, store=empty).problems == []

@@ -139,7 +139,7 @@ def profile_rows(store: Path) -> str:
     )
 
 
-@figure("bench")
+@figure("bench", "median step time against length, every method")
 def bench_figure(store: Path) -> tuple[dict[str, Any], Any]:
     record = _record(store)
     series: dict[str, dict[str, list]] = {}

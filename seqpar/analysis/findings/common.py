@@ -10,18 +10,38 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings.stats import fmt
-from seqpar.analysis.findings.store import FindingsError, read_study, study_dir
+from seqpar.analysis.findings.store import NotInStore, read_study, require
 from seqpar.records.reader import Result, load, read_metrics, results
 
 
 @functools.cache
 def study_results(store: Path, name: str) -> tuple[Result, ...]:
     """Every method record of the study's runs (cached per process: a regeneration reads each once)."""
-    folder = study_dir(name, store)
-    if not folder.is_dir():
-        raise FindingsError(f"findings/{name}: not in the store (seqpar findings add {name} ...)")
+    folder = require(name, store)
     loaded = load([folder])
     return tuple(results(loaded.runs))
+
+
+def with_optional(store: Path, primary: str, *optional: str) -> list[Result]:
+    """The primary study's results (`NotInStore` without it) and those of the optional studies the store holds."""
+    out = list(study_results(store, primary))
+    for name in optional:
+        try:
+            out += study_results(store, name)
+        except NotInStore:
+            pass
+    return out
+
+
+def provenances(store: Path, *names: str) -> str:
+    """Each study's provenance; a study the store lacks is said to be not measured (the first is required)."""
+    parts = [provenance(store, names[0])]
+    for name in names[1:]:
+        try:
+            parts.append(provenance(store, name))
+        except NotInStore:
+            parts.append(f"`{name}`: not measured (the findings store holds no record of it).\n")
+    return "\n".join(parts)
 
 
 def ratio(r: Result, metric: str = "rollout_loss_test") -> float | None:

@@ -10,13 +10,13 @@ from typing import Any
 from seqpar.analysis.findings import BLOCKS, block, figure
 from seqpar.analysis.findings.common import curve, new_figure, study_results
 from seqpar.analysis.findings.stats import LEARNED, fmt
-from seqpar.analysis.findings.store import FindingsError, read_study, study_dir
+from seqpar.analysis.findings.store import FindingsError, NotInStore, read_study, require
 
 QUICKSTART = "quickstart"
 
 
 def _summary(store: Path) -> tuple[Path, dict[str, Any]]:
-    runs = sorted(study_dir(QUICKSTART, store).rglob("summary.json"))
+    runs = sorted(require(QUICKSTART, store).rglob("summary.json"))
     if not runs:
         raise FindingsError(f"findings/{QUICKSTART}: no run record")
     return runs[0].parent, json.loads(runs[0].read_text())
@@ -78,7 +78,7 @@ def _machine(store: Path) -> str:
     return sources[0].get("machine") or "an unnamed machine"
 
 
-@figure("quickstart")
+@figure("quickstart", "the quickstart: BPTT's and the embedding table's training objective against their held-out rollout loss")
 def quickstart_figure(store: Path) -> tuple[dict[str, Any], Any]:
     rs = study_results(store, QUICKSTART)
     data = {
@@ -116,6 +116,8 @@ def _first_line(name: str, store: Path) -> str:
     """The first sentence-line of a page's generated summary block (its first bullet), or the reason it has none."""
     try:
         text = BLOCKS[name](store)
+    except NotInStore as e:
+        return f"not measured (the store holds no record of `{e.study}`)"
     except (FindingsError, KeyError) as e:
         return f"(no record: {e})"
     first = next((ln for ln in text.splitlines() if ln.startswith("- ")), text.strip().splitlines()[0] if text.strip() else "")

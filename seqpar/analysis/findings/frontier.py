@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import curve, lle_note, median, new_figure, provenance, ratio, study_results
+from seqpar.analysis.findings.common import curve, lle_note, median, new_figure, provenances, ratio, with_optional
 from seqpar.analysis.findings.stats import fmt, seeds_cell, spearman, table
 from seqpar.records.reader import Result
 
@@ -24,7 +24,7 @@ def _key(r: Result) -> tuple[str, int]:
 
 
 def _all(store: Path) -> list[Result]:
-    return [r for s in STUDIES for r in study_results(store, s)]
+    return with_optional(store, *STUDIES)
 
 
 def _grid(store: Path) -> tuple[list[tuple[str, int]], list[str], dict[tuple, list[Result]]]:
@@ -152,10 +152,10 @@ def summary(store: Path) -> str:
 
 @block("frontier.provenance")
 def frontier_provenance(store: Path) -> str:
-    return "\n".join(provenance(store, s) for s in STUDIES)
+    return provenances(store, *STUDIES)
 
 
-@figure("frontier")
+@figure("frontier", "Newton iterations against the LLE, per cell")
 def frontier_figure(store: Path) -> tuple[dict[str, Any], Any]:
     keys, tasks, groups = _grid(store)
     points = []

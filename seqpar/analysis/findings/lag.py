@@ -77,7 +77,7 @@ def lag_provenance(store: Path) -> str:
     return provenance(store, STUDY)
 
 
-@figure("lag")
+@figure("lag", "steps to target against the lag")
 def lag_figure(store: Path) -> tuple[dict[str, Any], Any]:
     lags, labels, groups = _data(store)
     data = {

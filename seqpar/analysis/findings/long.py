@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import curve, median, new_figure, provenance, ratio, study_results
+from seqpar.analysis.findings.common import curve, median, new_figure, provenances, ratio, with_optional
 from seqpar.analysis.findings.stats import LEARNED, fmt, seeds_cell, table
 from seqpar.records.reader import Result
 
@@ -29,7 +29,7 @@ def _col(r: Result) -> tuple[str, int]:
 
 
 def _grid(store: Path) -> tuple[list[str], list[tuple[str, int]], dict[tuple, list[Result]]]:
-    rs = [r for s in STUDIES for r in study_results(store, s)]
+    rs = with_optional(store, *STUDIES)
     cols = sorted({_col(r) for r in rs}, key=lambda c: (c[0], c[1]))
     order = ["bptt", "tbptt-k64", "parallel", "quasi-deer", "quasi-deer-diag-grad", "deer"]
     names = sorted(
@@ -159,10 +159,10 @@ def summary(store: Path) -> str:
 
 @block("long.provenance")
 def long_provenance(store: Path) -> str:
-    return "\n".join(provenance(store, s) for s in STUDIES)
+    return provenances(store, *STUDIES)
 
 
-@figure("long")
+@figure("long", "validation loss against training steps, seed 0, every task and length")
 def long_figure(store: Path) -> tuple[dict[str, Any], Any]:
     names, cols, groups = _grid(store)
     data: dict[str, Any] = {"cols": [f"{t} {n}" for t, n in cols], "curves": {}}

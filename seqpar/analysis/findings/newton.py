@@ -68,7 +68,7 @@ def tolerance_table(store: Path) -> str:
     )
 
 
-@figure("tolerance")
+@figure("tolerance", "residual, state error and gradient error against the iteration")
 def tolerance_figure(store: Path) -> tuple[dict[str, Any], Any]:
     record, cases = _cases(store)
     eps = record["eps"]

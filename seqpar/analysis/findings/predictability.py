@@ -10,7 +10,7 @@ from typing import Any
 from seqpar.analysis.findings import block, figure
 from seqpar.analysis.findings.common import new_figure, provenance
 from seqpar.analysis.findings.stats import fmt, spearman, table
-from seqpar.analysis.findings.store import FindingsError, read_json, study_dir
+from seqpar.analysis.findings.store import FindingsError, NotInStore, read_json, require
 
 STUDY = "predictability"
 RECORDS = {"float64": "predictability-float64", "float32": "predictability-float32"}  # file-name prefixes
@@ -18,9 +18,9 @@ NAMES = {"deer": "DEER", "quasi-deer": "quasi-DEER", "elk": "ELK"}
 
 
 def _records(store: Path, dtype: str) -> list[dict[str, Any]]:
-    files = sorted(p.name for p in study_dir(STUDY, store).glob(f"{RECORDS[dtype]}*.json"))
+    files = sorted(p.name for p in require(STUDY, store).glob(f"{RECORDS[dtype]}*.json"))
     if not files:
-        raise FindingsError(f"findings/{STUDY}: no {RECORDS[dtype]}*.json record")
+        raise NotInStore(f"{STUDY} ({dtype})")
     return [read_json(STUDY, f, store) for f in files]
 
 
@@ -150,10 +150,12 @@ def summary(store: Path) -> str:
                 f"- **ELK where DEER fails ({dtype}):** ELK converged on {len(elk_only)} draws where DEER did not "
                 f"({', '.join(f'g = {fmt(g, 3)}, T = {n}' for g, n in sorted(set(elk_only))) or 'none'})."
             )
+    if not lines:
+        raise NotInStore(STUDY)
     return "\n".join(lines) + "\n"
 
 
-@figure("predictability")
+@figure("predictability", "Newton iterations against the LLE, float64 and float32")
 def predictability_figure(store: Path) -> tuple[dict[str, Any], Any]:
     data: dict[str, Any] = {}
     for dtype in RECORDS:
@@ -173,7 +175,7 @@ def predictability_figure(store: Path) -> tuple[dict[str, Any], Any]:
             for t in lengths
         }
     if not data:
-        raise FindingsError(f"findings/{STUDY}: no record to draw")
+        raise NotInStore(STUDY)
     return data, _draw
 
 

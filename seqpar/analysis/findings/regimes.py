@@ -123,7 +123,7 @@ def regimes_provenance(store: Path) -> str:
     return provenance(store, STUDY)
 
 
-@figure("regimes")
+@figure("regimes", "gradient and loss against the iteration budget")
 def regimes_figure(store: Path) -> tuple[dict[str, Any], Any]:
     cells, labels, groups = _data(store)
     data: dict[str, Any] = {}

@@ -195,7 +195,7 @@ def shooting_provenance(store: Path) -> str:
     return provenance(store, STUDY)
 
 
-@figure("shooting")
+@figure("shooting", "test loss against the segment length K")
 def shooting_figure(store: Path) -> tuple[dict[str, Any], Any]:
     lags, labels, groups = _data(store)
     series: dict[str, dict[str, list]] = {}

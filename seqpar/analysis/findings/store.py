@@ -39,6 +39,22 @@ class FindingsError(ValueError):
     """A problem with the store or its sources; one line."""
 
 
+class NotInStore(FindingsError):
+    """The store holds no record of a study: its pages say it was not measured, and show nothing of it."""
+
+    def __init__(self, study: str) -> None:
+        super().__init__(f"findings/{study}: not in the store (seqpar findings add {study} RUN_DIR ...)")
+        self.study = study
+
+
+def require(name: str, store: Path = STORE) -> Path:
+    """The study's folder, or `NotInStore` where the store has none."""
+    folder = study_dir(name, store)
+    if not folder.is_dir():
+        raise NotInStore(name)
+    return folder
+
+
 def study_dir(name: str, store: Path = STORE) -> Path:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise FindingsError(f"study name {name!r}: expected a plain name like shooting")
@@ -46,7 +62,7 @@ def study_dir(name: str, store: Path = STORE) -> Path:
 
 
 def read_study(name: str, store: Path = STORE) -> dict[str, Any]:
-    path = study_dir(name, store) / STUDY
+    path = require(name, store) / STUDY
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -55,7 +71,7 @@ def read_study(name: str, store: Path = STORE) -> dict[str, Any]:
 
 def read_json(name: str, file: str, store: Path = STORE) -> dict[str, Any]:
     """A measurement's JSON record in a study folder (bench.json, predictability.json, ...)."""
-    path = study_dir(name, store) / file
+    path = require(name, store) / file
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

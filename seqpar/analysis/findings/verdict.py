@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings import block, figure
-from seqpar.analysis.findings.common import median, new_figure, provenance, ratio, study_results
+from seqpar.analysis.findings.common import median, new_figure, provenances, ratio, with_optional
 from seqpar.analysis.findings.stats import LEARNED, fmt, seeds_cell, table
 from seqpar.records.reader import Result
 
@@ -38,10 +38,7 @@ def method_name(r: Result) -> str:
 
 
 def _all(store: Path) -> list[Result]:
-    out: list[Result] = []
-    for s in STUDIES:
-        out += study_results(store, s)
-    return out
+    return with_optional(store, *STUDIES)
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -151,10 +148,10 @@ def summary(store: Path) -> str:
 
 @block("verdict.provenance")
 def verdict_provenance(store: Path) -> str:
-    return "\n".join(provenance(store, s) for s in STUDIES)
+    return provenances(store, *STUDIES)
 
 
-@figure("verdict")
+@figure("verdict", "test loss ÷ baseline, every method, every task, each seed a point")
 def verdict_figure(store: Path) -> tuple[dict[str, Any], Any]:
     tasks, methods, groups = _grid(store)
     data = {
