@@ -130,3 +130,19 @@ def test_a_study_the_store_lacks_is_said_once_per_page_and_shows_nothing(tmp_pat
     assert "img/verdict.png" not in page and not re.search(r"\d\.\d", "".join(m.group(2) for m in MARKER.finditer(page)))
     assert "not measured" in (root / "README.md").read_text()
     assert generate(check=True, root=root, store=empty).problems == []
+
+
+def test_a_record_of_a_narrowed_sweep_says_how_many_points_it_holds(tmp_path):
+    """A study run at fewer points than its spec declares (`--set sweep=...`) says so in its provenance."""
+    from seqpar.analysis.findings.common import coverage
+
+    (tmp_path / "shooting" / "part").mkdir(parents=True)
+    (tmp_path / "shooting" / "study.json").write_text(
+        json.dumps({"study": "shooting", "commands": [], "sources": [{"name": "part", "runs": 4}]})
+    )
+    (tmp_path / "shooting" / "part" / "sweep.json").write_text(json.dumps({"source": "experiments/shooting.yaml"}))
+    assert "holds 4 of the 9 sweep points `experiments/shooting.yaml` declares" in coverage(tmp_path, "shooting")
+    (tmp_path / "shooting" / "study.json").write_text(
+        json.dumps({"study": "shooting", "commands": [], "sources": [{"name": "part", "runs": 9}]})
+    )
+    assert coverage(tmp_path, "shooting") == ""

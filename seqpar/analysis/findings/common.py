@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from seqpar.analysis.findings.stats import fmt
-from seqpar.analysis.findings.store import NotInStore, read_study, require
+from seqpar.analysis.findings.store import ROOT, NotInStore, read_study, require, study_dir
+from seqpar.records.layout import SWEEP_INDEX
 from seqpar.records.reader import Result, load, read_metrics, results
 
 
@@ -91,7 +93,38 @@ def provenance(store: Path, name: str) -> str:
             spent = f", {fmt(src['seconds'] / 60, 2)} min of solves (compiles included)"
         parts.append(f"`{src['name']}`{ran}{spent} on {src.get('machine') or 'an unnamed machine'}, {when[:10]}")
     commands = "\n".join(f"    {c}" for c in info.get("commands", []))
-    return f"Produced by\n\n{commands}\n\n({'; '.join(parts)}; record: `findings/{name}/`).\n"
+    return f"Produced by\n\n{commands}\n\n({'; '.join(parts)}; record: `findings/{name}/`).{coverage(store, name)}\n"
+
+
+def coverage(store: Path, name: str) -> str:
+    """A sentence where the record holds fewer sweep points than the spec it names declares (a study run
+    at a reduced sweep, by the `--set` in its command), else nothing."""
+    import itertools
+
+    import yaml
+
+    info = read_study(name, store)
+    sources = [src for src in info.get("sources", []) if src.get("runs")]
+    specs = set()
+    for src in sources:
+        index = study_dir(name, store) / src["name"] / SWEEP_INDEX
+        if index.is_file():
+            specs.add(json.loads(index.read_text()).get("source"))
+    if len(specs) != 1 or None in specs or not (ROOT / str(next(iter(specs)))).is_file():
+        return ""
+    spec = next(iter(specs))
+    sweep = (yaml.safe_load((ROOT / spec).read_text()) or {}).get("sweep") or {}
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) for v in sweep.values()):
+        return ""
+    declared = len(list(itertools.product(*sweep.values())))
+    held = sum(src["runs"] for src in sources)
+    if held >= declared:
+        return ""
+    axes = ", ".join(f"`{k}`" for k in sweep)
+    return (
+        f" **The record holds {held} of the {declared} sweep points `{spec}` declares** (over {axes}): the commands above "
+        "narrow the sweep; every table on this page covers those points only."
+    )
 
 
 def by_label(rs: Iterable[Result], order: Callable[[str], Any] | None = None) -> list[str]:
