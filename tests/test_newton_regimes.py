@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import yaml
 
 from seqpar import testing as checks
 from seqpar.model.model import build_model
@@ -176,6 +177,23 @@ def test_the_pararnn_block_and_init_build_and_newton_solves_them(cell):
     states, stats = solve_stack(model, params, x, None, NewtonOptions("full", max_iters=50, tol=1e-6))
     assert all(bool(jnp.all(st.converged)) for st in stats)
     np.testing.assert_allclose(states, truth, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["paragru", "paralstm"])
+def test_a_recorded_pararnn_init_spec_reads_back(cell):
+    """A run's spec.yaml writes every field (recurrent_init, forget_bias at their defaults): `--resume` reads it back."""
+    from seqpar.spec import spec_to_yaml
+
+    raw = {
+        "name": "b",
+        "task": {"type": "delayed_recall", "length": 8, "lag": 2, "vocab": 3, "train_sequences": 8, "test_sequences": 8},
+        "model": {"cell": {"type": cell, "init": "pararnn"}, "hidden": 4},
+        "train": {"steps": 1, "batch_size": 8},
+        "methods": [{"type": "bptt", "optimizer": SGD}],
+    }
+    spec = validate_spec(raw)
+    again = validate_spec(yaml.safe_load(spec_to_yaml(spec)))
+    assert again.model.cell == spec.model.cell
 
 
 def test_bad_regime_options_name_the_key():

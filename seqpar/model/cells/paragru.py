@@ -45,7 +45,8 @@ class ParaGRUConfig(CellConfig):
 
     @model_validator(mode="after")
     def _one_init(self):
-        if self.init == "pararnn" and "recurrent_init" in self.model_fields_set:
+        # a value at its default is allowed: a recorded spec (every field written) reads back
+        if self.init == "pararnn" and self.recurrent_init != type(self).model_fields["recurrent_init"].default:
             raise KeyedError("recurrent_init", "only with init: uniform (pararnn draws its own)")
         return self
 

@@ -50,8 +50,8 @@ class ParaLSTMConfig(CellConfig):
     @model_validator(mode="after")
     def _one_init(self):
         if self.init == "pararnn":
-            for key in ("recurrent_init", "forget_bias"):
-                if key in self.model_fields_set:
+            for key in ("recurrent_init", "forget_bias"):  # at its default allowed: a recorded spec reads back
+                if getattr(self, key) != type(self).model_fields[key].default:
                     raise KeyedError(key, "only with init: uniform (pararnn draws its own)")
         return self
 
