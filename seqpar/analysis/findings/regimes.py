@@ -9,7 +9,7 @@ from typing import Any
 
 from seqpar.analysis.findings import block, figure
 from seqpar.analysis.findings.common import curve, grouped, lle_note, median, new_figure, provenance, ratio, study_results
-from seqpar.analysis.findings.stats import fmt, seeds_cell, table
+from seqpar.analysis.findings.stats import count, fmt, seeds_cell, table
 
 STUDY = "pararnn-regime"
 CELL = "model.cell.type"
@@ -57,6 +57,16 @@ def _triple(t: tuple[float | None, float | None, float | None], digits: int = 3)
     return " → ".join(fmt(v, digits) for v in t)
 
 
+def _counts(t: tuple[float | None, float | None, float | None]) -> str:
+    return " → ".join(count(v) for v in t)
+
+
+def _against_bptt(gap: float | None) -> str:
+    if gap is None:
+        return "— against BPTT's"
+    return f"{fmt(abs(gap), 2)} {'above' if gap > 0 else 'below'} BPTT's" if gap else "at BPTT's"
+
+
 @block("regimes.table")
 def results_table(store: Path) -> str:
     cells, labels, groups = _data(store)
@@ -75,7 +85,7 @@ def results_table(store: Path) -> str:
                     "—" if label == "bptt" else fmt(gap, 2),
                     "—" if label == "bptt" else _triple(_over_training(rs, "grad_cos_bptt"), 4),
                     "—" if label == "bptt" else _triple(_over_training(rs, "grad_relerr_bptt"), 2),
-                    "—" if label == "bptt" else _triple(_over_training(rs, "train_newton_iters_mean"), 3),
+                    "—" if label == "bptt" else _counts(_over_training(rs, "train_newton_iters_mean")),
                     _triple(_over_training(rs, "lle"), 2),
                 ]
             )
@@ -101,7 +111,7 @@ def summary(store: Path) -> str:
         conv = groups.get((cell, "newton-converged"), [])
         it = _over_training(conv, "train_newton_iters_mean")
         lines.append(
-            f"- **{cell}, iterations:** solved to the tolerance from f(0, x), Newton takes {_triple(it)} iterations (first → median "
+            f"- **{cell}, iterations:** solved to the tolerance from f(0, x), Newton takes {_counts(it)} iterations (first → median "
             "→ last logged step, medians over seeds): ParaRNN's three "
             + ("suffice throughout." if all(v is not None and v <= 3 for v in it) else "do not always suffice.")
         )
@@ -113,7 +123,7 @@ def summary(store: Path) -> str:
             gap = median(_gaps(groups, cell, label))
             lines.append(
                 f"- **{cell}, k = {k}:** the gradient at the k-th iterate has cosine {_triple(cos, 4)} with BPTT's; the test loss ends "
-                f"{fmt(gap, 2)} from BPTT's (median over seeds)."
+                f"{_against_bptt(gap)} (median over seeds)."
             )
     return "\n".join(lines) + "\n"
 

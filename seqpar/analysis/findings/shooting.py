@@ -8,7 +8,7 @@ from typing import Any
 
 from seqpar.analysis.findings import block, figure
 from seqpar.analysis.findings.common import curve, grouped, median, new_figure, provenance, ratio, steps_cell, study_results
-from seqpar.analysis.findings.stats import LEARNED, fmt, seeds_cell, table
+from seqpar.analysis.findings.stats import LEARNED, count, fmt, seeds_cell, table
 from seqpar.analysis.findings.store import read_json, read_study
 
 STUDY = "shooting"
@@ -56,13 +56,13 @@ def results_table(store: Path) -> str:
                 label,
                 _k_text(label),
                 *(seeds_cell(_ratios(groups, label, lag)) for lag in lags),
-                fmt(median(r.record.get("steps_done") for r in runs), 3),
-                fmt(runs[0].value("sequential_depth"), 3),
+                count(median(r.record.get("steps_done") for r in runs)),
+                count(runs[0].value("sequential_depth")),
             ]
         )
     return (
         "Test rollout loss ÷ the memoryless baseline (ln 2), per lag; **bold**: below half of it (the cell uses its memory). "
-        "Where the seeds disagree every seed is shown. `steps in 60 s`: the median steps a method took in its budget "
+        "Where the seeds disagree every seed is shown, else their mean. `steps in 60 s`: the median steps a method took in its budget "
         "(every lag and seed); `depth`: the dependent cell steps on one training step's critical path.\n\n" + table(head, rows)
     )
 
@@ -74,7 +74,7 @@ def _k_text(label: str) -> str:
 def _horizon(rs: list) -> str:
     """The agreement horizon at the last evaluation: the leading steps over which the nodes agree with the rollout."""
     got = [c[-1][1] for c in (curve(r, "agreement_horizon") for r in rs) if c]
-    return fmt(median(got), 3) if got else "—"
+    return count(median(got)) if got else "—"
 
 
 @block("shooting.steps")
@@ -133,6 +133,10 @@ def cost_table(store: Path) -> str:
     )
 
 
+def _plain(cell: str) -> str:
+    return cell.replace("**", "")
+
+
 def _learned(groups: dict[tuple, list], label: str, lag: int) -> bool:
     m = median(_ratios(groups, label, lag))
     return m is not None and m < LEARNED
@@ -147,17 +151,17 @@ def summary(store: Path) -> str:
     for lag in lags:
         wins = [label for label in labels if _kind(label) in ("penalty", "augmented Lagrangian") and _learned(groups, label, lag)]
         first = min((k for k in map(_k, wins) if k is not None), default=None)
-        bptt = median(_ratios(groups, "bptt", lag))
+        bptt = _plain(seeds_cell(_ratios(groups, "bptt", lag)))
         if first is None:
             lines.append(
                 f"- **Lag {lag}:** no segment length K ∈ {{{', '.join(map(str, ks))}}} trains a cell below half the baseline "
-                f"with either constraint (BPTT: {fmt(bptt)} of the baseline, median of its seeds)."
+                f"with either constraint (BPTT: {bptt} of the baseline)."
             )
         else:
             which = ", ".join(w for w in wins if _k(w) == first)
             lines.append(
-                f"- **Lag {lag}:** from K = {first} on ({which}: {fmt(median(_ratios(groups, which.split(', ')[0], lag)))} of the "
-                f"baseline, median) the table trains a cell that uses its memory; BPTT: {fmt(bptt)}."
+                f"- **Lag {lag}:** from K = {first} on ({which}: {_plain(seeds_cell(_ratios(groups, which.split(', ')[0], lag)))} of "
+                f"the baseline) the table trains a cell that uses its memory; BPTT: {bptt}."
             )
     # 2. Does the boundary table carry anything across a boundary that truncation cannot?
     carried = []

@@ -34,6 +34,13 @@ def fmt(v: float | None, digits: int = 2) -> str:
     return f"{v:.{decimals}f}"
 
 
+def count(v: float | None) -> str:
+    """A count (steps, depth, a horizon): whole numbers as they are, a median between two as fmt's 3 digits."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return str(int(v)) if float(v).is_integer() else fmt(v, 3)
+
+
 def ratios(values: Sequence[float | None], baseline: Sequence[float | None]) -> list[float | None]:
     return [v / b if v is not None and b not in (None, 0) else None for v, b in zip(values, baseline, strict=True)]
 
