@@ -87,7 +87,7 @@ def provenance(store: Path, name: str) -> str:
     for src in info.get("sources", []):
         when = src.get("finished") or src.get("date") or ""
         hours = src.get("training_seconds")
-        ran = f", {src['runs']} runs" if src.get("runs") else ""
+        ran = f", {src['runs']} run{'s' if src['runs'] != 1 else ''}" if src.get("runs") else ""
         spent = f", {fmt(hours / 60, 2)} min of training" if hours else ""
         if src.get("seconds"):
             spent = f", {fmt(src['seconds'] / 60, 2)} min of solves (compiles included)"
@@ -118,13 +118,23 @@ def coverage(store: Path, name: str) -> str:
         return ""
     declared = len(list(itertools.product(*sweep.values())))
     held = sum(src["runs"] for src in sources)
-    if held >= declared:
-        return ""
-    axes = ", ".join(f"`{k}`" for k in sweep)
-    return (
-        f" **The record holds {held} of the {declared} sweep points `{spec}` declares** (over {axes}): the commands above "
-        "narrow the sweep; every table on this page covers those points only."
-    )
+    out = ""
+    if held < declared:
+        axes = ", ".join(f"`{k}`" for k in sweep)
+        out += (
+            f" **The record holds {held} of the {declared} sweep points `{spec}` declares** (over {axes}): the commands above "
+            "narrow the sweep; every table on this page covers those points only."
+        )
+    methods = (yaml.safe_load((ROOT / spec).read_text()) or {}).get("methods") or []
+    named = [m.get("label") or m.get("type") for m in methods if isinstance(m, dict)]
+    ran = {r.label for r in study_results(store, name)}
+    if ran and (missing := [m for m in named if m not in ran]):
+        them = "it" if len(missing) == 1 else "them"
+        out += (
+            f" **The record has no run of {', '.join(f'`{m}`' for m in missing)}**, which the spec lists: the commands above "
+            f"leave {them} out."
+        )
+    return out
 
 
 def by_label(rs: Iterable[Result], order: Callable[[str], Any] | None = None) -> list[str]:
