@@ -47,6 +47,7 @@ def machine() -> dict[str, Any]:
     info = _cpuinfo()
     flags = info.get("flags", info.get("Features", "")).split()  # x86 / arm spelling
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    plural = "" if cores == 1 else "s"
     return {
         "backend": jax.default_backend(),
         "device": dev.device_kind,  # GPU name on GPU; "cpu" on CPU
@@ -62,7 +63,7 @@ def machine() -> dict[str, Any]:
         "thp": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "xla_flags": os.environ.get("XLA_FLAGS"),
-        "summary": f"{cpu_model()} (family/model {info.get('cpu family', '?')}/{info.get('model', '?')}), {cores} cores (jax cpu)"
+        "summary": f"{cpu_model()} (family/model {info.get('cpu family', '?')}/{info.get('model', '?')}), {cores} core{plural} (jax cpu)"
         if jax.default_backend() == "cpu"
         else f"{dev.device_kind} (jax {jax.default_backend()}), host {cpu_model()}",
     }

@@ -83,9 +83,10 @@ def _load_studies() -> None:
     discover(__name__)
 
 
-def not_measured(study: str) -> str:
+def not_measured(study: str, what: str = "") -> str:
+    held = f"{what} of the study `{study}`" if what else f"record of the study `{study}`"
     return (
-        f"*Not measured: the findings store holds no record of the study `{study}`. Its spec's header gives the "
+        f"*Not measured: the findings store holds no {held}. The command that produces it is in its spec's header (a command-line study: this page's setup); "
         f'command; `seqpar findings add {study} RUN_DIR --command "..."` stores the record and `seqpar findings` '
         "fills this page.*\n"
     )
@@ -124,8 +125,9 @@ def generate(check: bool = False, root: Path = ROOT, store: Path = STORE, only: 
             try:
                 body = (_figure_block(fig, page, root, store) if fig is not None else BLOCKS[name](store)).rstrip("\n") + "\n"
             except NotInStore as e:
-                body = "" if e.study in said else not_measured(e.study)
-                said.add(e.study)
+                key = f"{e.study}/{e.what}"
+                body = "" if key in said else not_measured(e.study, e.what)
+                said.add(key)
             except FindingsError as e:
                 report.problems.append(f"{page.relative_to(root)}: {name}: {e}")
                 return m.group(0)

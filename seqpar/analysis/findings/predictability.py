@@ -9,7 +9,7 @@ from typing import Any
 
 from seqpar.analysis.findings import block, figure
 from seqpar.analysis.findings.common import new_figure, provenance
-from seqpar.analysis.findings.stats import fmt, spearman, table
+from seqpar.analysis.findings.stats import count, fmt, spearman, table
 from seqpar.analysis.findings.store import FindingsError, NotInStore, read_json, require
 
 STUDY = "predictability"
@@ -20,7 +20,7 @@ NAMES = {"deer": "DEER", "quasi-deer": "quasi-DEER", "elk": "ELK"}
 def _records(store: Path, dtype: str) -> list[dict[str, Any]]:
     files = sorted(p.name for p in require(STUDY, store).glob(f"{RECORDS[dtype]}*.json"))
     if not files:
-        raise NotInStore(f"{STUDY} ({dtype})")
+        raise NotInStore(STUDY, f"{dtype} record")
     return [read_json(STUDY, f, store) for f in files]
 
 
@@ -45,8 +45,12 @@ def _cell(pts: list[dict[str, Any]]) -> str:
         return "—"
     med = statistics.median(p["iterations"] for p in pts)
     failed = sum(not p["converged"] for p in pts)
-    text = fmt(med, 3)
+    text = count(med)
     return f"{text} ({failed}/{len(pts)} not by {pts[0]['cap']})" if failed else text
+
+
+def _draws(xs: list[Any]) -> str:
+    return f"{len(xs)} draw{'s' if len(xs) != 1 else ''}"
 
 
 def _grid(points: list[dict[str, Any]]) -> tuple[list[float], list[int], list[str]]:
@@ -122,8 +126,8 @@ def summary(store: Path) -> str:
             )
             if below and above:
                 lines.append(
-                    f"- **{NAMES[s]}, {dtype}, T = {t}:** median {fmt(statistics.median(below) * t, 3)} iterations where the LLE is "
-                    f"negative ({len(below)} draws), {fmt(statistics.median(above) * t, 3)} where it is positive ({len(above)} draws, "
+                    f"- **{NAMES[s]}, {dtype}, T = {t}:** median {count(statistics.median(below) * t)} iterations where the LLE is "
+                    f"negative ({_draws(below)}), {count(statistics.median(above) * t)} where it is positive ({_draws(above)}, "
                     f"the cap is {t}); Spearman's ρ between LLE and iterations {fmt(rho)} (this solver, this T)."
                 )
             elif below or above:

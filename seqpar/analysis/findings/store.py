@@ -42,9 +42,9 @@ class FindingsError(ValueError):
 class NotInStore(FindingsError):
     """The store holds no record of a study: its pages say it was not measured, and show nothing of it."""
 
-    def __init__(self, study: str) -> None:
-        super().__init__(f"findings/{study}: not in the store (seqpar findings add {study} RUN_DIR ...)")
-        self.study = study
+    def __init__(self, study: str, what: str = "") -> None:
+        super().__init__(f"findings/{study}: {what + ' ' if what else ''}not in the store (seqpar findings add {study} RUN_DIR ...)")
+        self.study, self.what = study, what
 
 
 def require(name: str, store: Path = STORE) -> Path:
