@@ -86,9 +86,9 @@ def _load_studies() -> None:
 def not_measured(study: str, what: str = "") -> str:
     held = f"{what} of the study `{study}`" if what else f"record of the study `{study}`"
     return (
-        f"*Not measured: the findings store holds no {held}. The command that produces it is in its spec's header (a command-line study: this page's setup); "
-        f'command; `seqpar findings add {study} RUN_DIR --command "..."` stores the record and `seqpar findings` '
-        "fills this page.*\n"
+        f"*Not measured: the findings store holds no {held}. The command that produces it is in its spec's header "
+        f'(a command-line study: this page\'s setup); `seqpar findings add {study} RUN_DIR --command "..."` stores the '
+        "record and `seqpar findings` fills this page.*\n"
     )
 
 
