@@ -92,7 +92,7 @@ def peer_rows(store: Path) -> str:
             fmt(r["step_ms"]["median"], 3),
             fmt(r.get("seqpar_bptt_ms"), 3),
             fmt(r.get("seqpar_over_torch"), 2),
-            f"torch {r['torch']}, {r['backend']}, {r['threads']} threads",
+            f"torch {r['torch']}, {r['backend']}, {r['threads']} thread{'s' if r['threads'] != 1 else ''}",
         ]
         for r in record.get("peer", [])
     ]
