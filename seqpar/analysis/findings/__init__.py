@@ -111,7 +111,7 @@ def generate(check: bool = False, root: Path = ROOT, store: Path = STORE, only: 
         def fill(m: re.Match[str], page: Path = page, said: set[str] = said) -> str:
             name = m.group(1)
             used.add(name)
-            if only is not None and not name.startswith(only):
+            if only is not None and not name.removeprefix("figure.").startswith(only):
                 return m.group(0)
             fig = name.removeprefix("figure.") if name.startswith("figure.") else None
             if fig is not None and fig not in FIGURES:

@@ -107,7 +107,8 @@ def cost_table(store: Path) -> str:
             bptt = p["step_ms"]["median"]
     for p in record["points"]:
         cfg = methods.get(p["label"], {})
-        k = cfg.get("segment") or cfg.get("window")  # multiple shooting's K, or truncation's
+        # multiple shooting's K (a record leaves out segment at its default, 1), or truncation's
+        k = cfg.get("segment", 1 if cfg.get("type") == "parallel" else None) or cfg.get("window")
         k = str(k) if k else ("T" if p["label"] == "bptt" else "—")
         rows.append(
             [
@@ -117,7 +118,7 @@ def cost_table(store: Path) -> str:
                 fmt(p["step_ms"]["median"] / bptt, 3) if bptt else "—",
                 fmt(p["table_bytes"] / 2**20, 3) if p.get("table_bytes") else "—",
                 fmt(p["memory"]["compiled_mb"], 3),
-                fmt(p.get("sequential_depth"), 3),
+                count(p.get("sequential_depth")),
             ]
         )
     info = read_study(BENCH, store)
