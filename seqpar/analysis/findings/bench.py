@@ -155,15 +155,31 @@ def bench_figure(store: Path) -> tuple[dict[str, Any], Any]:
 
 
 def _draw(data: dict[str, Any], png: Path) -> None:
+    """One colour per method, one line style per cell and batch (a name reads `method (cell, B=b)`)."""
     fig = new_figure(8, 4.5)
     ax = fig.subplots()
-    for name, s in sorted(data["series"].items()):
+    names = sorted(data["series"])
+    methods = list(dict.fromkeys(n.split(" (")[0] for n in names))
+    kinds = list(dict.fromkeys(n.split(" (", 1)[1] for n in names))
+    styles = ["-", "--", ":", "-."]
+    for name in names:
+        s = data["series"][name]
+        method, kind = name.split(" (")[0], name.split(" (", 1)[1]
         pts = sorted(zip(s["length"], s["ms"], strict=True))
-        ax.plot([t for t, _ in pts], [m for _, m in pts], "o-", markersize=3, label=name)
+        ax.plot(
+            [t for t, _ in pts],
+            [m for _, m in pts],
+            styles[kinds.index(kind) % len(styles)],
+            marker="o",
+            markersize=3,
+            color=f"C{methods.index(method) % 10}" if len(methods) <= 10 else None,
+            label=name,
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length T")
     ax.set_ylabel("median ms per training step")
+    ax.set_title("colour: method; line style: cell and batch", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, ncol=2, frameon=False)
     fig.savefig(png, dpi=100)
