@@ -75,10 +75,11 @@ def _table(store: Path, dtype: str) -> str:
         rows.append(cells)
     head = ["gain g", "LLE / step (median)", *(f"{NAMES[s]} T = {t}" for s in solvers for t in lengths)]
     grid = record["grid"]
-    elk = next((r["grid"] for r in _records(store, dtype) if "elk" in r["grid"]["solvers"]), grid)
+    elk = next((r["grid"] for r in _records(store, dtype) if "elk" in r["grid"]["solvers"]), None)
+    damping = f", ELK's λ = {fmt(elk['damping'])}" if elk else ""
     return (
         f"{dtype}, D = {grid['hidden']}, {grid['sequences']} draws per gain (weights, inputs and initial state), initial guess "
-        f"{grid['init']}, ELK's λ = {fmt(elk['damping'])}; the LLE with {grid['burn_in']} burn-in steps, its spread between "
+        f"{grid['init']}{damping}; the LLE with {grid['burn_in']} burn-in steps, its spread between "
         f"tangent vectors at most {fmt(spread)}. Median Newton iterations to a residual of "
         f"{'1e-8' if dtype == 'float64' else 'tol: auto'} (the cap is T, the paper's):\n\n" + table(head, rows)
     )
