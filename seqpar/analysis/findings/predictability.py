@@ -49,6 +49,10 @@ def _cell(pts: list[dict[str, Any]]) -> str:
     return f"{text} ({failed}/{len(pts)} not by {pts[0]['cap']})" if failed else text
 
 
+def _same(p: dict[str, Any], q: dict[str, Any]) -> bool:
+    return (p["gain"], p["length"], p["draw"]) == (q["gain"], q["length"], q["draw"])
+
+
 def _draws(xs: list[Any]) -> str:
     return f"{len(xs)} draw{'s' if len(xs) != 1 else ''}"
 
@@ -134,27 +138,39 @@ def summary(store: Path) -> str:
             elif below or above:
                 lines.append(f"- **{NAMES[s]}, {dtype}, T = {t}:** every draw's LLE is {'negative' if below else 'positive'}.")
         deer = [p for p in points if p["solver"] == "deer" and p["converged"] and p.get("grad_cos") is not None]
-        if deer:
-            lines.append(
-                f"- **The gradient ({dtype}):** wherever DEER converged, its adjoint gradient's cosine with BPTT's is at least "
-                f"{fmt(min(p['grad_cos'] for p in deer), 6)} ({len(deer)} solves)."
+        for sign, mine in (("negative", [p for p in deer if p["lle"] < 0]), ("positive", [p for p in deer if p["lle"] >= 0])):
+            if mine:
+                lines.append(
+                    f"- **The gradient ({dtype}, LLE {sign}):** where DEER converged, its adjoint gradient's cosine with BPTT's "
+                    f"(both in {dtype}) is at least {fmt(min(p['grad_cos'] for p in mine), 4)}, median "
+                    f"{fmt(statistics.median(p['grad_cos'] for p in mine), 4)} ({_draws(mine).replace('draw', 'solve')})."
+                )
+        elk = [p for p in points if p["solver"] == "elk"]
+        if elk:
+            at = sorted({p["length"] for p in elk})
+            deer_at = [p for p in points if p["solver"] == "deer" and p["length"] in at]
+            failed = [p for p in deer_at if not p["converged"]]
+            rescued = [p for p in elk if p["converged"] and any(_same(p, q) for q in failed)]
+            where = ", ".join(f"T = {t}" for t in at)
+            chaotic = [p for p in elk if p["lle"] >= 0]
+            versus = [q["iterations"] for q in deer_at if q["lle"] >= 0]
+            compare = (
+                f"; where the LLE is positive ELK took median {count(statistics.median(p['iterations'] for p in chaotic))} "
+                f"iterations ({sum(not p['converged'] for p in chaotic)} of {len(chaotic)} not converged by T), DEER "
+                f"{count(statistics.median(versus))}"
+                if chaotic and versus
+                else ""
             )
-        elk_only = [
-            (p["gain"], p["length"])
-            for p in points
-            if p["solver"] == "elk"
-            and p["converged"]
-            and not any(
-                q["converged"]
-                for q in points
-                if q["solver"] == "deer" and (q["gain"], q["length"], q["draw"]) == (p["gain"], p["length"], p["draw"])
-            )
-        ]
-        if any(p["solver"] == "elk" for p in points):
-            lines.append(
-                f"- **ELK where DEER fails ({dtype}):** ELK converged on {len(elk_only)} draws where DEER did not "
-                f"({', '.join(f'g = {fmt(g, 3)}, T = {n}' for g, n in sorted(set(elk_only))) or 'none'})."
-            )
+            if not failed:
+                lines.append(
+                    f"- **ELK where DEER fails ({dtype}, {where}):** DEER converged on every draw (on a causal recurrence Newton is "
+                    f"exact by T iterations, and a non-finite iterate is reset), so none is left for ELK to rescue{compare}."
+                )
+            else:
+                lines.append(
+                    f"- **ELK where DEER fails ({dtype}, {where}):** DEER did not converge by T on {len(failed)} draws; ELK converged "
+                    f"on {len(rescued)} of them{compare}."
+                )
     if not lines:
         raise NotInStore(STUDY)
     return "\n".join(lines) + "\n"
