@@ -199,7 +199,8 @@ def add_json(name: str, source: Path, file: str, commands: list[str], store: Pat
         raise FindingsError(f"{source}: cannot read a JSON record ({e})") from None
     target = study_dir(name, store)
     target.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(target / file, _rounded(_scrub(record)))
+    slim = {k: v for k, v in record.items() if k not in DROP_SUMMARY}  # the environment stays with the source
+    atomic_write_json(target / file, _rounded(_scrub(slim)))
     # A study may hold several records (float32 and float64 sweeps): each added one joins the others.
     info = json.loads((target / STUDY).read_text()) if (target / STUDY).is_file() else {"study": name, "commands": [], "sources": []}
     info["commands"] = [*[c for c in info["commands"] if c not in commands], *commands]
