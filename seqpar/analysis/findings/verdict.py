@@ -8,7 +8,7 @@ from typing import Any
 
 from seqpar.analysis.findings import block, figure
 from seqpar.analysis.findings.common import median, new_figure, provenances, ratio, with_optional
-from seqpar.analysis.findings.stats import LEARNED, fmt, seeds_cell, table
+from seqpar.analysis.findings.stats import LEARNED, count, fmt, seeds_cell, table
 from seqpar.records.reader import Result
 
 STUDIES = ("verdict", "verdict-paragru")
@@ -62,7 +62,8 @@ def verdict_table(store: Path) -> str:
     rows = [[m, *(seeds_cell([ratio(r) for r in groups.get((m, t), [])]) if (m, t) in groups else "—" for t in tasks)] for m in methods]
     return (
         "Test rollout loss ÷ the task's memoryless baseline (the formula; `baseline_trained` is the same model trained with its "
-        f"recurrence cut); **bold**: below {LEARNED} of it. Seeds that disagree are shown one by one.\n\n" + table(["method", *tasks], rows)
+        f"recurrence cut); **bold**: below {LEARNED} of it. Seeds that disagree are shown one by one, else their mean.\n\n"
+        + table(["method", *tasks], rows)
     )
 
 
@@ -90,8 +91,8 @@ def verdict_cost(store: Path) -> str:
                 m,
                 fmt(median(per_point), 2) if per_point else "—",
                 f"{fmt(min(per_point), 2)}–{fmt(max(per_point), 2)}" if per_point else "—",
-                fmt(depth, 3),
-                fmt(iters, 3),
+                count(depth),
+                count(iters),
                 f"{fell}/{runs}" if iters is not None else "—",
             ]
         )
