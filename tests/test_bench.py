@@ -112,3 +112,26 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unknown_or_missing_peer_is_one_line(monkeypatch):
+    import sys
+
+    from seqpar.bench.peer import available
+
+    assert available("jax") == "--peer jax: expected one of torch"
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    assert available("torch") == "--peer torch needs PyTorch: pip install 'seqpar[peer]' (or pip install torch)"
+
+
+def test_the_torch_peer_times_an_nn_gru_step_at_the_point():
+    pytest.importorskip("torch")
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from seqpar.bench.peer import torch_row
+
+    grid = cast(Any, SimpleNamespace(warmup=1, max_repeats=3, min_repeats=2, min_time_s=0.0))
+    row = torch_row(4, 8, 6, 2, grid, lambda t: {"n": len(t), "median": sorted(t)[len(t) // 2] * 1e3})
+    assert (row["peer"], row["cell"], row["length"], row["batch"], row["hidden"]) == ("torch", "gru", 6, 2, 8)
+    assert row["step_ms"]["n"] >= 2 and row["step_ms"]["median"] > 0

@@ -24,7 +24,7 @@ def available(peer: str) -> str | None:
     if peer not in PEERS:
         return f"--peer {peer}: expected one of {', '.join(PEERS)}"
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  # pyright: ignore[reportMissingImports]
     except ImportError:
         return "--peer torch needs PyTorch: pip install 'seqpar[peer]' (or pip install torch)"
     return None
@@ -32,7 +32,7 @@ def available(peer: str) -> str | None:
 
 def torch_row(vocab: int, hidden: int, length: int, batch: int, grid: Grid, summarize: Any) -> dict[str, Any]:
     """One training step of `nn.GRU` + readout + cross-entropy + Adam at this point, timed."""
-    import torch
+    import torch  # pyright: ignore[reportMissingImports]
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
