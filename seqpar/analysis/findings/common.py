@@ -158,5 +158,6 @@ def lle_note(rs: Iterable[Result]) -> str:
     burns = sorted({r.record.get("lle_burn_in") for r in rs}, key=lambda b: -1 if b is None else b)
     if burns == [None]:
         return "the LLE counted from the first step (no burn-in: a transient bias of the order of 1/T)"
-    said = ", ".join("none" if b is None else str(b) for b in burns)
-    return f"the LLE after a burn-in of {said} steps per rollout (`lle_stderr` in the records: its standard error)"
+    said = " or ".join(str(b) for b in burns if b is not None)
+    older = " in the runs that record one (the others counted from the first step)" if None in burns else ""
+    return f"the LLE after a burn-in of {said} steps per rollout{older} (`lle_stderr` in the records: its standard error)"
