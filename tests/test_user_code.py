@@ -52,6 +52,17 @@ def _module(tmp_path: Path, body: str) -> str:
 CELL_SOURCE = (EXAMPLES / "function_cell" / "mycell.py").read_text()
 
 
+def _beside_a_spec_run_from_elsewhere(tmp_path, monkeypatch):
+    """The user's cell module in the spec's directory, the working directory elsewhere (where it does not import)."""
+    specdir = tmp_path / "specdir"
+    specdir.mkdir()
+    module = _module(specdir, CELL_SOURCE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return specdir, module, elsewhere
+
+
 def _function_spec(tmp_path: Path, module: str, step: str = "step", structure: str = "full", **extra) -> Path:
     raw = yaml.safe_load((EXAMPLES / "function_cell" / "spec.yaml").read_text())
     raw["model"]["cell"] = {"type": "function", "init": f"{module}:init", "step": f"{module}:{step}", "structure": structure}
@@ -138,13 +149,8 @@ def test_a_function_cell_beside_the_spec_trains_every_method_from_any_directory(
     """BPTT and quasi-DEER with the exact adjoint take the same gradient, so they end at the same
     test loss; the table trains too; the run records where the module was found and that the
     Jacobian came from autodiff; a resume in a fresh process, elsewhere, finds the module."""
-    specdir = tmp_path / "specdir"
-    specdir.mkdir()
-    module = _module(specdir, CELL_SOURCE)
+    specdir, module, elsewhere = _beside_a_spec_run_from_elsewhere(tmp_path, monkeypatch)
     spec = _function_spec(specdir, module)
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
     out = tmp_path / "run"
     res = runner.invoke(app, ["run", str(spec), "--out", str(out), "--quiet", *[a for s in SMALL for a in ("--set", s)]])
     assert res.exit_code == 0, res.output
@@ -171,17 +177,12 @@ def test_a_function_cell_is_tuned_and_its_best_spec_reruns_from_elsewhere(tmp_pa
     and best.yaml (which carries the spec's directory) reproduces the tuned test loss when run
     from a directory where the module is not importable."""
     pytest.importorskip("optuna")
-    specdir = tmp_path / "specdir"
-    specdir.mkdir()
-    module = _module(specdir, CELL_SOURCE)
+    specdir, module, _ = _beside_a_spec_run_from_elsewhere(tmp_path, monkeypatch)
     raw = yaml.safe_load(_function_spec(specdir, module).read_text())
     raw["methods"] = [m for m in raw["methods"] if m["type"] == "bptt"]
     raw["tune"] = {"trials": 2, "seeds": [0], "space": {"bptt": {"optimizer.lr": {"log": [1e-3, 1e-1]}}}}
     spec = specdir / "tune.yaml"
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
     out = tmp_path / "study"
     res = runner.invoke(app, ["tune", str(spec), "--out", str(out), "--quiet", *[a for s in SMALL for a in ("--set", s)]])
     assert res.exit_code == 0, res.output

@@ -113,7 +113,8 @@ def coverage(store: Path, name: str) -> str:
     if len(specs) != 1 or None in specs or not (ROOT / str(next(iter(specs)))).is_file():
         return ""
     spec = next(iter(specs))
-    sweep = (yaml.safe_load((ROOT / spec).read_text()) or {}).get("sweep") or {}
+    raw = yaml.safe_load((ROOT / spec).read_text()) or {}
+    sweep = raw.get("sweep") or {}
     if not isinstance(sweep, dict) or not all(isinstance(v, list) for v in sweep.values()):
         return ""
     declared = len(list(itertools.product(*sweep.values())))
@@ -125,7 +126,7 @@ def coverage(store: Path, name: str) -> str:
             f" **The record holds {held} of the {declared} sweep points `{spec}` declares** (over {axes}): the commands above "
             "narrow the sweep; every table on this page covers those points only."
         )
-    methods = (yaml.safe_load((ROOT / spec).read_text()) or {}).get("methods") or []
+    methods = raw.get("methods") or []
     named = [m.get("label") or m.get("type") for m in methods if isinstance(m, dict)]
     ran = {r.label for r in study_results(store, name)}
     if ran and (missing := [m for m in named if m not in ran]):
